@@ -1,0 +1,149 @@
+"""`RetryConfig`: what to retry, how long to wait, and how much retrying is allowed.
+
+A `RetryConfig` is an immutable value, validated once at construction, so one instance can be
+shared by every transport and request. Per-request progress (attempt count, deadline, history)
+lives elsewhere (`_transport.py`); the transport-wide retry budget's counters live in `_budget.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_RETRY_METHODS", "DEFAULT_RETRY_STATUSES", "RetryConfig"]
+
+#: Methods RFC 9110 §9.2.2 defines as idempotent: repeating them has the effect of sending once.
+DEFAULT_RETRY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+#: Statuses that say "try again later" rather than "your request is wrong".
+DEFAULT_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def _check_number(
+    name: str,
+    value: object,
+    *,
+    minimum: float = 0.0,
+    allow_none: bool = False,
+    maximum: float = math.inf,
+    allow_inf: bool = False,
+) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"RetryConfig.{name} must be a number, got {value!r}")
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"RetryConfig.{name} must be a finite number, got {value!r}")
+    if not minimum <= value <= maximum:
+        upper = "" if math.isinf(maximum) else f" and <= {maximum}"
+        raise ValueError(f"RetryConfig.{name} must be >= {minimum}{upper}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """How a `ResilientTransport` retries. Immutable; every field is validated at construction.
+
+    Waits: retry *n* (1-based) waits ``min(max_delay, base_delay * backoff_factor ** (n - 1))``,
+    shortened at random by ``jitter`` (full jitter by default: a uniform draw from
+    ``[0, delay]``). A usable ``Retry-After`` on a 429 or 503 replaces that wait and is never
+    shortened by jitter.
+
+    Attributes:
+        max_retries: Retries after the first attempt; 0 turns retrying off. Default 3.
+        base_delay: Seconds before the first retry, before jitter. Default 0.5.
+        backoff_factor: Multiplier per further retry (>= 1). Default 2.0.
+        max_delay: Upper bound of one backoff wait, in seconds. Default 10.0.
+        jitter: Share of each backoff wait that is randomised: 1.0 (or ``True``) is full
+            jitter, 0.0 (or ``False``) none. Default 1.0.
+        retry_on_status: Response statuses that are retried. Default 429, 500, 502, 503, 504.
+        retry_methods: Methods retried after the request may have reached the server
+            (read/write errors, retryable statuses). Requests with an ``Idempotency-Key``
+            header are retried whatever their method. Requests that never left the client
+            (connect errors, pool timeouts) are retried for every method. Default: the
+            idempotent methods GET, HEAD, OPTIONS, PUT, DELETE, TRACE.
+        respect_retry_after: Honour ``Retry-After`` on 429 and 503. Default True.
+        retry_after_cap: The longest ``Retry-After`` honoured, in seconds. A server asking
+            for a longer wait gets no retry: its response is returned at once, since
+            retrying sooner than asked would defy it and waiting that long would stall the
+            caller. Default 60.0.
+        total_timeout: Overall deadline in seconds across all attempts and waits, or None
+            for none. An attempt still running at the deadline is cancelled and
+            `DeadlineExceeded` raised; a wait that would end past it is not started and the
+            last response or error is handed back at once. Default None, as httpx's own
+            timeouts are per operation.
+        budget_ratio: Retry budget: retries may be at most this share of the requests seen
+            in the last ``budget_window`` seconds, plus ``budget_min_per_second``. None turns
+            the budget off. Default 0.2 (Envoy's and Finagle's 20 %).
+        budget_min_per_second: Retries per second always allowed, so that a client with
+            little traffic can still retry. Default 3.0.
+        budget_window: Seconds of history the budget looks back over. Default 10.0.
+    """
+
+    max_retries: int = 3
+    base_delay: float = 0.5
+    backoff_factor: float = 2.0
+    max_delay: float = 10.0
+    jitter: float | bool = 1.0
+    retry_on_status: Iterable[int] = DEFAULT_RETRY_STATUSES
+    retry_methods: Iterable[str] = DEFAULT_RETRY_METHODS
+    respect_retry_after: bool = True
+    retry_after_cap: float = 60.0
+    total_timeout: float | None = None
+    budget_ratio: float | None = 0.2
+    budget_min_per_second: float = 3.0
+    budget_window: float = 10.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
+            raise TypeError(f"RetryConfig.max_retries must be an int, got {self.max_retries!r}")
+        if self.max_retries < 0:
+            raise ValueError(f"RetryConfig.max_retries must be >= 0, got {self.max_retries!r}")
+        _check_number("base_delay", self.base_delay)
+        _check_number("backoff_factor", self.backoff_factor, minimum=1.0)
+        _check_number("max_delay", self.max_delay)
+        if self.max_delay < self.base_delay:
+            raise ValueError(
+                f"RetryConfig.max_delay must be >= base_delay ({self.base_delay!r}), "
+                f"got {self.max_delay!r}"
+            )
+        jitter = float(self.jitter) if isinstance(self.jitter, bool) else self.jitter
+        _check_number("jitter", jitter, maximum=1.0)
+        _check_number("retry_after_cap", self.retry_after_cap)
+        _check_number("total_timeout", self.total_timeout, allow_none=True)
+        if self.total_timeout == 0:
+            raise ValueError("RetryConfig.total_timeout must be > 0 or None, got 0")
+        _check_number("budget_ratio", self.budget_ratio, allow_none=True, maximum=1e6)
+        _check_number("budget_min_per_second", self.budget_min_per_second)
+        _check_number("budget_window", self.budget_window, minimum=0.001, maximum=86400.0)
+        if not isinstance(self.respect_retry_after, bool):
+            raise TypeError(
+                f"RetryConfig.respect_retry_after must be a bool, got {self.respect_retry_after!r}"
+            )
+        statuses = _as_frozenset("retry_on_status", self.retry_on_status)
+        for status in statuses:
+            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+                raise ValueError(
+                    f"RetryConfig.retry_on_status must hold status codes 100-599, got {status!r}"
+                )
+        methods = _as_frozenset("retry_methods", self.retry_methods)
+        for method in methods:
+            if not isinstance(method, str) or not method.isascii() or not method.isalpha():
+                raise ValueError(
+                    f"RetryConfig.retry_methods must hold method names, got {method!r}"
+                )
+        set_field = object.__setattr__
+        set_field(self, "jitter", float(jitter))
+        set_field(self, "retry_on_status", statuses)
+        set_field(self, "retry_methods", frozenset(str(m).upper() for m in methods))
+
+    def replace(self, **changes: object) -> RetryConfig:
+        """Return a copy with ``changes`` applied, validated like a new instance."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _as_frozenset(name: str, values: object) -> frozenset[object]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"RetryConfig.{name} must be a collection, got {values!r}")
+    return frozenset(values)

@@ -1,0 +1,50 @@
+"""The package logger, and URL redaction so that no credential reaches a log line."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+
+__all__ = ["logger", "redact_url"]
+
+logger = logging.getLogger("httpx_resilience")
+
+_REDACTED = "[redacted]"
+# A query parameter whose lower-cased name contains one of these is treated as a secret.
+_SECRET_MARKERS = (
+    "token",
+    "key",
+    "secret",
+    "password",
+    "passwd",
+    "pwd",
+    "auth",
+    "sig",
+    "session",
+    "credential",
+    "cookie",
+    "jwt",
+    "bearer",
+    "private",
+)
+_SECRET_NAMES = frozenset({"code", "pass", "client_secret", "sid", "hmac"})
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _SECRET_NAMES or any(marker in lowered for marker in _SECRET_MARKERS)
+
+
+def redact_url(url: httpx.URL | str) -> str:
+    """``url`` as text with userinfo dropped and secret-looking query values replaced."""
+    url = httpx.URL(url)
+    if url.userinfo:
+        url = url.copy_with(username=None, password=None)
+    if url.query:
+        pairs = parse_qsl(url.query.decode("ascii", "replace"), keep_blank_values=True)
+        if any(_is_secret(name) for name, _ in pairs):
+            redacted = [(name, _REDACTED if _is_secret(name) else value) for name, value in pairs]
+            url = url.copy_with(query=urlencode(redacted, safe="[]").encode("ascii"))
+    return str(url)

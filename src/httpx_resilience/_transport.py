@@ -1,0 +1,328 @@
+"""`ResilientTransport`: the thin I/O shell around the retry decision in `_decision.py`.
+
+It sends each attempt through the inner transport, asks `decide()` what follows a failure,
+closes what it discards, waits through an injectable sleeper, and records every attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import random as _random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import anyio
+import httpx
+from httpx._config import DEFAULT_LIMITS
+from httpx._multipart import FileField, MultipartStream
+
+from ._budget import RetryBudget
+from ._config import RetryConfig
+from ._decision import RETRY_AFTER_STATUSES, Decision, decide
+from ._exceptions import DeadlineExceeded
+from ._history import Attempt, attach_history
+from ._logging import logger, redact_url
+from ._testing import is_testing
+
+if TYPE_CHECKING:
+    import ssl
+
+    from httpx._transports.default import SOCKET_OPTION
+    from httpx._types import CertTypes, ProxyTypes
+
+__all__ = ["RETRY_EXTENSION", "ResilientTransport"]
+
+#: The ``extensions`` key of a request that overrides its transport's `RetryConfig`:
+#: a `RetryConfig`, or ``None``/``False`` to send the request exactly once.
+RETRY_EXTENSION = "retry"
+
+_UNSET = object()
+_IDEMPOTENCY_KEY = "idempotency-key"
+
+
+class ResilientTransport(httpx.AsyncBaseTransport):
+    """An `httpx.AsyncBaseTransport` that retries what is safe to retry.
+
+    Wraps ``transport`` or, when none is given, an `httpx.AsyncHTTPTransport` built from the
+    connection options below (the same as httpx's, but with ``http2=True`` by default; ALPN
+    falls back to HTTP/1.1 for servers without HTTP/2). httpx ignores a client's own
+    ``verify``, ``cert``, ``http1``, ``http2``, ``limits``, ``proxy`` and ``trust_env`` once a
+    ``transport`` is given to the client, so give them here instead.
+
+    Args:
+        transport: The transport each attempt goes through. Closed by `aclose`.
+        retry: The retry policy; `RetryConfig()` when None. A request's
+            ``extensions={"retry": ...}`` overrides it for that request.
+        clock: Monotonic seconds, for deadlines and the retry budget. For tests.
+        sleep: Awaited to wait between attempts. For tests; `anyio.sleep` by default.
+        random: Returns a float in [0, 1), for jitter. For tests.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        retry: RetryConfig | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: CertTypes | None = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = True,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        proxy: ProxyTypes | None = None,
+        uds: str | None = None,
+        local_address: str | None = None,
+        retries: int = 0,
+        socket_options: Iterable[SOCKET_OPTION] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        if retry is None:
+            retry = RetryConfig()
+        elif not isinstance(retry, RetryConfig):
+            raise TypeError(f"ResilientTransport.retry must be a RetryConfig, got {retry!r}")
+        options = {
+            "verify": verify, "cert": cert, "trust_env": trust_env, "http1": http1,
+            "http2": http2, "limits": limits, "proxy": proxy, "uds": uds,
+            "local_address": local_address, "retries": retries, "socket_options": socket_options,
+        }  # fmt: skip
+        if transport is None:
+            transport = httpx.AsyncHTTPTransport(**options)  # type: ignore[arg-type]
+        else:
+            given = [name for name, value in options.items() if value != _DEFAULTS[name]]
+            if given:
+                raise TypeError(
+                    f"ResilientTransport: {', '.join(given)} configure the transport it builds "
+                    "and cannot be combined with transport=; configure that transport instead"
+                )
+        self._transport = transport
+        self._retry = retry
+        self._budget = _make_budget(retry)
+        self._clock = clock
+        self._sleep = sleep
+        self._random = random
+        self._closed = False
+
+    @property
+    def retry(self) -> RetryConfig:
+        """The transport's default `RetryConfig`."""
+        return self._retry
+
+    @property
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """The inner transport every attempt goes through."""
+        return self._transport
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(transport={self._transport!r}, retry={self._retry!r})"
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        config = request.extensions.get(RETRY_EXTENSION, _UNSET)
+        if config is _UNSET:
+            config = self._retry
+        elif config is None or config is False:
+            return await self._transport.handle_async_request(request)
+        elif not isinstance(config, RetryConfig):
+            raise TypeError(
+                f'request.extensions["{RETRY_EXTENSION}"] must be a RetryConfig, None or False, '
+                f"got {config!r}"
+            )
+        return await self._send(request, config)
+
+    async def _send(self, request: httpx.Request, config: RetryConfig) -> httpx.Response:
+        clock = self._clock
+        started = clock()
+        budget = self._budget if config.budget_ratio is not None else None
+        if budget is not None:
+            budget.record_request(started)
+        deadline = None if config.total_timeout is None else started + config.total_timeout
+        method_retryable = (
+            request.method in config.retry_methods or _IDEMPOTENCY_KEY in request.headers
+        )
+        body = _ReplayGuard.for_request(request)
+        history: list[Attempt] = []
+        while True:
+            attempt_start = clock()
+            try:
+                if deadline is None:
+                    response = await self._transport.handle_async_request(request)
+                else:
+                    response = await self._send_before(request, deadline, len(history) + 1)
+            except Exception as exc:
+                now = clock()
+                decision = decide(
+                    config,
+                    attempt=len(history) + 1,
+                    error=exc,
+                    method_retryable=method_retryable,
+                    replayable=body is None or body.replayable,
+                    now=now,
+                    wall_now=time.time(),
+                    deadline=deadline,
+                    random=self._random,
+                    budget=budget,
+                )
+                history.append(_record(history, None, exc, now - attempt_start, decision))
+                if not decision.retry:
+                    attach_history(exc, tuple(history))
+                    raise
+            else:
+                status = response.status_code
+                if status not in config.retry_on_status:
+                    history.append(
+                        Attempt(
+                            len(history) + 1,
+                            status,
+                            None,
+                            clock() - attempt_start,
+                            None,
+                            "final response",
+                        )
+                    )
+                    attach_history(response, tuple(history))
+                    return response
+                now = clock()
+                decision = decide(
+                    config,
+                    attempt=len(history) + 1,
+                    status=status,
+                    retry_after=(
+                        response.headers.get("retry-after")
+                        if status in RETRY_AFTER_STATUSES
+                        else None
+                    ),
+                    method_retryable=method_retryable,
+                    replayable=body is None or body.replayable,
+                    now=now,
+                    wall_now=time.time(),
+                    deadline=deadline,
+                    random=self._random,
+                    budget=budget,
+                )
+                history.append(_record(history, status, None, now - attempt_start, decision))
+                if not decision.retry:
+                    attach_history(response, tuple(history))
+                    return response
+                # Free the connection before waiting, so that retries cannot starve the pool.
+                await response.aclose()
+            self._log_retry(request, history[-1], config)
+            await self._sleep(0.0 if is_testing() else decision.wait)
+
+    async def _send_before(
+        self, request: httpx.Request, deadline: float, attempt: int
+    ) -> httpx.Response:
+        remaining = deadline - self._clock()
+        with anyio.move_on_after(remaining) as scope:
+            return await self._transport.handle_async_request(request)
+        assert scope.cancelled_caught
+        raise DeadlineExceeded(
+            f"total_timeout ran out during attempt {attempt} of {request.method} "
+            f"{redact_url(request.url)}",
+            request=request,
+        )
+
+    def _log_retry(self, request: httpx.Request, attempt: Attempt, config: RetryConfig) -> None:
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "Retrying %s %s after attempt %d of %d: %s; waiting %.3fs",
+                request.method,
+                redact_url(request.url),
+                attempt.number,
+                config.max_retries + 1,
+                attempt.reason,
+                attempt.wait,
+            )
+
+    async def aclose(self) -> None:
+        """Close the inner transport. Closing twice is harmless."""
+        if not self._closed:
+            self._closed = True
+            await self._transport.aclose()
+
+    async def __aenter__(self) -> ResilientTransport:
+        await self._transport.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.aclose()
+
+
+_DEFAULTS: dict[str, object] = {
+    "verify": True, "cert": None, "trust_env": True, "http1": True, "http2": True,
+    "limits": DEFAULT_LIMITS, "proxy": None, "uds": None, "local_address": None,
+    "retries": 0, "socket_options": None,
+}  # fmt: skip
+
+
+def _make_budget(config: RetryConfig) -> RetryBudget | None:
+    if config.budget_ratio is None:
+        return None
+    return RetryBudget(config.budget_ratio, config.budget_min_per_second, config.budget_window)
+
+
+def _record(
+    history: list[Attempt],
+    status: int | None,
+    error: BaseException | None,
+    elapsed: float,
+    decision: Decision,
+) -> Attempt:
+    wait = decision.wait if decision.retry else None
+    return Attempt(len(history) + 1, status, error, elapsed, wait, decision.reason)
+
+
+class _ReplayGuard(httpx.AsyncByteStream):
+    """Wraps a request body that can be sent only once and notes whether sending began.
+
+    Until its first byte is asked for, the body is intact and the request may still be retried
+    after a failure that happened before sending (a refused connection, say); after that it
+    never is, so a caller never gets ``StreamConsumed`` or a request re-sent with an empty body.
+    """
+
+    __slots__ = ("_stream", "started")
+
+    def __init__(self, stream: httpx.AsyncByteStream) -> None:
+        self._stream = stream
+        self.started = False
+
+    @property
+    def replayable(self) -> bool:
+        return not self.started
+
+    @classmethod
+    def for_request(cls, request: httpx.Request) -> _ReplayGuard | None:
+        """Install a guard on ``request`` unless its body can be replayed (then return None)."""
+        stream = request.stream
+        if type(stream) is httpx.ByteStream or (
+            isinstance(stream, MultipartStream) and _multipart_replayable(stream)
+        ):
+            return None
+        guard = cls(stream)  # type: ignore[arg-type]
+        request.stream = guard
+        return guard
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.started = True
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _multipart_replayable(stream: MultipartStream) -> bool:
+    # httpx rewinds seekable files before rendering each field, so such bodies replay intact.
+    for field in stream.fields:
+        if isinstance(field, FileField) and not isinstance(field.file, (str, bytes)):
+            seekable = getattr(field.file, "seekable", None)
+            if seekable is None or not seekable():
+                return False
+    return True
