@@ -49,7 +49,7 @@ class RetryBudget:
     def try_spend(self, now: float) -> bool:
         """Count a retry at ``now`` and return True if the budget allows it; else count nothing."""
         index = self._advance(now)
-        if self._retries_total >= self._floor + self._ratio * self._requests_total:
+        if self._retries_total + 1 > self._floor + self._ratio * self._requests_total:
             return False
         self._retries[index] += 1
         self._retries_total += 1

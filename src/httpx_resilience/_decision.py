@@ -42,12 +42,10 @@ def backoff_delay(config: RetryConfig, retry_number: int, random: Callable[[], f
 
     With ``jitter`` j the wait is drawn uniformly from ``[delay * (1 - j), delay]``.
     """
-    exponent = retry_number - 1
-    # Guard the power: a large exponent would overflow float before min() could cap it.
-    if config.backoff_factor > 1.0 and exponent > 1024:
+    try:
+        delay = min(config.max_delay, config.base_delay * config.backoff_factor ** (retry_number - 1))
+    except OverflowError:  # a large exponent overflows float before min() could cap it
         delay = config.max_delay
-    else:
-        delay = min(config.max_delay, config.base_delay * config.backoff_factor**exponent)
     jitter = float(config.jitter)
     if jitter:
         delay -= delay * jitter * random()

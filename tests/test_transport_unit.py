@@ -1,0 +1,262 @@
+"""ResilientTransport's shell over an in-memory transport: wiring, history, overrides, logging.
+
+These pin the plumbing; the behaviours themselves are proven against real servers in
+test_transport_real.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from httpx_resilience import (
+    HISTORY_EXTENSION,
+    ResilientTransport,
+    RetryConfig,
+    get_retry_history,
+    set_testing,
+)
+
+pytestmark = pytest.mark.anyio
+
+FAST = RetryConfig(base_delay=0.0, max_delay=0.0, budget_ratio=None)
+
+
+class Script:
+    """An inner transport answering from a list: a status code or an exception per call."""
+
+    def __init__(self, *outcomes: int | Exception) -> None:
+        self.outcomes = list(outcomes)
+        self.requests: list[httpx.Request] = []
+        self.bodies: list[bytes] = []
+        self.closed = 0
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        self.bodies.append(b"".join([chunk async for chunk in request.stream]))  # type: ignore[union-attr]
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return httpx.Response(outcome, content=b"body")
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def make(script: Script, config: RetryConfig = FAST, **kwargs: object) -> ResilientTransport:
+    return ResilientTransport(script.transport(), retry=config, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_history_on_success_after_retries() -> None:
+    script = Script(503, httpx.ConnectError("refused"), 200)
+    async with httpx.AsyncClient(transport=make(script)) as client:
+        response = await client.get("http://upstream.test/x")
+    assert response.status_code == 200
+    history = get_retry_history(response)
+    assert response.extensions[HISTORY_EXTENSION] == history
+    assert [a.number for a in history] == [1, 2, 3]
+    assert [a.status for a in history] == [503, None, 200]
+    assert isinstance(history[1].error, httpx.ConnectError)
+    assert [a.retried for a in history] == [True, True, False]
+    assert history[0].reason == "status 503"
+    assert history[2].reason == "final response"
+
+
+async def test_history_on_the_error_after_the_last_attempt() -> None:
+    script = Script(httpx.ReadError("reset"))
+    config = FAST.replace(max_retries=2)
+    async with httpx.AsyncClient(transport=make(script, config)) as client:
+        with pytest.raises(httpx.ReadError) as caught:
+            await client.get("http://upstream.test/x")
+    history = get_retry_history(caught.value)
+    assert len(history) == 3 == len(script.requests)
+    assert history[-1].reason == "retries exhausted"
+    assert history[-1].error is caught.value
+
+
+async def test_last_response_returned_when_retries_run_out_and_is_readable() -> None:
+    script = Script(503)
+    async with httpx.AsyncClient(transport=make(script, FAST.replace(max_retries=1))) as client:
+        response = await client.get("http://upstream.test/x")
+    assert response.status_code == 503
+    assert response.content == b"body"
+    assert len(script.requests) == 2
+
+
+@pytest.mark.parametrize("off", [None, False])
+async def test_per_request_override_off(off: bool | None) -> None:
+    script = Script(503)
+    async with httpx.AsyncClient(transport=make(script)) as client:
+        response = await client.get("http://upstream.test/x", extensions={"retry": off})
+    assert response.status_code == 503
+    assert len(script.requests) == 1
+
+
+async def test_per_request_override_config() -> None:
+    script = Script(503)
+    async with httpx.AsyncClient(transport=make(script)) as client:
+        override = FAST.replace(max_retries=5)
+        await client.get("http://upstream.test/x", extensions={"retry": override})
+        assert len(script.requests) == 6
+        override = FAST.replace(retry_methods={"POST"})
+        await client.post("http://upstream.test/x", content=b"x", extensions={"retry": override})
+        assert len(script.requests) == 6 + 4
+
+
+async def test_per_request_override_of_the_wrong_type() -> None:
+    async with httpx.AsyncClient(transport=make(Script(200))) as client:
+        with pytest.raises(TypeError, match='extensions\\["retry"\\] must be a RetryConfig'):
+            await client.get("http://upstream.test/x", extensions={"retry": 3})
+
+
+async def test_idempotency_key_makes_post_retryable() -> None:
+    script = Script(503, 200)
+    async with httpx.AsyncClient(transport=make(script)) as client:
+        response = await client.post(
+            "http://upstream.test/x", json={"a": 1}, headers={"Idempotency-Key": "k1"}
+        )
+    assert response.status_code == 200
+    assert script.bodies == [b'{"a":1}', b'{"a":1}']  # the byte body was replayed intact
+
+
+async def test_async_iterator_body_is_never_replayed() -> None:
+    script = Script(503, 200)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"chunk"
+
+    async with httpx.AsyncClient(transport=make(script)) as client:
+        response = await client.put("http://upstream.test/x", content=body())
+    assert response.status_code == 503  # the original response, not StreamConsumed
+    assert len(script.requests) == 1
+    assert get_retry_history(response)[0].reason == "request body cannot be replayed"
+
+
+async def test_async_iterator_body_is_retried_when_it_never_left() -> None:
+    bodies: list[bytes] = []
+
+    class RefuseOnce(httpx.AsyncBaseTransport):
+        """Fails the first attempt before reading the body, as a refused connection does."""
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if not bodies:
+                bodies.append(b"<refused>")
+                raise httpx.ConnectError("refused")
+            bodies.append(b"".join([c async for c in request.stream]))  # type: ignore[union-attr]
+            return httpx.Response(200)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"payload"
+
+    async with httpx.AsyncClient(transport=ResilientTransport(RefuseOnce(), retry=FAST)) as client:
+        response = await client.post("http://upstream.test/x", content=body())
+    assert response.status_code == 200
+    assert bodies == [b"<refused>", b"payload"]
+
+
+async def test_seekable_multipart_is_replayed(tmp_path: object) -> None:
+    import io
+
+    script = Script(503, 200)
+    files = {"upload": ("a.txt", io.BytesIO(b"file-content"), "text/plain")}
+    async with httpx.AsyncClient(transport=make(script)) as client:
+        response = await client.put("http://upstream.test/x", files=files)
+    assert response.status_code == 200
+    assert len(script.bodies) == 2
+    assert script.bodies[0] == script.bodies[1]
+    assert b"file-content" in script.bodies[1]
+
+
+async def test_waits_go_through_the_injected_sleeper_and_testing_switch() -> None:
+    config = RetryConfig(base_delay=1.0, backoff_factor=2.0, jitter=False, budget_ratio=None)
+    sleeps = Sleeps()
+    async with httpx.AsyncClient(transport=make(Script(503), config, sleep=sleeps)) as client:
+        await client.get("http://upstream.test/x")
+    assert sleeps.waits == [1.0, 2.0, 4.0]
+
+    sleeps.waits.clear()
+    set_testing(True)
+    try:
+        async with httpx.AsyncClient(transport=make(Script(503), config, sleep=sleeps)) as client:
+            response = await client.get("http://upstream.test/x")
+    finally:
+        set_testing(False)
+    assert sleeps.waits == [0.0, 0.0, 0.0]
+    assert [a.wait for a in get_retry_history(response)] == [1.0, 2.0, 4.0, None]
+
+
+async def test_budget_stops_retries_across_requests() -> None:
+    config = RetryConfig(
+        base_delay=0.0, max_delay=0.0, budget_ratio=0.0, budget_min_per_second=0.2
+    )  # two retries per 10 s window, whatever the traffic
+    script = Script(503)
+    async with httpx.AsyncClient(transport=make(script, config, clock=lambda: 5.0)) as client:
+        first = await client.get("http://upstream.test/x")
+        second = await client.get("http://upstream.test/x")
+    assert len(get_retry_history(first)) == 3
+    assert get_retry_history(first)[-1].reason == "retry budget exhausted"
+    assert len(get_retry_history(second)) == 1
+    assert len(script.requests) == 4
+
+
+async def test_retry_log_line_redacts_credentials(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="httpx_resilience")
+    async with httpx.AsyncClient(transport=make(Script(503, 200))) as client:
+        await client.get("http://alice:hunter2@upstream.test/x?api_key=s3cr3t&page=2")
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "GET http://upstream.test/x?api_key=%5Bredacted%5D&page=2" in message or (
+        "api_key=[redacted]&page=2" in message
+    )
+    assert "attempt 1 of 4" in message and "status 503" in message and "waiting" in message
+    for secret in ("alice", "hunter2", "s3cr3t"):
+        assert secret not in message
+
+
+def test_constructor_rejects_options_with_a_given_transport() -> None:
+    with pytest.raises(TypeError, match="verify, http2 configure the transport it builds"):
+        ResilientTransport(
+            httpx.MockTransport(lambda r: httpx.Response(200)), http2=False, verify=False
+        )
+    with pytest.raises(TypeError, match="retry must be a RetryConfig"):
+        ResilientTransport(retry=3)  # type: ignore[arg-type]
+
+
+async def test_builds_an_http2_transport_by_default_and_closes_it_once() -> None:
+    transport = ResilientTransport()
+    inner = transport.transport
+    assert isinstance(inner, httpx.AsyncHTTPTransport)
+    assert inner._pool._http2 is True
+    await transport.aclose()
+    await transport.aclose()
+
+
+async def test_async_with_closes_the_inner_transport() -> None:
+    closed: list[bool] = []
+
+    class Inner(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200)
+
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    async with ResilientTransport(Inner()) as transport:
+        assert isinstance(transport, ResilientTransport)
+    assert closed == [True]
+
+
+def test_repr_shows_no_credentials() -> None:
+    transport = ResilientTransport(proxy="http://user:pa55word@proxy.test:8080")
+    assert "pa55word" not in repr(transport)
