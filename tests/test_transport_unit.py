@@ -216,10 +216,10 @@ async def test_retry_log_line_redacts_credentials(caplog: pytest.LogCaptureFixtu
         await client.get("http://alice:hunter2@upstream.test/x?api_key=s3cr3t&page=2")
     [record] = caplog.records
     message = record.getMessage()
-    assert "GET http://upstream.test/x?api_key=%5Bredacted%5D&page=2" in message or (
-        "api_key=[redacted]&page=2" in message
-    )
-    assert "attempt 1 of 4" in message and "status 503" in message and "waiting" in message
+    assert "GET http://upstream.test/x?api_key=[redacted]&page=2 " in message
+    assert "attempt 1 of 4" in message
+    assert "status 503" in message
+    assert "waiting" in message
     for secret in ("alice", "hunter2", "s3cr3t"):
         assert secret not in message
 
