@@ -43,7 +43,9 @@ def backoff_delay(config: RetryConfig, retry_number: int, random: Callable[[], f
     With ``jitter`` j the wait is drawn uniformly from ``[delay * (1 - j), delay]``.
     """
     try:
-        delay = min(config.max_delay, config.base_delay * config.backoff_factor ** (retry_number - 1))
+        delay = min(
+            config.max_delay, config.base_delay * config.backoff_factor ** (retry_number - 1)
+        )
     except OverflowError:  # a large exponent overflows float before min() could cap it
         delay = config.max_delay
     jitter = float(config.jitter)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import httpx
 
@@ -13,9 +13,8 @@ HISTORY_EXTENSION = "retry_history"
 _EXCEPTION_ATTRIBUTE = "retry_history"
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One attempt at sending a request and what followed it.
+class Attempt(NamedTuple):
+    """One attempt at sending a request and what followed it. (A named tuple: cheap to make.)
 
     Attributes:
         number: 1 for the first attempt, 2 for the first retry, and so on.

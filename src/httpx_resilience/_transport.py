@@ -40,6 +40,7 @@ RETRY_EXTENSION = "retry"
 
 _UNSET = object()
 _IDEMPOTENCY_KEY = "idempotency-key"
+_FINAL = "final response"
 
 
 class ResilientTransport(httpx.AsyncBaseTransport):
@@ -134,38 +135,22 @@ class ResilientTransport(httpx.AsyncBaseTransport):
 
     async def _send(self, request: httpx.Request, config: RetryConfig) -> httpx.Response:
         clock = self._clock
-        started = clock()
+        attempt_start = clock()
         budget = self._budget if config.budget_ratio is not None else None
         if budget is not None:
-            budget.record_request(started)
-        deadline = None if config.total_timeout is None else started + config.total_timeout
-        method_retryable = (
-            request.method in config.retry_methods or _IDEMPOTENCY_KEY in request.headers
-        )
+            budget.record_request(attempt_start)
+        deadline = None if config.total_timeout is None else attempt_start + config.total_timeout
         body = _ReplayGuard.for_request(request)
         history: list[Attempt] = []
         while True:
-            attempt_start = clock()
             try:
                 if deadline is None:
                     response = await self._transport.handle_async_request(request)
                 else:
                     response = await self._send_before(request, deadline, len(history) + 1)
             except Exception as exc:
-                now = clock()
-                decision = decide(
-                    config,
-                    attempt=len(history) + 1,
-                    error=exc,
-                    method_retryable=method_retryable,
-                    replayable=body is None or body.replayable,
-                    now=now,
-                    wall_now=time.time(),
-                    deadline=deadline,
-                    random=self._random,
-                    budget=budget,
-                )
-                history.append(_record(history, None, exc, now - attempt_start, decision))
+                decision = self._decide(request, config, history, body, deadline, budget, error=exc)
+                history.append(_record(history, None, exc, attempt_start, clock, decision))
                 if not decision.retry:
                     attach_history(exc, tuple(history))
                     raise
@@ -174,35 +159,14 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 if status not in config.retry_on_status:
                     history.append(
                         Attempt(
-                            len(history) + 1,
-                            status,
-                            None,
-                            clock() - attempt_start,
-                            None,
-                            "final response",
+                            len(history) + 1, status, None, clock() - attempt_start, None, _FINAL
                         )
                     )
                     attach_history(response, tuple(history))
                     return response
-                now = clock()
-                decision = decide(
-                    config,
-                    attempt=len(history) + 1,
-                    status=status,
-                    retry_after=(
-                        response.headers.get("retry-after")
-                        if status in RETRY_AFTER_STATUSES
-                        else None
-                    ),
-                    method_retryable=method_retryable,
-                    replayable=body is None or body.replayable,
-                    now=now,
-                    wall_now=time.time(),
-                    deadline=deadline,
-                    random=self._random,
-                    budget=budget,
-                )
-                history.append(_record(history, status, None, now - attempt_start, decision))
+                decision = self._decide(request, config, history, body, deadline, budget,
+                                        status=status, headers=response.headers)  # fmt: skip
+                history.append(_record(history, status, None, attempt_start, clock, decision))
                 if not decision.retry:
                     attach_history(response, tuple(history))
                     return response
@@ -210,6 +174,41 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 await response.aclose()
             self._log_retry(request, history[-1], config)
             await self._sleep(0.0 if is_testing() else decision.wait)
+            attempt_start = clock()
+
+    def _decide(
+        self,
+        request: httpx.Request,
+        config: RetryConfig,
+        history: list[Attempt],
+        body: _ReplayGuard | None,
+        deadline: float | None,
+        budget: RetryBudget | None,
+        *,
+        status: int | None = None,
+        headers: httpx.Headers | None = None,
+        error: Exception | None = None,
+    ) -> Decision:
+        """Gather what `decide` needs about a failed attempt; only failures pay for this."""
+        retry_after = None
+        if headers is not None and status in RETRY_AFTER_STATUSES:
+            retry_after = headers.get("retry-after")
+        return decide(
+            config,
+            attempt=len(history) + 1,
+            status=status,
+            error=error,
+            retry_after=retry_after,
+            method_retryable=(
+                request.method in config.retry_methods or _IDEMPOTENCY_KEY in request.headers
+            ),
+            replayable=body is None or body.replayable,
+            now=self._clock(),
+            wall_now=time.time(),
+            deadline=deadline,
+            random=self._random,
+            budget=budget,
+        )
 
     async def _send_before(
         self, request: httpx.Request, deadline: float, attempt: int
@@ -272,11 +271,12 @@ def _record(
     history: list[Attempt],
     status: int | None,
     error: BaseException | None,
-    elapsed: float,
+    attempt_start: float,
+    clock: Callable[[], float],
     decision: Decision,
 ) -> Attempt:
     wait = decision.wait if decision.retry else None
-    return Attempt(len(history) + 1, status, error, elapsed, wait, decision.reason)
+    return Attempt(len(history) + 1, status, error, clock() - attempt_start, wait, decision.reason)
 
 
 class _ReplayGuard(httpx.AsyncByteStream):

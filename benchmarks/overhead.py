@@ -1,0 +1,155 @@
+"""Happy-path cost of ResilientTransport: the inner transport alone vs. wrapped, in one run.
+
+A Hypercorn server in a child process answers 200 on 127.0.0.1 over HTTP/1.1. This process sends
+the same requests through ``httpx.AsyncClient`` over (A) a plain ``httpx.AsyncHTTPTransport`` and
+(B) the same kind of transport wrapped in ``ResilientTransport``, alternating A and B in rounds so
+that machine noise hits both alike. It reports client CPU seconds per request (process time, so
+the server's work and waiting on the network do not count) and the ratio B / A, from the median
+round. A second section times the wrapper alone over an instant in-memory transport, to show its
+absolute cost in microseconds.
+
+    python benchmarks/overhead.py [--requests 2000] [--rounds 7] [--concurrency 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import socket
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from httpx_resilience import ResilientTransport
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def serve(sock: socket.socket) -> None:
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.keep_alive_timeout = 60
+    asyncio.run(hypercorn_serve(app, config))  # type: ignore[arg-type]
+
+
+async def run_round(client: httpx.AsyncClient, url: str, requests: int, concurrency: int) -> float:
+    """Client CPU seconds per request for one round."""
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            response = await client.get(url)
+            assert response.status_code == 200
+
+    share = requests // concurrency
+    started = time.process_time()
+    await asyncio.gather(*(worker(share) for _ in range(concurrency)))
+    return (time.process_time() - started) / (share * concurrency)
+
+
+async def network(url: str, requests: int, rounds: int, concurrency: int) -> tuple[float, float]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    plain = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(limits=limits))
+    wrapped = httpx.AsyncClient(
+        transport=ResilientTransport(httpx.AsyncHTTPTransport(limits=limits))
+    )
+    async with plain, wrapped:
+        for client in (plain, wrapped):  # warm up: connections, caches
+            await run_round(client, url, min(requests, 200), concurrency)
+        a_times, b_times = [], []
+        for _ in range(rounds):
+            a_times.append(await run_round(plain, url, requests, concurrency))
+            b_times.append(await run_round(wrapped, url, requests, concurrency))
+    return statistics.median(a_times), statistics.median(b_times)
+
+
+async def in_memory(requests: int, rounds: int) -> tuple[float, float]:
+    """Seconds per call of handle_async_request: an instant transport alone vs. wrapped."""
+
+    class Instant(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200)
+
+    request = httpx.Request("GET", "http://in-memory.test/")
+    plain, wrapped = Instant(), ResilientTransport(Instant())
+
+    async def timed(transport: httpx.AsyncBaseTransport) -> float:
+        started = time.perf_counter()
+        for _ in range(requests):
+            await transport.handle_async_request(request)
+        return (time.perf_counter() - started) / requests
+
+    a_times, b_times = [], []
+    for _ in range(rounds):
+        a_times.append(await timed(plain))
+        b_times.append(await timed(wrapped))
+    return statistics.median(a_times), statistics.median(b_times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per variant")
+    parser.add_argument("--concurrency", type=int, default=1)
+    args = parser.parse_args()
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    child = multiprocessing.get_context("fork").Process(target=serve, args=(sock,), daemon=True)
+    child.start()
+    sock.close()
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(100):  # wait until the server answers, 10 s at most
+            try:
+                httpx.get(url, timeout=1.0)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        a, b = asyncio.run(network(url, args.requests, args.rounds, args.concurrency))
+    finally:
+        child.terminate()
+        child.join(10)
+    m_a, m_b = asyncio.run(in_memory(50_000, args.rounds))
+
+    print(
+        f"httpx {httpx.__version__}; {args.rounds} rounds x {args.requests} GETs, "
+        f"concurrency {args.concurrency}, Hypercorn HTTP/1.1 on 127.0.0.1 (other process)"
+    )
+    print(f"  client CPU per request, AsyncHTTPTransport alone : {a * 1e6:8.1f} us")
+    print(f"  client CPU per request, wrapped (ResilientTransport): {b * 1e6:8.1f} us")
+    print(f"  ratio wrapped / alone: {b / a:.3f}  (overhead {100 * (b / a - 1):+.1f} %)")
+    print("instant in-memory inner transport, 50,000 calls per round:")
+    print(
+        f"  alone {m_a * 1e6:.2f} us, wrapped {m_b * 1e6:.2f} us per call: "
+        f"the wrapper adds {(m_b - m_a) * 1e6:.2f} us"
+    )
+
+
+if __name__ == "__main__":
+    main()
