@@ -5,11 +5,17 @@ from __future__ import annotations
 import ssl
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import trustme
 
 from tests.support.server import FaultApp, FaultProxy, ServerInfo, ServerThread
+
+# The shared servers keep connections open for many requests (Hypercorn's default closes one
+# after 1,000 requests, sending GOAWAY on HTTP/2). Tests about servers that close connections
+# often make servers of their own.
+LONG_LIVED: dict[str, Any] = {"keep_alive_max_requests": 1_000_000, "keep_alive_timeout": 60}
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -36,7 +42,7 @@ def client_ssl_context(ca: trustme.CA) -> ssl.SSLContext:
 @pytest.fixture(scope="session")
 def h1_server() -> Iterator[ServerThread]:
     """Plain HTTP/1.1 server (``http://127.0.0.1:PORT``) with its own FaultApp."""
-    server = ServerThread(FaultApp())
+    server = ServerThread(FaultApp(), **LONG_LIVED)
     try:
         server.start()
         yield server
@@ -47,7 +53,7 @@ def h1_server() -> Iterator[ServerThread]:
 @pytest.fixture(scope="session")
 def h2_server(ca: trustme.CA) -> Iterator[ServerThread]:
     """TLS server with ALPN h2/http1.1 (``https://127.0.0.1:PORT``), own FaultApp."""
-    server = ServerThread(FaultApp(), ca=ca)
+    server = ServerThread(FaultApp(), ca=ca, **LONG_LIVED)
     try:
         server.start()
         yield server

@@ -207,6 +207,9 @@ class FaultApp:
     * ``/midbody/{key}`` -- 200 with ``content-length: 1000``, 10 bytes of body,
       then the connection is cut (see :data:`ABORT_EXTENSION`).
     * ``/big/{key}?size=N`` -- 200 with N (default 65536) bytes of body.
+    * ``/drop/{key}?fail=N`` -- the first N (default 1) requests are recorded, then
+      their connection is cut before any response byte ("the server may have
+      acted"); later ones answer 200 ``{"hits": n}``.
     * anything else -- 404.
 
     Bad query values answer 400 (and are still recorded).
@@ -222,6 +225,7 @@ class FaultApp:
             "slow": self._slow,
             "midbody": self._midbody,
             "big": self._big,
+            "drop": self._drop,
         }
 
     def hits(self, key: str) -> int:
@@ -319,6 +323,17 @@ class FaultApp:
             abort()
         # Returning with the body unfinished makes Hypercorn close an HTTP/1.1
         # connection in any case; the abort above also covers HTTP/2.
+
+    async def _drop(self, scope: Scope, receive: Receive, send: Send, key: str, hits: int) -> None:
+        fail = _int_param(_query(scope), "fail", 1)
+        assert fail is not None
+        abort = scope.get("extensions", {}).get(ABORT_EXTENSION, {}).get("abort")
+        if hits <= fail and abort is not None:
+            abort()
+            with anyio.move_on_after(5.0):
+                await _wait_for_disconnect(receive)
+            return
+        await _respond_json(send, 200, {"hits": hits})
 
     async def _big(self, scope: Scope, receive: Receive, send: Send, key: str, hits: int) -> None:
         size = _int_param(_query(scope), "size", 65536)
