@@ -84,4 +84,4 @@ def test_retries_in_window_never_exceed_the_allowance(events: list[tuple[bool, f
         else:
             budget.try_spend(now)
         assert budget.available(now) >= 0.0
-        assert budget._retries_total <= 1.0 + 0.2 * budget._requests_total
+        assert budget._counts.second <= 1.0 + 0.2 * budget._counts.first

@@ -8,37 +8,21 @@ lives elsewhere (`_transport.py`); the transport-wide retry budget's counters li
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
+
+from ._validate import check_number
 
 __all__ = ["DEFAULT_RETRY_METHODS", "DEFAULT_RETRY_STATUSES", "RetryConfig"]
+
+_check_number = partial(check_number, "RetryConfig")
 
 #: Methods RFC 9110 §9.2.2 defines as idempotent: repeating them has the effect of sending once.
 DEFAULT_RETRY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 #: Statuses that say "try again later" rather than "your request is wrong".
 DEFAULT_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
-def _check_number(
-    name: str,
-    value: object,
-    *,
-    minimum: float = 0.0,
-    allow_none: bool = False,
-    maximum: float = math.inf,
-    allow_inf: bool = False,
-) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"RetryConfig.{name} must be a number, got {value!r}")
-    if math.isnan(value) or (math.isinf(value) and not allow_inf):
-        raise ValueError(f"RetryConfig.{name} must be a finite number, got {value!r}")
-    if not minimum <= value <= maximum:
-        upper = "" if math.isinf(maximum) else f" and <= {maximum}"
-        raise ValueError(f"RetryConfig.{name} must be >= {minimum}{upper}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +80,7 @@ class RetryConfig:
     budget_window: float = 10.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
-            raise TypeError(f"RetryConfig.max_retries must be an int, got {self.max_retries!r}")
-        if self.max_retries < 0:
-            raise ValueError(f"RetryConfig.max_retries must be >= 0, got {self.max_retries!r}")
+        _check_number("max_retries", self.max_retries, integer=True)
         _check_number("base_delay", self.base_delay)
         _check_number("backoff_factor", self.backoff_factor, minimum=1.0)
         _check_number("max_delay", self.max_delay)

@@ -6,6 +6,7 @@ closes what it discards, waits through an injectable sleeper, and records every 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random as _random
 import time
@@ -170,8 +171,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 if not decision.retry:
                     attach_history(response, tuple(history))
                     return response
-                # Free the connection before waiting, so that retries cannot starve the pool.
-                await response.aclose()
+                # Free the connection before waiting, so that retries cannot starve the pool. A
+                # connection that fails while closing is no reason to give up the retry.
+                with contextlib.suppress(httpx.TransportError):
+                    await response.aclose()
             self._log_retry(request, history[-1], config)
             await self._sleep(0.0 if is_testing() else decision.wait)
             attempt_start = clock()

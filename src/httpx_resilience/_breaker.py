@@ -1,0 +1,296 @@
+"""`CircuitBreaker`: fail fast while an upstream is down, and find out by itself when it is back.
+
+States per origin (scheme, host, port)::
+
+    CLOSED --(failures reach the threshold)--> OPEN --(recovery_time passes)--> HALF_OPEN
+    HALF_OPEN --(a probe succeeds)--> CLOSED
+    HALF_OPEN --(a probe fails)--> OPEN
+
+Two ways to trip: ``failure_threshold`` consecutive failures (the default), or, when
+``failure_rate_threshold`` is set, a failure ratio at or above it over the last ``window``
+seconds once at least ``minimum_calls`` were seen there (as Polly and resilience4j do).
+
+Sans-IO: the breaker never awaits, sleeps or locks. Every method runs to completion without a
+suspension point, so within one event loop no lock is needed and thousands of concurrent
+requests never serialise. The clock is injectable. Memory stays bounded: an origin gets state
+only once it fails, an origin that is closed and healthy again drops it, and at most
+``max_origins`` origins are tracked (the least recently touched closed ones are evicted first).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import NamedTuple
+
+from ._logging import logger
+from ._validate import check_number
+from ._window import SlidingCounts
+
+__all__ = ["CircuitBreaker", "CircuitState", "Origin"]
+
+
+class CircuitState(str, enum.Enum):
+    """The state of one origin's circuit."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+class Origin(NamedTuple):
+    """Where requests go: the unit a circuit breaker tracks."""
+
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+StateListener = Callable[[Origin, CircuitState, CircuitState], None]
+
+
+class _Circuit:
+    """One origin's state. Consecutive count, or windowed counts in rate mode."""
+
+    __slots__ = ("consecutive", "counts", "in_flight", "opened_at", "state")
+
+    def __init__(self, window: float) -> None:
+        self.state = CircuitState.CLOSED
+        self.consecutive = 0
+        self.opened_at = 0.0
+        self.in_flight = 0  # probes admitted while half-open
+        self.counts = SlidingCounts(window)  # rate mode: first = calls, second = failures
+
+
+_check = partial(check_number, "CircuitBreaker")
+
+
+class CircuitBreaker:
+    """Per-origin circuit breaking, shared by every transport it is given to.
+
+    Args:
+        failure_threshold: Consecutive failures that open a circuit (count mode). Default 5.
+        recovery_time: Seconds a circuit stays open before a probe is let through. Default 30.
+        name: A label for logs and reprs.
+        failure_rate_threshold: If set (0 < x <= 1), trip on the failure ratio over ``window``
+            instead of a consecutive count. Default None (count mode).
+        window: Seconds of history the failure ratio looks back over. Default 30.
+        minimum_calls: Calls needed in ``window`` before the ratio may trip. Default 10.
+        half_open_max_calls: Probes let through at once while half-open. Default 1.
+        failure_statuses: Response statuses counted as failures. Default 500-599.
+        on_state_change: Called as ``(origin, old, new)`` on every transition.
+        max_origins: Origins tracked at most; closed ones are evicted first. Default 10,000.
+        clock: Monotonic seconds. For tests.
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        recovery_time: float = 30.0,
+        name: str | None = None,
+        *,
+        failure_rate_threshold: float | None = None,
+        window: float = 30.0,
+        minimum_calls: int = 10,
+        half_open_max_calls: int = 1,
+        failure_statuses: Iterable[int] = range(500, 600),
+        on_state_change: StateListener | None = None,
+        max_origins: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        _check("failure_threshold", failure_threshold, minimum=1, integer=True)
+        _check("recovery_time", recovery_time, maximum=10**9)
+        _check("failure_rate_threshold", failure_rate_threshold, minimum=0.0, maximum=1.0,
+               allow_none=True)  # fmt: skip
+        if failure_rate_threshold == 0:
+            raise ValueError("CircuitBreaker.failure_rate_threshold must be > 0 and <= 1, got 0")
+        _check("window", window, minimum=0.001, maximum=10**9)
+        _check("minimum_calls", minimum_calls, minimum=1, integer=True)
+        _check("half_open_max_calls", half_open_max_calls, minimum=1, integer=True)
+        _check("max_origins", max_origins, minimum=1, integer=True)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"CircuitBreaker.name must be a str, got {name!r}")
+        statuses = frozenset(failure_statuses)
+        for status in statuses:
+            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+                raise ValueError(
+                    f"CircuitBreaker.failure_statuses must hold status codes 100-599, "
+                    f"got {status!r}"
+                )
+        self.failure_threshold = failure_threshold
+        self.recovery_time = float(recovery_time)
+        self.name = name
+        self.failure_rate_threshold = failure_rate_threshold
+        self.window = float(window)
+        self.minimum_calls = minimum_calls
+        self.half_open_max_calls = half_open_max_calls
+        self.failure_statuses = statuses
+        self.on_state_change = on_state_change
+        self.max_origins = max_origins
+        self._clock = clock
+        self._circuits: OrderedDict[Origin, _Circuit] = OrderedDict()
+
+    def __repr__(self) -> str:
+        mode = (
+            f"failure_rate_threshold={self.failure_rate_threshold}"
+            if self.failure_rate_threshold is not None
+            else f"failure_threshold={self.failure_threshold}"
+        )
+        return f"CircuitBreaker(name={self.name!r}, {mode}, recovery_time={self.recovery_time})"
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def state(self, origin: Origin | str) -> CircuitState:
+        """The circuit state of ``origin`` now (an `Origin` or a URL)."""
+        circuit = self._circuits.get(_as_origin(origin))
+        if circuit is None:
+            return CircuitState.CLOSED
+        if circuit.state is CircuitState.OPEN and self._clock() >= self._reopens_at(circuit):
+            return CircuitState.HALF_OPEN
+        return circuit.state
+
+    def states(self) -> dict[Origin, CircuitState]:
+        """The state of every tracked origin that is not plainly closed."""
+        return {origin: self.state(origin) for origin in list(self._circuits)}
+
+    def retry_in(self, origin: Origin | str) -> float:
+        """Seconds until ``origin``'s open circuit lets a probe through (0 if it would now)."""
+        circuit = self._circuits.get(_as_origin(origin))
+        if circuit is None or circuit.state is not CircuitState.OPEN:
+            return 0.0
+        return max(0.0, self._reopens_at(circuit) - self._clock())
+
+    # --- the protocol a transport follows: admit, then record exactly one outcome ------------
+
+    def admit(self, origin: Origin) -> float | None:
+        """Ask to send a request to ``origin``. None means go ahead (and then record exactly
+        one outcome with `record_success`, `record_failure` or `record_ignored`); a number means
+        refused: the seconds until a probe may go through."""
+        circuit = self._circuits.get(origin)
+        if circuit is None or circuit.state is CircuitState.CLOSED:
+            return None
+        now = self._clock()
+        if circuit.state is CircuitState.OPEN:
+            reopens_at = self._reopens_at(circuit)
+            if now < reopens_at:
+                return reopens_at - now
+            self._transition(origin, circuit, CircuitState.HALF_OPEN)
+        if circuit.in_flight >= self.half_open_max_calls:
+            return 0.0  # probes are under way: their outcome decides
+        circuit.in_flight += 1
+        return None
+
+    def record_success(self, origin: Origin) -> None:
+        """The admitted request to ``origin`` succeeded."""
+        circuit = self._circuits.get(origin)
+        if circuit is None:
+            return  # the common case: healthy origins carry no state at all
+        if circuit.state is CircuitState.HALF_OPEN:
+            circuit.in_flight = max(0, circuit.in_flight - 1)
+            self._transition(origin, circuit, CircuitState.CLOSED)
+            del self._circuits[origin]
+            return
+        if circuit.state is CircuitState.OPEN:
+            return  # a straggler admitted before the circuit opened
+        if self.failure_rate_threshold is None:
+            # Count mode: a success breaks the run of failures; nothing left worth keeping.
+            del self._circuits[origin]
+            return
+        circuit.counts.add(self._clock(), first=1)
+        if circuit.counts.second == 0:
+            del self._circuits[origin]
+
+    def record_failure(self, origin: Origin) -> None:
+        """The admitted request to ``origin`` failed in a way that counts."""
+        circuit = self._circuits.get(origin)
+        if circuit is None:
+            circuit = self._new_circuit(origin)
+        else:
+            self._circuits.move_to_end(origin)
+        if circuit.state is CircuitState.HALF_OPEN:
+            circuit.in_flight = max(0, circuit.in_flight - 1)
+            self._open(origin, circuit)
+            return
+        if circuit.state is CircuitState.OPEN:
+            return
+        if self.failure_rate_threshold is None:
+            circuit.consecutive += 1
+            if circuit.consecutive >= self.failure_threshold:
+                self._open(origin, circuit)
+            return
+        counts = circuit.counts
+        counts.add(self._clock(), first=1, second=1)
+        if (
+            counts.first >= self.minimum_calls
+            and counts.second >= self.failure_rate_threshold * counts.first
+        ):
+            self._open(origin, circuit)
+
+    def record_ignored(self, origin: Origin) -> None:
+        """The admitted request ended in a way that says nothing about the upstream
+        (cancelled, a 4xx, a local error): free its probe slot, count nothing."""
+        circuit = self._circuits.get(origin)
+        if circuit is not None and circuit.state is CircuitState.HALF_OPEN:
+            circuit.in_flight = max(0, circuit.in_flight - 1)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _reopens_at(self, circuit: _Circuit) -> float:
+        return circuit.opened_at + self.recovery_time
+
+    def _new_circuit(self, origin: Origin) -> _Circuit:
+        if len(self._circuits) >= self.max_origins:
+            self._evict()
+        circuit = self._circuits[origin] = _Circuit(self.window)
+        return circuit
+
+    def _evict(self) -> None:
+        for origin, circuit in self._circuits.items():
+            if circuit.state is CircuitState.CLOSED:
+                del self._circuits[origin]
+                return
+        self._circuits.popitem(last=False)  # every tracked origin is open: drop the oldest
+
+    def _open(self, origin: Origin, circuit: _Circuit) -> None:
+        circuit.opened_at = self._clock()
+        circuit.consecutive = 0
+        self._transition(origin, circuit, CircuitState.OPEN)
+
+    def _transition(self, origin: Origin, circuit: _Circuit, new: CircuitState) -> None:
+        old = circuit.state
+        circuit.state = new
+        if new is CircuitState.OPEN:
+            logger.warning(
+                "Circuit %sopened for %s (was %s); failing fast for %.1fs",
+                f"{self.name!r} " if self.name else "", origin, old.value, self.recovery_time,
+            )  # fmt: skip
+        elif new is CircuitState.CLOSED:
+            logger.info("Circuit %sclosed for %s", f"{self.name!r} " if self.name else "", origin)
+        elif logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Circuit %shalf-open for %s", f"{self.name!r} " if self.name else "",
+                         origin)  # fmt: skip
+        if self.on_state_change is not None:
+            self.on_state_change(origin, old, new)
+
+
+def origin_of(scheme: str, host: str, port: int | None) -> Origin:
+    """The origin of a request URL, with the scheme's default port filled in."""
+    if port is None:
+        port = 443 if scheme in ("https", "wss") else 80
+    return Origin(scheme, host, port)
+
+
+def _as_origin(origin: Origin | str) -> Origin:
+    if isinstance(origin, Origin):
+        return origin
+    import httpx
+
+    url = httpx.URL(origin)
+    return origin_of(url.scheme, url.host, url.port)

@@ -1,0 +1,52 @@
+"""A pair of counters over a sliding time window, for the retry budget and the circuit breaker.
+
+The window is split into ten buckets that slide with time, so each call is O(1) and memory is
+fixed. Pure: the caller passes the current time. Not thread-safe; one event loop owns it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SlidingCounts"]
+
+_BUCKETS = 10
+
+
+class SlidingCounts:
+    """Counts of two kinds of event (``first``, ``second``) seen in the last ``window`` seconds."""
+
+    __slots__ = ("_bucket", "_firsts", "_seconds", "_width", "first", "second")
+
+    def __init__(self, window: float) -> None:
+        self._width = window / _BUCKETS
+        self._bucket: int | None = None
+        self._firsts = [0] * _BUCKETS
+        self._seconds = [0] * _BUCKETS
+        self.first = 0  # totals over the window as of the last call
+        self.second = 0
+
+    def add(self, now: float, first: int = 0, second: int = 0) -> None:
+        """Slide the window to ``now`` and count the events given."""
+        index = self.slide(now)
+        if first:
+            self._firsts[index] += first
+            self.first += first
+        if second:
+            self._seconds[index] += second
+            self.second += second
+
+    def slide(self, now: float) -> int:
+        """Drop what fell out of the window by ``now``; return the current bucket's index."""
+        bucket = int(now // self._width)
+        last = self._bucket
+        if last != bucket:
+            # Zero every bucket that slid out since the last call (all of them after a long
+            # idle spell, or when the clock went backwards).
+            stale = _BUCKETS if last is None or bucket < last else min(bucket - last, _BUCKETS)
+            for step in range(1, stale + 1):
+                index = (bucket - stale + step) % _BUCKETS
+                self.first -= self._firsts[index]
+                self.second -= self._seconds[index]
+                self._firsts[index] = 0
+                self._seconds[index] = 0
+            self._bucket = bucket
+        return bucket % _BUCKETS
