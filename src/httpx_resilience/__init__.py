@@ -9,8 +9,9 @@ async with httpx.AsyncClient(transport=ResilientTransport()) as client:
 
 from __future__ import annotations
 
+from ._breaker import CircuitBreaker, CircuitState, Origin
 from ._config import DEFAULT_RETRY_METHODS, DEFAULT_RETRY_STATUSES, RetryConfig
-from ._exceptions import DeadlineExceeded, ResilienceError
+from ._exceptions import CircuitOpenError, DeadlineExceeded, ResilienceError
 from ._history import HISTORY_EXTENSION, Attempt, get_retry_history
 from ._testing import is_testing, set_testing
 from ._transport import RETRY_EXTENSION, ResilientTransport
@@ -23,7 +24,11 @@ __all__ = [
     "HISTORY_EXTENSION",
     "RETRY_EXTENSION",
     "Attempt",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "CircuitState",
     "DeadlineExceeded",
+    "Origin",
     "ResilienceError",
     "ResilientTransport",
     "RetryConfig",

@@ -16,7 +16,7 @@ import ssl
 
 import httpx
 
-__all__ = ["FailureKind", "classify_error"]
+__all__ = ["FailureKind", "classify_error", "counts_against_upstream"]
 
 
 class FailureKind(enum.Enum):
@@ -54,3 +54,11 @@ def _is_tls_failure(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__ or cause.__context__
     return False
+
+
+def counts_against_upstream(exc: BaseException) -> bool:
+    """Whether a circuit breaker counts ``exc`` as the upstream failing: connection errors and
+    timeouts do; local rejections (a pool timeout, an open circuit) and FATAL errors do not."""
+    if isinstance(exc, httpx.PoolTimeout):
+        return False
+    return classify_error(exc) is not FailureKind.FATAL

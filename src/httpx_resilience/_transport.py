@@ -19,10 +19,12 @@ import httpx
 from httpx._config import DEFAULT_LIMITS
 from httpx._multipart import FileField, MultipartStream
 
+from ._breaker import CircuitBreaker, CircuitState, Origin, origin_of
 from ._budget import RetryBudget
+from ._classify import counts_against_upstream
 from ._config import RetryConfig
 from ._decision import RETRY_AFTER_STATUSES, Decision, decide
-from ._exceptions import DeadlineExceeded
+from ._exceptions import CircuitOpenError, DeadlineExceeded
 from ._history import Attempt, attach_history
 from ._logging import logger, redact_url
 from ._testing import is_testing
@@ -42,6 +44,7 @@ RETRY_EXTENSION = "retry"
 _UNSET = object()
 _IDEMPOTENCY_KEY = "idempotency-key"
 _FINAL = "final response"
+_NO_RETRY = RetryConfig(max_retries=0, budget_ratio=None)
 
 
 class ResilientTransport(httpx.AsyncBaseTransport):
@@ -57,6 +60,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         transport: The transport each attempt goes through. Closed by `aclose`.
         retry: The retry policy; `RetryConfig()` when None. A request's
             ``extensions={"retry": ...}`` overrides it for that request.
+        circuit_breaker: Fails requests fast, per origin, while an upstream is down. May be
+            shared by several transports (per-host mounts), which then share its state.
         clock: Monotonic seconds, for deadlines and the retry budget. For tests.
         sleep: Awaited to wait between attempts. For tests; `anyio.sleep` by default.
         random: Returns a float in [0, 1), for jitter. For tests.
@@ -67,6 +72,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         retry: RetryConfig | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
         verify: ssl.SSLContext | str | bool = True,
         cert: CertTypes | None = None,
         trust_env: bool = True,
@@ -102,6 +108,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 )
         self._transport = transport
         self._retry = retry
+        if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
+            raise TypeError(
+                "ResilientTransport.circuit_breaker must be a CircuitBreaker or None, "
+                f"got {circuit_breaker!r}"
+            )
+        self._breaker = circuit_breaker
         self._budget = _make_budget(retry)
         self._clock = clock
         self._sleep = sleep
@@ -112,6 +124,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
     def retry(self) -> RetryConfig:
         """The transport's default `RetryConfig`."""
         return self._retry
+
+    @property
+    def circuit_breaker(self) -> CircuitBreaker | None:
+        """The transport's `CircuitBreaker`, if any."""
+        return self._breaker
 
     @property
     def transport(self) -> httpx.AsyncBaseTransport:
@@ -126,7 +143,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         if config is _UNSET:
             config = self._retry
         elif config is None or config is False:
-            return await self._transport.handle_async_request(request)
+            if self._breaker is None:
+                return await self._transport.handle_async_request(request)
+            config = _NO_RETRY
         elif not isinstance(config, RetryConfig):
             raise TypeError(
                 f'request.extensions["{RETRY_EXTENSION}"] must be a RetryConfig, None or False, '
@@ -142,27 +161,40 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             budget.record_request(attempt_start)
         deadline = None if config.total_timeout is None else attempt_start + config.total_timeout
         body = _ReplayGuard.for_request(request)
+        breaker = self._breaker
+        origin = None if breaker is None else _origin(request)
         history: list[Attempt] = []
         while True:
+            if origin is not None:
+                self._admit(request, origin, history)
             try:
                 if deadline is None:
                     response = await self._transport.handle_async_request(request)
                 else:
                     response = await self._send_before(request, deadline, len(history) + 1)
             except Exception as exc:
+                if origin is not None:
+                    self._record_error(origin, exc)
                 decision = self._decide(request, config, history, body, deadline, budget, error=exc)
                 history.append(_record(history, None, exc, attempt_start, clock, decision))
                 if not decision.retry:
                     attach_history(exc, tuple(history))
                     raise
+                if origin is not None:
+                    self._admit(request, origin, history, probe=False)
+            except BaseException:  # cancelled: says nothing about the upstream
+                if origin is not None:
+                    breaker.record_ignored(origin)  # type: ignore[union-attr]
+                raise
             else:
                 status = response.status_code
+                if origin is not None:
+                    self._record_status(origin, status)
                 if status not in config.retry_on_status:
-                    history.append(
-                        Attempt(
-                            len(history) + 1, status, None, clock() - attempt_start, None, _FINAL
-                        )
+                    attempt = Attempt(
+                        len(history) + 1, status, None, clock() - attempt_start, None, _FINAL
                     )
+                    history.append(attempt)
                     attach_history(response, tuple(history))
                     return response
                 decision = self._decide(request, config, history, body, deadline, budget,
@@ -175,9 +207,50 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 # connection that fails while closing is no reason to give up the retry.
                 with contextlib.suppress(httpx.TransportError):
                     await response.aclose()
+                if origin is not None:
+                    self._admit(request, origin, history, probe=False)
             self._log_retry(request, history[-1], config)
             await self._sleep(0.0 if is_testing() else decision.wait)
             attempt_start = clock()
+
+    def _admit(
+        self, request: httpx.Request, origin: Origin, history: list[Attempt], probe: bool = True
+    ) -> None:
+        """Raise `CircuitOpenError` if ``origin``'s circuit refuses requests now, chained to
+        the last failure. With ``probe=False`` only look: a retry about to wait stops at once
+        when its own failures opened the circuit, instead of waiting to be refused."""
+        breaker = self._breaker
+        assert breaker is not None
+        if probe:
+            retry_in = breaker.admit(origin)
+        else:
+            state = breaker.state(origin)
+            retry_in = breaker.retry_in(origin) if state is CircuitState.OPEN else None
+        if retry_in is None:
+            return
+        error = CircuitOpenError(origin, retry_in, breaker.name, request=request)
+        last = history[-1] if history else None
+        attach_history(error, tuple(history))
+        if last is not None and last.error is not None:
+            raise error from last.error
+        raise error
+
+    def _record_error(self, origin: Origin, exc: Exception) -> None:
+        breaker = self._breaker
+        assert breaker is not None
+        if counts_against_upstream(exc):
+            breaker.record_failure(origin)
+        else:
+            breaker.record_ignored(origin)
+
+    def _record_status(self, origin: Origin, status: int) -> None:
+        breaker = self._breaker
+        assert breaker is not None
+        # Any other answer, a 4xx included, shows the upstream is up and answering.
+        if status in breaker.failure_statuses:
+            breaker.record_failure(origin)
+        else:
+            breaker.record_success(origin)
 
     def _decide(
         self,
@@ -262,6 +335,11 @@ _DEFAULTS: dict[str, object] = {
     "limits": DEFAULT_LIMITS, "proxy": None, "uds": None, "local_address": None,
     "retries": 0, "socket_options": None,
 }  # fmt: skip
+
+
+def _origin(request: httpx.Request) -> Origin:
+    url = request.url
+    return origin_of(url.scheme, url.host, url.port)
 
 
 def _make_budget(config: RetryConfig) -> RetryBudget | None:
