@@ -369,13 +369,14 @@ def _check_loopback(host: str) -> None:
     raise ValueError(f"test servers only talk to the loopback interface, not {host!r}")
 
 
-def _bound_socket() -> socket.socket:
-    """A TCP socket bound to 127.0.0.1 on an OS-chosen port, not listening."""
+def _bound_socket(port: int = 0) -> socket.socket:
+    """A TCP socket bound to 127.0.0.1 on ``port`` (0: OS-chosen), not listening."""
     # proto=IPPROTO_TCP: accepted sockets inherit it, and asyncio only turns
     # on TCP_NODELAY for those (else Nagle + delayed ACKs add ~40 ms a reply).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        sock.bind((LOOPBACK, 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((LOOPBACK, port))
     except BaseException:
         sock.close()
         raise
@@ -740,6 +741,16 @@ class FaultProxy:
             raise RuntimeError("fault proxy is closed")
         asyncio.run_coroutine_threadsafe(self._listen(), loop).result(timeout)
 
+    def stop_listening(self, timeout: float = 5.0) -> None:
+        """The upstream goes down: cut every open connection and refuse new ones (the port
+        stays bound, not listening) until :meth:`start_listening`. Same threading rules."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("stop_listening() must not be called on the proxy's own loop")
+        loop = self._loop
+        if self._closed or loop is None:
+            raise RuntimeError("fault proxy is closed")
+        asyncio.run_coroutine_threadsafe(self._unlisten(), loop).result(timeout)
+
     def drop_responses(self, n: int) -> None:
         """Drop the next ``n`` responses (replaces any count still pending)."""
         if n < 0:
@@ -809,6 +820,20 @@ class FaultProxy:
     async def _listen(self) -> None:
         if self._server is None and not self._closed:
             self._server = await asyncio.start_server(self._handle, sock=self._sock, backlog=100)
+
+    async def _unlisten(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()  # closes the listening socket too
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 2.0)
+        self._sock = _bound_socket(self._port)
 
     def _take_drop(self) -> bool:
         with self._lock:
