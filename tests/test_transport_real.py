@@ -348,6 +348,22 @@ async def test_body_cut_mid_way_reaches_the_caller_as_an_httpx_error(
         assert_pool_idle(client)
 
 
+async def test_read_body_extension_retries_a_body_cut_mid_way(server: ServerInfo, key: str) -> None:
+    async with make_client(server) as client:
+        response = await client.get(f"/midbody/{key}?fail=1", extensions={"read_body": True})
+        assert response.status_code == 200
+        assert response.content == b"0123456789" * 100
+        assert response.elapsed.total_seconds() >= 0
+        assert server.app.hits(key) == 2
+        assert isinstance(get_retry_history(response)[0].error, httpx.RemoteProtocolError)
+
+        post_key = key + "-post"
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post(f"/midbody/{post_key}?fail=1", extensions={"read_body": True})
+        assert server.app.hits(post_key) == 1
+        assert_pool_idle(client)
+
+
 # --- resources and cancellation --------------------------------------------------------------
 
 

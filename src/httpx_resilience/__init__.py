@@ -14,7 +14,7 @@ from ._config import DEFAULT_RETRY_METHODS, DEFAULT_RETRY_STATUSES, RetryConfig
 from ._exceptions import CircuitOpenError, DeadlineExceeded, ResilienceError
 from ._history import HISTORY_EXTENSION, Attempt, get_retry_history
 from ._testing import is_testing, set_testing
-from ._transport import RETRY_EXTENSION, ResilientTransport
+from ._transport import READ_BODY_EXTENSION, RETRY_EXTENSION, ResilientTransport
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_RETRY_METHODS",
     "DEFAULT_RETRY_STATUSES",
     "HISTORY_EXTENSION",
+    "READ_BODY_EXTENSION",
     "RETRY_EXTENSION",
     "Attempt",
     "CircuitBreaker",

@@ -35,11 +35,16 @@ if TYPE_CHECKING:
     from httpx._transports.default import SOCKET_OPTION
     from httpx._types import CertTypes, ProxyTypes
 
-__all__ = ["RETRY_EXTENSION", "ResilientTransport"]
+__all__ = ["READ_BODY_EXTENSION", "RETRY_EXTENSION", "ResilientTransport"]
 
 #: The ``extensions`` key of a request that overrides its transport's `RetryConfig`:
 #: a `RetryConfig`, or ``None``/``False`` to send the request exactly once.
 RETRY_EXTENSION = "retry"
+
+#: The ``extensions`` key of a request whose response body is read inside each attempt
+#: (``True``), so that an error while reading it is retried like any other. The response then
+#: arrives fully read. The `AsyncAPIClient` facade sets it for every non-streaming request.
+READ_BODY_EXTENSION = "read_body"
 
 _UNSET = object()
 _IDEMPOTENCY_KEY = "idempotency-key"
@@ -161,6 +166,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             budget.record_request(attempt_start)
         deadline = None if config.total_timeout is None else attempt_start + config.total_timeout
         body = _ReplayGuard.for_request(request)
+        read_body = request.extensions.get(READ_BODY_EXTENSION) is True
         breaker = self._breaker
         origin = None if breaker is None else _origin(request)
         history: list[Attempt] = []
@@ -169,9 +175,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 self._admit(request, origin, history)
             try:
                 if deadline is None:
-                    response = await self._transport.handle_async_request(request)
+                    response = await self._attempt(request, read_body)
                 else:
-                    response = await self._send_before(request, deadline, len(history) + 1)
+                    response = await self._attempt_before(
+                        request, read_body, deadline, len(history) + 1
+                    )
             except Exception as exc:
                 if origin is not None:
                     self._record_error(origin, exc)
@@ -286,12 +294,26 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             budget=budget,
         )
 
-    async def _send_before(
-        self, request: httpx.Request, deadline: float, attempt: int
+    async def _attempt(self, request: httpx.Request, read_body: bool) -> httpx.Response:
+        response = await self._transport.handle_async_request(request)
+        if read_body:
+            # Read the body inside the attempt, so that an error while reading it is retried
+            # like any other; hand it on as bytes, for the client to read and decode as usual.
+            stream = response.stream
+            assert isinstance(stream, httpx.AsyncByteStream)
+            try:
+                body = b"".join([chunk async for chunk in stream])
+            finally:
+                await stream.aclose()
+            response.stream = httpx.ByteStream(body)
+        return response
+
+    async def _attempt_before(
+        self, request: httpx.Request, read_body: bool, deadline: float, attempt: int
     ) -> httpx.Response:
         remaining = deadline - self._clock()
         with anyio.move_on_after(remaining) as scope:
-            return await self._transport.handle_async_request(request)
+            return await self._attempt(request, read_body)
         assert scope.cancelled_caught
         raise DeadlineExceeded(
             f"total_timeout ran out during attempt {attempt} of {request.method} "

@@ -204,8 +204,9 @@ class FaultApp:
     * ``/slow/{key}?delay=SECONDS&fail=N`` -- the first N (default: all)
       requests wait ``delay`` (default 1.0) seconds, or until the client
       disconnects, then answer 200 ``{"hits": n}``; later ones answer at once.
-    * ``/midbody/{key}`` -- 200 with ``content-length: 1000``, 10 bytes of body,
-      then the connection is cut (see :data:`ABORT_EXTENSION`).
+    * ``/midbody/{key}?fail=N`` -- 200 with ``content-length: 1000``, 10 bytes of
+      body, then the connection is cut (see :data:`ABORT_EXTENSION`); after the
+      first N requests (default: never) the whole body is sent.
     * ``/big/{key}?size=N`` -- 200 with N (default 65536) bytes of body.
     * ``/drop/{key}?fail=N`` -- the first N (default 1) requests are recorded, then
       their connection is cut before any response byte ("the server may have
@@ -313,8 +314,12 @@ class FaultApp:
     async def _midbody(
         self, scope: Scope, receive: Receive, send: Send, key: str, hits: int
     ) -> None:
+        fail = _int_param(_query(scope), "fail", None)
         headers = [(b"content-type", b"application/octet-stream"), (b"content-length", b"1000")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if fail is not None and hits > fail:
+            await send({"type": "http.response.body", "body": b"0123456789" * 100})
+            return
         await send({"type": "http.response.body", "body": b"0123456789", "more_body": True})
         abort = scope.get("extensions", {}).get(ABORT_EXTENSION, {}).get("abort")
         if abort is not None:
