@@ -9,9 +9,32 @@ async with httpx.AsyncClient(transport=ResilientTransport()) as client:
 
 from __future__ import annotations
 
+from ._auth import (
+    APIKeyAuth,
+    AuthHeaders,
+    BearerAuth,
+    api_key_auth,
+    bearer_token_auth,
+    oauth_token_auth,
+)
 from ._breaker import CircuitBreaker, CircuitState, Origin
+from ._client import APIResponse, AsyncAPIClient
 from ._config import DEFAULT_RETRY_METHODS, DEFAULT_RETRY_STATUSES, RetryConfig
-from ._exceptions import CircuitOpenError, DeadlineExceeded, ResilienceError
+from ._exceptions import (
+    APICircuitOpenError,
+    APIClientError,
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    CircuitOpenError,
+    DeadlineExceeded,
+    PermissionDeniedError,
+    RateLimitError,
+    ResilienceError,
+    ResourceNotFoundError,
+    ServerError,
+)
 from ._history import HISTORY_EXTENSION, Attempt, get_retry_history
 from ._testing import is_testing, set_testing
 from ._transport import READ_BODY_EXTENSION, RETRY_EXTENSION, ResilientTransport
@@ -24,17 +47,35 @@ __all__ = [
     "HISTORY_EXTENSION",
     "READ_BODY_EXTENSION",
     "RETRY_EXTENSION",
+    "APICircuitOpenError",
+    "APIClientError",
+    "APIConnectionError",
+    "APIKeyAuth",
+    "APIResponse",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncAPIClient",
     "Attempt",
+    "AuthHeaders",
+    "AuthenticationError",
+    "BearerAuth",
     "CircuitBreaker",
     "CircuitOpenError",
     "CircuitState",
     "DeadlineExceeded",
     "Origin",
+    "PermissionDeniedError",
+    "RateLimitError",
     "ResilienceError",
     "ResilientTransport",
+    "ResourceNotFoundError",
     "RetryConfig",
+    "ServerError",
     "__version__",
+    "api_key_auth",
+    "bearer_token_auth",
     "get_retry_history",
     "is_testing",
+    "oauth_token_auth",
     "set_testing",
 ]

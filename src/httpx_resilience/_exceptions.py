@@ -1,14 +1,24 @@
-"""The exceptions httpx-resilience adds. Each is also an httpx exception, so ``except`` clauses
-written for httpx keep working.
+"""The exceptions httpx-resilience adds. Every one is a `ResilienceError` and also an httpx
+exception, so ``except`` clauses written for httpx keep working.
 
-* ResilienceError (a mix-in: catches every exception of this package)
-* httpx.TransportError
-  + CircuitOpenError (also ResilienceError)
-  + httpx.TimeoutException
-    - DeadlineExceeded (also ResilienceError)
+Raised by `ResilientTransport` (errors of the inner transport itself are re-raised unchanged,
+with their own httpx type and the attempts behind them readable through `get_retry_history`):
 
-Errors the inner transport raised are re-raised unchanged (their own httpx type), with the
-attempts behind them readable through `get_retry_history`.
+* CircuitOpenError ........................ also httpx.TransportError
+* DeadlineExceeded ........................ also httpx.TimeoutException
+
+Raised by the `AsyncAPIClient` facade, each chained (``__cause__``) to the httpx error behind it:
+
+* APIClientError .......................... base: request, response, status_code
+  + APIConnectionError .................... also httpx.TransportError
+    - APICircuitOpenError ................. the origin's circuit is open: origin, retry_in
+  + APITimeoutError ....................... also httpx.TimeoutException
+  + APIStatusError ........................ also httpx.HTTPStatusError: any 4xx/5xx answer
+    - AuthenticationError ................. 401
+      · PermissionDeniedError ............. 403
+    - ResourceNotFoundError ............... 404
+    - RateLimitError ...................... 429: retry_after
+    - ServerError ......................... 5xx
 """
 
 from __future__ import annotations
@@ -20,7 +30,21 @@ import httpx
 if TYPE_CHECKING:
     from ._breaker import Origin
 
-__all__ = ["CircuitOpenError", "DeadlineExceeded", "ResilienceError"]
+__all__ = [
+    "APICircuitOpenError",
+    "APIClientError",
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "CircuitOpenError",
+    "DeadlineExceeded",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ResilienceError",
+    "ResourceNotFoundError",
+    "ServerError",
+]
 
 
 class ResilienceError(Exception):
@@ -57,3 +81,92 @@ class CircuitOpenError(ResilienceError, httpx.TransportError):
         self.origin = origin
         self.retry_in = retry_in
         self.breaker_name = breaker_name
+
+
+class APIClientError(ResilienceError, httpx.HTTPError):
+    """Base of every error the `AsyncAPIClient` facade raises.
+
+    Attributes:
+        message: What happened: method, URL (credentials redacted), status and a bounded
+            snippet of the server's error body where there was one.
+        request: The `httpx.Request`, when one was built.
+        response: The `httpx.Response`, for errors that carry one.
+        status_code: The response status, or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        response: httpx.Response | None = None,
+    ) -> None:
+        httpx.HTTPError.__init__(self, message)
+        self.message = message
+        if request is not None:
+            self.request = request
+        self.response = response
+        self.status_code = None if response is None else response.status_code
+
+
+class APIConnectionError(APIClientError, httpx.TransportError):
+    """The request got no answer: refused or dropped connection, DNS or TLS failure, ..."""
+
+
+class APICircuitOpenError(APIConnectionError):
+    """The origin's circuit is open: failed fast, nothing sent. Has ``origin`` and ``retry_in``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        origin: Origin,
+        retry_in: float,
+        request: httpx.Request | None = None,
+    ) -> None:
+        super().__init__(message, request=request)
+        self.origin = origin
+        self.retry_in = retry_in
+
+
+class APITimeoutError(APIClientError, httpx.TimeoutException):
+    """The request timed out (connect, read, write, pool, or the overall deadline)."""
+
+
+class APIStatusError(APIClientError, httpx.HTTPStatusError):
+    """The server answered with a 4xx or 5xx status."""
+
+    def __init__(self, message: str, *, request: httpx.Request, response: httpx.Response) -> None:
+        super().__init__(message, request=request, response=response)
+        self.response: httpx.Response = response
+
+
+class AuthenticationError(APIStatusError):
+    """401 Unauthorized (and, through `PermissionDeniedError`, 403 Forbidden)."""
+
+
+class PermissionDeniedError(AuthenticationError):
+    """403 Forbidden."""
+
+
+class ResourceNotFoundError(APIStatusError):
+    """404 Not Found."""
+
+
+class RateLimitError(APIStatusError):
+    """429 Too Many Requests. ``retry_after``: the seconds the server asked to wait, or None."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request,
+        response: httpx.Response,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, request=request, response=response)
+        self.retry_after = retry_after
+
+
+class ServerError(APIStatusError):
+    """A 5xx answer."""

@@ -253,6 +253,9 @@ class FaultApp:
         body = await _read_body(receive)
         if body is None:
             return
+        if parts[1] == "users":
+            await self._users(scope, send, parts[2:], body)
+            return
         if route is None:
             await _respond(send, 404, b"not found\n")
             return
@@ -267,6 +270,21 @@ class FaultApp:
             await route(scope, receive, send, key, hits)
         except _BadRequest as exc:
             await _respond(send, 400, f"{exc}\n".encode())
+
+    async def _users(self, scope: Scope, send: Send, rest: list[str], body: bytes) -> None:
+        """A tiny JSON API for the docs' examples: ``POST /users`` creates (201, echoing the
+        JSON with an id), ``GET /users/{id}`` reads (404 for id 0), ``DELETE`` answers 204."""
+        method = scope["method"]
+        if not rest and method == "POST":
+            payload = json.loads(body or b"{}")
+            await _respond_json(send, 201, {"id": 1, **payload})
+        elif len(rest) == 1 and rest[0].isdigit() and rest[0] != "0":
+            if method == "DELETE":
+                await _respond(send, 204, b"")
+            else:
+                await _respond_json(send, 200, {"id": int(rest[0]), "name": "Ada Lovelace"})
+        else:
+            await _respond_json(send, 404, {"detail": "user not found"})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

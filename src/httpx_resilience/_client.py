@@ -1,0 +1,427 @@
+"""`AsyncAPIClient`: a small facade over ``httpx.AsyncClient(transport=ResilientTransport(...))``
+that maps every failure to one exception tree and returns responses with parsed ``.data``.
+
+It covers what the reference clients offer — lionfuncs' AsyncAPIClient (circuit breaker, retry
+config, ``call()``, mapped errors), a header-helper client (``get_json``), and django-api-orm's
+AsyncServiceClient (``http2``, ``verify_ssl``, ``max_retries``, connection limits, ``.data``) —
+with the connection options really reaching the connections.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from ._breaker import CircuitBreaker
+from ._config import RetryConfig
+from ._exceptions import (
+    APICircuitOpenError,
+    APIClientError,
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    CircuitOpenError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResourceNotFoundError,
+    ServerError,
+)
+from ._logging import logger, redact_url
+from ._retry_after import parse_retry_after
+from ._transport import READ_BODY_EXTENSION, ResilientTransport
+
+__all__ = ["APIResponse", "AsyncAPIClient"]
+
+_SNIPPET = 200  # characters of an error body quoted in an exception message
+_NO_CONTENT = frozenset({204, 205, 304})
+_UNSET: Any = object()
+# Options httpx.AsyncClient would silently ignore once a transport is given: they go to ours.
+_TRANSPORT_OPTIONS = ("cert", "http1", "limits", "proxy", "trust_env", "uds", "local_address")
+
+
+class APIResponse:
+    """A response with its body already read.
+
+    Attributes:
+        status_code: The HTTP status.
+        headers: The response headers.
+        data: Parsed JSON for JSON bodies, text otherwise, None for an empty body or 204.
+        response: The underlying `httpx.Response`.
+    """
+
+    __slots__ = ("data", "response")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.data: Any = _data_of(response)
+
+    @property
+    def status_code(self) -> int:
+        return self.response.status_code
+
+    @property
+    def headers(self) -> httpx.Headers:
+        return self.response.headers
+
+    def __repr__(self) -> str:
+        return f"<APIResponse [{self.status_code}]>"
+
+
+def _is_json(response: httpx.Response) -> bool:
+    media: str = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _data_of(response: httpx.Response) -> Any:
+    if response.status_code in _NO_CONTENT or not response.content:
+        return None
+    if _is_json(response):
+        try:
+            return response.json()
+        except ValueError:
+            return response.text  # mislabelled: the text is all there is
+    return response.text
+
+
+class AsyncAPIClient:
+    """An API client with retries, circuit breaking, HTTP/2 and mapped errors.
+
+    Args:
+        base_url: Prefix of every relative URL.
+        timeout: Seconds (or an `httpx.Timeout`) for each operation of each attempt.
+        headers: Headers sent with every request.
+        auth: An `httpx.Auth`, or a header dict such as `bearer_token_auth` returns.
+        auth_headers: More auth headers, merged into ``headers``.
+        auth_token: A token sent as ``Authorization: Bearer <token>``.
+        client: An existing `httpx.AsyncClient`, used as given and never closed by the facade.
+            Connection and retry options cannot be combined with it (they would be ignored).
+        circuit_breaker: A `CircuitBreaker` for the transport.
+        retry_config: A `RetryConfig` for the transport.
+        max_retries, retry_delay: Shorthands for ``RetryConfig(max_retries=..., base_delay=...)``.
+        http2: Negotiate HTTP/2 over TLS (default True; falls back to HTTP/1.1).
+        verify: TLS verification: True, a CA bundle path or an `ssl.SSLContext`.
+        verify_ssl: Alias of ``verify``.
+        follow_redirects: Follow redirects (default False, as httpx).
+        max_connections, max_keepalive_connections: Connection pool limits (default 100, 20).
+        **client_kwargs: Passed to `httpx.AsyncClient`. Options that httpx would ignore once a
+            transport is given (``limits``, ``proxy``, ``cert``, ``http1``, ``trust_env``,
+            ``uds``, ``local_address``) go to the transport; ``transport=`` becomes the
+            transport that `ResilientTransport` wraps (an `httpx.MockTransport` in tests, say).
+    """
+
+    def __init__(
+        self,
+        base_url: str | httpx.URL = "",
+        *,
+        timeout: float | httpx.Timeout | None = 10.0,
+        headers: Mapping[str, str] | None = None,
+        auth: httpx.Auth | Mapping[str, str] | None = None,
+        auth_headers: Mapping[str, str] | None = None,
+        auth_token: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        retry_config: RetryConfig | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        http2: bool | None = None,
+        verify: ssl.SSLContext | str | bool | None = None,
+        verify_ssl: ssl.SSLContext | str | bool | None = None,
+        follow_redirects: bool = False,
+        max_connections: int | None = None,
+        max_keepalive_connections: int | None = None,
+        **client_kwargs: Any,
+    ) -> None:
+        self._base_url = httpx.URL(base_url) if base_url else None
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        merged = dict(headers or {})
+        auth_object: httpx.Auth | None = None
+        if isinstance(auth, httpx.Auth):
+            auth_object = auth
+        elif isinstance(auth, Mapping):
+            merged.update(auth)
+        elif auth is not None:
+            raise TypeError(f"AsyncAPIClient.auth must be an httpx.Auth or a dict, got {auth!r}")
+        merged.update(auth_headers or {})
+        if auth_token is not None:
+            if not isinstance(auth_token, str) or not auth_token:
+                raise ValueError("AsyncAPIClient.auth_token must be a non-empty string")
+            merged["Authorization"] = f"Bearer {auth_token}"
+        self._headers = httpx.Headers(merged)
+        self._auth = auth_object
+        self._follow_redirects = follow_redirects
+        self._closed = False
+
+        if verify is not None and verify_ssl is not None and verify is not verify_ssl:
+            raise ValueError("AsyncAPIClient: give verify or its alias verify_ssl, not both")
+        verify = verify if verify is not None else verify_ssl
+        if retry_config is not None and (max_retries is not None or retry_delay is not None):
+            raise ValueError(
+                "AsyncAPIClient: give retry_config or max_retries/retry_delay, not both"
+            )
+        if client is not None:
+            given = {
+                "circuit_breaker": circuit_breaker, "retry_config": retry_config,
+                "max_retries": max_retries, "retry_delay": retry_delay, "http2": http2,
+                "verify": verify, "max_connections": max_connections,
+                "max_keepalive_connections": max_keepalive_connections,
+            }  # fmt: skip
+            ignored = [name for name, value in given.items() if value is not None]
+            ignored += list(client_kwargs)
+            if ignored:
+                raise TypeError(
+                    f"AsyncAPIClient: {', '.join(ignored)} cannot be combined with client=; "
+                    "configure that client's transport instead"
+                )
+            self._client = client
+            self._owns_client = False
+            return
+
+        if retry_config is None:
+            retry_config = RetryConfig()
+            if max_retries is not None:
+                retry_config = retry_config.replace(max_retries=max_retries)
+            if retry_delay is not None:
+                retry_config = retry_config.replace(
+                    base_delay=retry_delay, max_delay=max(retry_delay, retry_config.max_delay)
+                )
+        if verify is False:
+            logger.warning(
+                "AsyncAPIClient: TLS certificate verification was turned off by the caller"
+            )
+        if "mounts" in client_kwargs:
+            raise TypeError("AsyncAPIClient: mounts= is not supported; pass client= instead")
+        options = {
+            name: client_kwargs.pop(name) for name in _TRANSPORT_OPTIONS if name in client_kwargs
+        }
+        limits = options.pop("limits", None)
+        if limits is None:
+            limits = httpx.Limits(
+                max_connections=100 if max_connections is None else max_connections,
+                max_keepalive_connections=(
+                    20 if max_keepalive_connections is None else max_keepalive_connections
+                ),
+            )
+        elif max_connections is not None or max_keepalive_connections is not None:
+            raise ValueError(
+                "AsyncAPIClient: give limits or max_connections/max_keepalive_connections, not both"
+            )
+        inner = client_kwargs.pop("transport", None)
+        if inner is not None:
+            if options or verify is not None or http2 is not None:
+                raise TypeError(
+                    "AsyncAPIClient: connection options cannot be combined with transport="
+                )
+            transport = ResilientTransport(
+                inner, retry=retry_config, circuit_breaker=circuit_breaker
+            )
+        else:
+            transport = ResilientTransport(
+                retry=retry_config,
+                circuit_breaker=circuit_breaker,
+                verify=True if verify is None else verify,
+                http2=True if http2 is None else http2,
+                limits=limits,
+                **options,
+            )
+        self._client = httpx.AsyncClient(transport=transport, **client_kwargs)
+        self._owns_client = True
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The underlying `httpx.AsyncClient`."""
+        return self._client
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    async def close(self) -> None:
+        """Close the facade (and its own client, not one passed in). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncAPIClient:
+        if self._closed:
+            raise RuntimeError("AsyncAPIClient is closed; create a new one")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        base = "" if self._base_url is None else redact_url(self._base_url)
+        return f"<AsyncAPIClient base_url={base!r}>"
+
+    # --- requests --------------------------------------------------------------------------
+
+    async def request(self, method: str, url: str | httpx.URL, **kwargs: Any) -> APIResponse:
+        """Send a request; return an `APIResponse` for a 1xx-3xx answer, raise otherwise.
+
+        Keyword arguments are those of `httpx.AsyncClient.request` (``params``, ``json``,
+        ``data``, ``content``, ``files``, ``headers``, ``cookies``, ``timeout``,
+        ``extensions``, ...). The body is read inside the retry scope, so an error while
+        reading it is retried like any other for idempotent requests.
+        """
+        request = self._build(method, url, kwargs)
+        extensions = dict(request.extensions)
+        extensions.setdefault(READ_BODY_EXTENSION, True)
+        request.extensions = extensions
+        response = await self._send(request, stream=False)
+        return APIResponse(response)
+
+    async def get(self, url: str | httpx.URL, **kwargs: Any) -> APIResponse:
+        return await self.request("GET", url, **kwargs)
+
+    async def post(self, url: str | httpx.URL, **kwargs: Any) -> APIResponse:
+        return await self.request("POST", url, **kwargs)
+
+    async def put(self, url: str | httpx.URL, **kwargs: Any) -> APIResponse:
+        return await self.request("PUT", url, **kwargs)
+
+    async def patch(self, url: str | httpx.URL, **kwargs: Any) -> APIResponse:
+        return await self.request("PATCH", url, **kwargs)
+
+    async def delete(self, url: str | httpx.URL, **kwargs: Any) -> APIResponse:
+        return await self.request("DELETE", url, **kwargs)
+
+    async def head(self, url: str | httpx.URL, **kwargs: Any) -> APIResponse:
+        return await self.request("HEAD", url, **kwargs)
+
+    async def options(self, url: str | httpx.URL, **kwargs: Any) -> APIResponse:
+        return await self.request("OPTIONS", url, **kwargs)
+
+    async def get_json(self, url: str | httpx.URL, params: Any = None) -> Any:
+        """GET ``url`` and return its parsed JSON body; `APIClientError` if it is not JSON."""
+        result = await self.request("GET", url, params=params)
+        try:
+            return result.response.json()
+        except ValueError as exc:
+            raise APIClientError(
+                f"GET {redact_url(result.response.request.url)} -> "
+                f"{result.status_code}: the body is not JSON",
+                request=result.response.request,
+                response=result.response,
+            ) from exc
+
+    async def call(self, request: Mapping[str, Any]) -> Any:
+        """Send ``{"method": "GET", "url": ..., "params": ..., "json": ..., ...}`` and return the
+        parsed ``data`` (the ResourceClient protocol). ``method`` defaults to GET."""
+        if not isinstance(request, Mapping) or "url" not in request:
+            raise ValueError('AsyncAPIClient.call() needs a dict with at least a "url"')
+        spec = dict(request)
+        method = spec.pop("method", "GET")
+        url = spec.pop("url")
+        return (await self.request(method, url, **spec)).data
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, url: str | httpx.URL, **kwargs: Any
+    ) -> AsyncIterator[httpx.Response]:
+        """``async with api.stream("GET", url) as response:`` iterate the body as it arrives.
+
+        Errors are mapped as for `request`; an error status raises before the block runs.
+        The response is closed when the block exits, however it exits.
+        """
+        request = self._build(method, url, kwargs)
+        response = await self._send(request, stream=True)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _build(self, method: str, url: str | httpx.URL, kwargs: dict[str, Any]) -> httpx.Request:
+        if self._closed:
+            raise RuntimeError("AsyncAPIClient is closed; create a new one")
+        headers = httpx.Headers(self._headers)
+        headers.update(kwargs.pop("headers", None) or {})
+        timeout = kwargs.pop("timeout", _UNSET)
+        if timeout is _UNSET:
+            timeout = self._timeout
+        target = httpx.URL(url)
+        if self._base_url is not None and not target.is_absolute_url:
+            base = self._base_url
+            path = base.raw_path.rstrip(b"/") + b"/" + target.raw_path.lstrip(b"/")
+            target = base.copy_with(raw_path=path)
+        return self._client.build_request(method, target, headers=headers, timeout=timeout,
+                                          **kwargs)  # fmt: skip
+
+    async def _send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
+        try:
+            response = await self._client.send(
+                request, auth=self._auth or httpx.USE_CLIENT_DEFAULT, stream=stream,
+                follow_redirects=self._follow_redirects,
+            )  # fmt: skip
+        except CircuitOpenError as exc:
+            raise APICircuitOpenError(
+                f"{_describe(request)}: {exc}", origin=exc.origin, retry_in=exc.retry_in,
+                request=request,
+            ) from exc  # fmt: skip
+        except httpx.TimeoutException as exc:
+            raise APITimeoutError(f"{_describe(request)}: timed out ({type(exc).__name__})",
+                                  request=request) from exc  # fmt: skip
+        except httpx.TransportError as exc:
+            raise APIConnectionError(f"{_describe(request)}: {type(exc).__name__}: {exc}",
+                                     request=request) from exc  # fmt: skip
+        except httpx.HTTPError as exc:  # DecodingError, TooManyRedirects
+            raise APIClientError(f"{_describe(request)}: {type(exc).__name__}: {exc}",
+                                 request=request) from exc  # fmt: skip
+        if response.status_code >= 400:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            raise _status_error(request, response)
+        return response
+
+
+def _describe(request: httpx.Request) -> str:
+    return f"{request.method} {redact_url(request.url)}"
+
+
+def _snippet(response: httpx.Response) -> str:
+    try:
+        text = response.text
+    except (UnicodeDecodeError, httpx.ResponseNotRead):
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= _SNIPPET else text[: _SNIPPET - 1] + "…"
+
+
+def _status_error(request: httpx.Request, response: httpx.Response) -> APIStatusError:
+    status = response.status_code
+    snippet = _snippet(response)
+    reason = response.reason_phrase or httpx.codes.get_reason_phrase(status)
+    message = f"{_describe(request)} -> {status} {reason}".rstrip()
+    if snippet:
+        message += f": {snippet}"
+    if status == 429:
+        header = response.headers.get("retry-after")
+        retry_after = None
+        if header is not None:
+            retry_after = parse_retry_after(header, time.time())
+        return RateLimitError(message, request=request, response=response, retry_after=retry_after)
+    cls: type[APIStatusError]
+    if status == 401:
+        cls = AuthenticationError
+    elif status == 403:
+        cls = PermissionDeniedError
+    elif status == 404:
+        cls = ResourceNotFoundError
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = APIStatusError
+    return cls(message, request=request, response=response)
