@@ -79,7 +79,7 @@ async def fail_fast_cost(calls: int, rounds: int) -> tuple[float, float, float]:
     breaker = CircuitBreaker(failure_threshold=1, recovery_time=3600.0)
     request = httpx.Request("GET", "http://down.test/")
     open_transport = ResilientTransport(Instant(), circuit_breaker=breaker)
-    breaker.record_failure(Origin("http", "down.test", 80))  # one failure opens it
+    breaker.record_failure(breaker.admit(Origin("http", "down.test", 80)))  # opens it
     ok_transport = ResilientTransport(Instant(), circuit_breaker=CircuitBreaker())
     bare_transport = ResilientTransport(Instant())
     ok_request = httpx.Request("GET", "http://up.test/")

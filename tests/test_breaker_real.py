@@ -62,7 +62,9 @@ async def test_outage_opens_fails_fast_and_recovers(
         assert caught.value.origin == down
         assert caught.value.retry_in == 30.0
         assert isinstance(caught.value, httpx.TransportError)
-        assert [a.status for a in get_retry_history(caught.value)] == [503, 503, 503]
+        history = get_retry_history(caught.value)
+        assert [a.status for a in history] == [503, 503, 503]
+        assert (history[-1].reason, history[-1].retried) == ("circuit open", False)
         assert breaker.state(down) is CircuitState.OPEN
 
         # 2. While open: fail fast, no socket opened, nothing reaches the server.

@@ -214,3 +214,16 @@ def test_waits_are_never_negative_nor_above_their_cap(header: str, cap: float) -
     assert decision.wait >= 0.0
     if decision.retry:
         assert decision.wait <= max(cap, config.max_delay)
+
+
+def test_what_counts_against_the_upstream() -> None:
+    from httpx_resilience import CircuitOpenError, DeadlineExceeded, Origin
+    from httpx_resilience._classify import counts_against_upstream
+
+    assert counts_against_upstream(httpx.ConnectError("refused"))
+    assert counts_against_upstream(httpx.ReadTimeout("slow"))
+    assert counts_against_upstream(httpx.RemoteProtocolError("gone"))
+    assert not counts_against_upstream(httpx.PoolTimeout("local"))
+    assert not counts_against_upstream(DeadlineExceeded("ours"))
+    assert not counts_against_upstream(CircuitOpenError(Origin("http", "a", 80), 1.0))
+    assert not counts_against_upstream(conn_error(ssl.SSLCertVerificationError("bad cert")))

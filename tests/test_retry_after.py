@@ -77,3 +77,46 @@ def test_never_raises_on_any_bytes(value: bytes) -> None:
 @given(st.integers(min_value=0, max_value=10**6))
 def test_delta_seconds_are_exact(seconds: int) -> None:
     assert parse_retry_after(str(seconds), NOW) == float(seconds)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Sunday, 06-Nov-94 08:49:37 GMT", 0.0),  # 1994, not 2094: long past
+        ("Monday, 21-Dec-26 12:00:00 GMT", 30 * 86400.0),
+    ],
+)
+def test_rfc850_two_digit_years(value: str, expected: float) -> None:
+    assert parse_retry_after(value, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Mon, 01 Jan 0000 00:00:00 GMT", "Mon Jan  1 00:00:00 0000", "Mon, 31 Dec 9999 23:59:60 GMT"],
+)
+def test_extreme_dates_do_not_raise(value: str) -> None:
+    result = parse_retry_after(value, NOW)
+    assert result is None or result >= 0.0
+
+
+@given(
+    day=st.integers(0, 99),
+    month=st.sampled_from(["Jan", "Feb", "Jun", "Dec", "Foo"]),
+    year=st.integers(0, 9999),
+    hour=st.integers(0, 99),
+    minute=st.integers(0, 99),
+    second=st.integers(0, 99),
+    form=st.sampled_from(["imf", "rfc850", "asctime"]),
+)
+def test_never_raises_on_date_shaped_values(
+    day: int, month: str, year: int, hour: int, minute: int, second: int, form: str
+) -> None:
+    """Random text almost never looks like a date; these always do, with any numbers in it."""
+    clock = f"{hour:02d}:{minute:02d}:{second:02d}"
+    value = {
+        "imf": f"Sat, {day:02d} {month} {year:04d} {clock} GMT",
+        "rfc850": f"Saturday, {day:02d}-{month}-{year % 100:02d} {clock} GMT",
+        "asctime": f"Sat {month} {day:2d} {clock} {year:04d}",
+    }[form]
+    result = parse_retry_after(value, NOW)
+    assert result is None or result >= 0.0

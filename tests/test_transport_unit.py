@@ -14,6 +14,7 @@ import pytest
 
 from httpx_resilience import (
     HISTORY_EXTENSION,
+    DeadlineExceeded,
     ResilientTransport,
     RetryConfig,
     get_retry_history,
@@ -101,6 +102,8 @@ async def test_per_request_override_off(off: bool | None) -> None:
         response = await client.get("http://upstream.test/x", extensions={"retry": off})
     assert response.status_code == 503
     assert len(script.requests) == 1
+    [attempt] = get_retry_history(response)  # the history is there all the same
+    assert (attempt.status, attempt.reason) == (503, "retries exhausted")
 
 
 async def test_per_request_override_config() -> None:
@@ -257,6 +260,50 @@ async def test_async_with_closes_the_inner_transport() -> None:
     assert closed == [True]
 
 
-def test_repr_shows_no_credentials() -> None:
-    transport = ResilientTransport(proxy="http://user:pa55word@proxy.test:8080")
-    assert "pa55word" not in repr(transport)
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "http://u:p@h.test/cb?a=1;session=S3SS#access_token=T0K",
+            "http://h.test/cb?a=1&session=[redacted]",
+        ),
+        ("http://h.test/x?password=pw&q=ok", "http://h.test/x?password=[redacted]&q=ok"),
+        ("http://h.test/x?q=ok", "http://h.test/x?q=ok"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    from httpx_resilience._logging import redact_url
+
+    assert redact_url(url) == shown
+
+
+async def test_a_bad_retry_after_never_escapes_the_loop() -> None:
+    class Weird(httpx.AsyncBaseTransport):
+        calls = 0
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            Weird.calls += 1
+            return httpx.Response(503, headers={"retry-after": "Mon, 01 Jan 0000 00:00:00 GMT"})
+
+    async with httpx.AsyncClient(transport=ResilientTransport(Weird(), retry=FAST)) as client:
+        response = await client.get("http://upstream.test/x")
+    assert response.status_code == 503
+    assert Weird.calls == 4  # fell back to backoff and retried
+
+
+async def test_deadline_error_names_no_secret() -> None:
+    import anyio
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(5)
+        return httpx.Response(200)
+
+    transport = ResilientTransport(
+        httpx.MockTransport(slow), retry=FAST.replace(total_timeout=0.05)
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(DeadlineExceeded) as caught:
+            await client.get("http://bob:pa55@upstream.test/x?token=s3cr3t")
+    assert str(caught.value) == (
+        "total_timeout ran out during attempt 1 of GET http://upstream.test/x?token=[redacted]"
+    )

@@ -27,11 +27,12 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import NamedTuple
 
+from ._exceptions import CircuitOpenError
 from ._logging import logger
 from ._validate import check_number
 from ._window import SlidingCounts
 
-__all__ = ["CircuitBreaker", "CircuitState", "Origin"]
+__all__ = ["CircuitBreaker", "CircuitState", "Origin", "Permit"]
 
 
 class CircuitState(str, enum.Enum):
@@ -53,19 +54,27 @@ class Origin(NamedTuple):
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
+class Permit(NamedTuple):
+    """Leave to send one request: hand it back with the request's outcome."""
+
+    origin: Origin
+    generation: int  # 0: admitted while closed; else the half-open phase it probes
+
+
 StateListener = Callable[[Origin, CircuitState, CircuitState], None]
 
 
 class _Circuit:
     """One origin's state. Consecutive count, or windowed counts in rate mode."""
 
-    __slots__ = ("consecutive", "counts", "in_flight", "opened_at", "state")
+    __slots__ = ("consecutive", "counts", "generation", "in_flight", "opened_at", "state")
 
     def __init__(self, window: float) -> None:
         self.state = CircuitState.CLOSED
         self.consecutive = 0
         self.opened_at = 0.0
-        self.in_flight = 0  # probes admitted while half-open
+        self.in_flight = 0  # probes admitted in the current half-open phase
+        self.generation = 0  # which half-open phase: probes carry it in their Permit
         self.counts = SlidingCounts(window)  # rate mode: first = calls, second = failures
 
 
@@ -157,8 +166,9 @@ class CircuitBreaker:
         return circuit.state
 
     def states(self) -> dict[Origin, CircuitState]:
-        """The state of every tracked origin that is not plainly closed."""
-        return {origin: self.state(origin) for origin in list(self._circuits)}
+        """The state of every origin whose circuit is not closed."""
+        states = {origin: self.state(origin) for origin in list(self._circuits)}
+        return {origin: st for origin, st in states.items() if st is not CircuitState.CLOSED}
 
     def retry_in(self, origin: Origin | str) -> float:
         """Seconds until ``origin``'s open circuit lets a probe through (0 if it would now)."""
@@ -169,78 +179,84 @@ class CircuitBreaker:
 
     # --- the protocol a transport follows: admit, then record exactly one outcome ------------
 
-    def admit(self, origin: Origin) -> float | None:
-        """Ask to send a request to ``origin``. None means go ahead (and then record exactly
-        one outcome with `record_success`, `record_failure` or `record_ignored`); a number means
-        refused: the seconds until a probe may go through."""
+    def admit(self, origin: Origin) -> Permit:
+        """Ask to send a request to ``origin``. Returns a `Permit` to pass to exactly one of
+        `record_success`, `record_failure` or `record_ignored`; raises `CircuitOpenError`
+        (without a request attached) when the circuit refuses."""
         circuit = self._circuits.get(origin)
         if circuit is None or circuit.state is CircuitState.CLOSED:
-            return None
-        now = self._clock()
+            return Permit(origin, 0)
         if circuit.state is CircuitState.OPEN:
-            reopens_at = self._reopens_at(circuit)
-            if now < reopens_at:
-                return reopens_at - now
+            retry_in = self._reopens_at(circuit) - self._clock()
+            if retry_in > 0:
+                raise CircuitOpenError(origin, retry_in, self.name)
             self._transition(origin, circuit, CircuitState.HALF_OPEN)
         if circuit.in_flight >= self.half_open_max_calls:
-            return 0.0  # probes are under way: their outcome decides
+            raise CircuitOpenError(origin, 0.0, self.name)  # probes are out: they decide
         circuit.in_flight += 1
-        return None
+        return Permit(origin, circuit.generation)
 
-    def record_success(self, origin: Origin) -> None:
-        """The admitted request to ``origin`` succeeded."""
+    def record_success(self, permit: Permit) -> None:
+        """The admitted request succeeded."""
+        origin = permit.origin
         circuit = self._circuits.get(origin)
         if circuit is None:
-            return  # the common case: healthy origins carry no state at all
-        if circuit.state is CircuitState.HALF_OPEN:
-            circuit.in_flight = max(0, circuit.in_flight - 1)
+            if self.failure_rate_threshold is None:
+                return  # the common case: a healthy origin carries no state at all
+            circuit = self._new_circuit(origin)  # rate mode counts successes too
+        if self._is_probe(circuit, permit):
+            circuit.in_flight -= 1
             self._transition(origin, circuit, CircuitState.CLOSED)
             del self._circuits[origin]
-            return
-        if circuit.state is CircuitState.OPEN:
-            return  # a straggler admitted before the circuit opened
-        if self.failure_rate_threshold is None:
-            # Count mode: a success breaks the run of failures; nothing left worth keeping.
-            del self._circuits[origin]
-            return
-        circuit.counts.add(self._clock(), first=1)
-        if circuit.counts.second == 0:
-            del self._circuits[origin]
+        elif permit.generation == 0 and circuit.state is CircuitState.CLOSED:
+            if self.failure_rate_threshold is None:
+                del self._circuits[origin]  # a success breaks the run of failures
+            else:
+                circuit.counts.add(self._clock(), first=1)
+        # else: a straggler admitted before the circuit opened, or a stale probe: no say.
 
-    def record_failure(self, origin: Origin) -> None:
-        """The admitted request to ``origin`` failed in a way that counts."""
+    def record_failure(self, permit: Permit) -> None:
+        """The admitted request failed in a way that counts against the upstream."""
+        origin = permit.origin
         circuit = self._circuits.get(origin)
         if circuit is None:
             circuit = self._new_circuit(origin)
         else:
             self._circuits.move_to_end(origin)
-        if circuit.state is CircuitState.HALF_OPEN:
-            circuit.in_flight = max(0, circuit.in_flight - 1)
+        if self._is_probe(circuit, permit):
             self._open(origin, circuit)
-            return
-        if circuit.state is CircuitState.OPEN:
-            return
-        if self.failure_rate_threshold is None:
+        elif permit.generation != 0 or circuit.state is not CircuitState.CLOSED:
+            return  # a straggler or a stale probe
+        elif self.failure_rate_threshold is None:
             circuit.consecutive += 1
             if circuit.consecutive >= self.failure_threshold:
                 self._open(origin, circuit)
-            return
-        counts = circuit.counts
-        counts.add(self._clock(), first=1, second=1)
-        if (
-            counts.first >= self.minimum_calls
-            and counts.second >= self.failure_rate_threshold * counts.first
-        ):
-            self._open(origin, circuit)
+        else:
+            counts = circuit.counts
+            counts.add(self._clock(), first=1, second=1)
+            if (
+                counts.first >= self.minimum_calls
+                and counts.second >= self.failure_rate_threshold * counts.first
+            ):
+                self._open(origin, circuit)
 
-    def record_ignored(self, origin: Origin) -> None:
+    def record_ignored(self, permit: Permit) -> None:
         """The admitted request ended in a way that says nothing about the upstream
-        (cancelled, a 4xx, a local error): free its probe slot, count nothing."""
-        circuit = self._circuits.get(origin)
-        if circuit is not None and circuit.state is CircuitState.HALF_OPEN:
-            circuit.in_flight = max(0, circuit.in_flight - 1)
+        (cancelled, a local error): free its probe slot, count nothing."""
+        circuit = self._circuits.get(permit.origin)
+        if circuit is not None and self._is_probe(circuit, permit):
+            circuit.in_flight -= 1
 
     # --- internals --------------------------------------------------------------------------
+
+    @staticmethod
+    def _is_probe(circuit: _Circuit, permit: Permit) -> bool:
+        """Whether ``permit`` is a probe of the circuit's current half-open phase."""
+        return (
+            permit.generation != 0
+            and permit.generation == circuit.generation
+            and circuit.state is CircuitState.HALF_OPEN
+        )
 
     def _reopens_at(self, circuit: _Circuit) -> float:
         return circuit.opened_at + self.recovery_time
@@ -256,7 +272,8 @@ class CircuitBreaker:
             if circuit.state is CircuitState.CLOSED:
                 del self._circuits[origin]
                 return
-        self._circuits.popitem(last=False)  # every tracked origin is open: drop the oldest
+        # Every tracked origin is open: memory stays bounded, so the oldest open one goes.
+        self._circuits.popitem(last=False)
 
     def _open(self, origin: Origin, circuit: _Circuit) -> None:
         circuit.opened_at = self._clock()
@@ -266,6 +283,9 @@ class CircuitBreaker:
     def _transition(self, origin: Origin, circuit: _Circuit, new: CircuitState) -> None:
         old = circuit.state
         circuit.state = new
+        circuit.in_flight = 0  # probes of an earlier phase have no say in this one
+        if new is CircuitState.HALF_OPEN:
+            circuit.generation += 1
         if new is CircuitState.OPEN:
             logger.warning(
                 "Circuit %sopened for %s (was %s); failing fast for %.1fs",
@@ -277,7 +297,10 @@ class CircuitBreaker:
             logger.debug("Circuit %shalf-open for %s", f"{self.name!r} " if self.name else "",
                          origin)  # fmt: skip
         if self.on_state_change is not None:
-            self.on_state_change(origin, old, new)
+            try:
+                self.on_state_change(origin, old, new)
+            except Exception:  # a broken hook must not break requests
+                logger.exception("CircuitBreaker on_state_change hook raised")
 
 
 def origin_of(scheme: str, host: str, port: int | None) -> Origin:

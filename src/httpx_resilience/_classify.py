@@ -16,6 +16,8 @@ import ssl
 
 import httpx
 
+from ._exceptions import DeadlineExceeded
+
 __all__ = ["FailureKind", "classify_error", "counts_against_upstream"]
 
 
@@ -58,7 +60,9 @@ def _is_tls_failure(exc: BaseException) -> bool:
 
 def counts_against_upstream(exc: BaseException) -> bool:
     """Whether a circuit breaker counts ``exc`` as the upstream failing: connection errors and
-    timeouts do; local rejections (a pool timeout, an open circuit) and FATAL errors do not."""
-    if isinstance(exc, httpx.PoolTimeout):
+    timeouts do; local rejections (a pool timeout, an open circuit, the overall deadline) and
+    FATAL errors do not."""
+    # DeadlineExceeded: our own deadline cut the attempt, however healthy the upstream.
+    if isinstance(exc, (httpx.PoolTimeout, DeadlineExceeded)):
         return False
     return classify_error(exc) is not FailureKind.FATAL

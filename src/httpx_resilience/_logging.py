@@ -38,12 +38,14 @@ def _is_secret(name: str) -> bool:
 
 
 def redact_url(url: httpx.URL | str) -> str:
-    """``url`` as text with userinfo dropped and secret-looking query values replaced."""
+    """``url`` as text with userinfo and fragment dropped (a fragment can hold an OAuth token)
+    and secret-looking query values replaced. ``;`` counts as a query separator too."""
     url = httpx.URL(url)
-    if url.userinfo:
-        url = url.copy_with(username=None, password=None)
+    if url.userinfo or url.fragment:
+        url = url.copy_with(username=None, password=None, fragment=None)
     if url.query:
-        pairs = parse_qsl(url.query.decode("ascii", "replace"), keep_blank_values=True)
+        query = url.query.decode("ascii", "replace").replace(";", "&")
+        pairs = parse_qsl(query, keep_blank_values=True)
         if any(_is_secret(name) for name, _ in pairs):
             redacted = [(name, _REDACTED if _is_secret(name) else value) for name, value in pairs]
             url = url.copy_with(query=urlencode(redacted, safe="[]").encode("ascii"))

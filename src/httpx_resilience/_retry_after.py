@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import math
 import re
+import time
 
 __all__ = ["parse_retry_after"]
 
@@ -39,20 +40,24 @@ def parse_retry_after(value: str | bytes, now: float) -> float | None:
     if _SECONDS.fullmatch(text):
         seconds = float(text)
         return seconds if math.isfinite(seconds) else None
-    when = _parse_http_date(text)
+    when = _parse_http_date(text, now)
     if when is None:
         return None
     return max(0.0, when - now)
 
 
-def _parse_http_date(text: str) -> float | None:
+def _parse_http_date(text: str, now: float) -> float | None:
     if match := _IMF_FIXDATE.fullmatch(text):
         day, month, year, hour, minute, second = match.groups()
     elif match := _RFC850_DATE.fullmatch(text):
         day, month, year, hour, minute, second = match.groups()
-        # RFC 9110: a two-digit year more than 50 years in the future is in the past century;
-        # for any plausible Retry-After that means 20xx.
-        year = str(2000 + int(year))
+        # RFC 9110 §5.6.7: a two-digit year that looks more than 50 years in the future is
+        # the most recent year in the past with those digits.
+        this_year = time.gmtime(now).tm_year if now > 0 else 1970
+        full = this_year // 100 * 100 + int(year)
+        if full > this_year + 50:
+            full -= 100
+        year = str(full)
     elif match := _ASCTIME_DATE.fullmatch(text):
         month, day, hour, minute, second, year = match.groups()
     else:
@@ -63,4 +68,7 @@ def _parse_http_date(text: str) -> float | None:
     fields = (int(year), month_number, int(day), int(hour), int(minute), int(second))
     if not (1 <= fields[2] <= 31 and fields[3] <= 23 and fields[4] <= 59 and fields[5] <= 60):
         return None
-    return float(calendar.timegm((*fields, 0, 0, 0)))
+    try:
+        return float(calendar.timegm((*fields, 0, 0, 0)))
+    except (ValueError, OverflowError):  # year 0 and the like
+        return None

@@ -19,7 +19,7 @@ import httpx
 from httpx._config import DEFAULT_LIMITS
 from httpx._multipart import FileField, MultipartStream
 
-from ._breaker import CircuitBreaker, CircuitState, Origin, origin_of
+from ._breaker import CircuitBreaker, CircuitState, Origin, Permit, origin_of
 from ._budget import RetryBudget
 from ._classify import counts_against_upstream
 from ._config import RetryConfig
@@ -49,6 +49,9 @@ READ_BODY_EXTENSION = "read_body"
 _UNSET = object()
 _IDEMPOTENCY_KEY = "idempotency-key"
 _FINAL = "final response"
+_CIRCUIT_OPENED = "circuit open"
+_FINAL_DECISION = Decision(False, 0.0, _FINAL)
+_CIRCUIT_OPEN_DECISION = Decision(False, 0.0, _CIRCUIT_OPENED)
 _NO_RETRY = RetryConfig(max_retries=0, budget_ratio=None)
 
 
@@ -148,8 +151,6 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         if config is _UNSET:
             config = self._retry
         elif config is None or config is False:
-            if self._breaker is None:
-                return await self._transport.handle_async_request(request)
             config = _NO_RETRY
         elif not isinstance(config, RetryConfig):
             raise TypeError(
@@ -171,8 +172,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         origin = None if breaker is None else _origin(request)
         history: list[Attempt] = []
         while True:
-            if origin is not None:
-                self._admit(request, origin, history)
+            permit = None if origin is None else self._admit(origin, request, history)
             try:
                 if deadline is None:
                     response = await self._attempt(request, read_body)
@@ -181,84 +181,106 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                         request, read_body, deadline, len(history) + 1
                     )
             except Exception as exc:
-                if origin is not None:
-                    self._record_error(origin, exc)
-                decision = self._decide(request, config, history, body, deadline, budget, error=exc)
+                if permit is not None:
+                    self._record_error(permit, exc)
+                decision = self._decide(request, config, history, body, deadline, budget, origin,
+                                        error=exc)  # fmt: skip
                 history.append(_record(history, None, exc, attempt_start, clock, decision))
                 if not decision.retry:
                     attach_history(exc, tuple(history))
+                    if decision.reason is _CIRCUIT_OPENED:
+                        raise self._circuit_error(request, history) from exc
                     raise
-                if origin is not None:
-                    self._admit(request, origin, history, probe=False)
             except BaseException:  # cancelled: says nothing about the upstream
-                if origin is not None:
-                    breaker.record_ignored(origin)  # type: ignore[union-attr]
+                if permit is not None:
+                    self._breaker.record_ignored(permit)  # type: ignore[union-attr]
                 raise
             else:
-                status = response.status_code
-                if origin is not None:
-                    self._record_status(origin, status)
-                if status not in config.retry_on_status:
-                    attempt = Attempt(
-                        len(history) + 1, status, None, clock() - attempt_start, None, _FINAL
-                    )
-                    history.append(attempt)
-                    attach_history(response, tuple(history))
-                    return response
-                decision = self._decide(request, config, history, body, deadline, budget,
-                                        status=status, headers=response.headers)  # fmt: skip
-                history.append(_record(history, status, None, attempt_start, clock, decision))
+                try:
+                    decision = self._judge(request, response, permit, config, history, body,
+                                           deadline, budget, origin, attempt_start)  # fmt: skip
+                except BaseException:
+                    await _close_quietly(response)
+                    raise
                 if not decision.retry:
-                    attach_history(response, tuple(history))
+                    if decision.reason is _CIRCUIT_OPENED:
+                        await _close_quietly(response)
+                        raise self._circuit_error(request, history)
                     return response
-                # Free the connection before waiting, so that retries cannot starve the pool. A
-                # connection that fails while closing is no reason to give up the retry.
-                with contextlib.suppress(httpx.TransportError):
-                    await response.aclose()
-                if origin is not None:
-                    self._admit(request, origin, history, probe=False)
+                # Free the connection before waiting, so that retries cannot starve the pool.
+                await _close_quietly(response)
             self._log_retry(request, history[-1], config)
             await self._sleep(0.0 if is_testing() else decision.wait)
             attempt_start = clock()
 
-    def _admit(
-        self, request: httpx.Request, origin: Origin, history: list[Attempt], probe: bool = True
-    ) -> None:
-        """Raise `CircuitOpenError` if ``origin``'s circuit refuses requests now, chained to
-        the last failure. With ``probe=False`` only look: a retry about to wait stops at once
-        when its own failures opened the circuit, instead of waiting to be refused."""
+    def _judge(
+        self,
+        request: httpx.Request,
+        response: httpx.Response,
+        permit: Permit | None,
+        config: RetryConfig,
+        history: list[Attempt],
+        body: _ReplayGuard | None,
+        deadline: float | None,
+        budget: RetryBudget | None,
+        origin: Origin | None,
+        attempt_start: float,
+    ) -> Decision:
+        """Record a response's attempt and decide what follows; attach the history when it
+        is the final response."""
+        status = response.status_code
+        if permit is not None:
+            self._record_status(permit, status)
+        if status not in config.retry_on_status:
+            elapsed = self._clock() - attempt_start
+            history.append(Attempt(len(history) + 1, status, None, elapsed, None, _FINAL))
+            decision = _FINAL_DECISION
+        else:
+            decision = self._decide(request, config, history, body, deadline, budget, origin,
+                                    status=status, headers=response.headers)  # fmt: skip
+            history.append(_record(history, status, None, attempt_start, self._clock, decision))
+        if not decision.retry:
+            attach_history(response, tuple(history))
+        return decision
+
+    def _admit(self, origin: Origin, request: httpx.Request, history: list[Attempt]) -> Permit:
+        """The breaker's leave for one attempt, or `CircuitOpenError` chained to the last
+        failure."""
+        try:
+            return self._breaker.admit(origin)  # type: ignore[union-attr]
+        except CircuitOpenError as error:
+            error.request = request
+            attach_history(error, tuple(history))
+            last = history[-1].error if history else None
+            if last is not None:
+                raise error from last
+            raise
+
+    def _circuit_error(self, request: httpx.Request, history: list[Attempt]) -> CircuitOpenError:
+        """The error for a retry loop that stops because its failures opened the circuit."""
         breaker = self._breaker
         assert breaker is not None
-        if probe:
-            retry_in = breaker.admit(origin)
-        else:
-            state = breaker.state(origin)
-            retry_in = breaker.retry_in(origin) if state is CircuitState.OPEN else None
-        if retry_in is None:
-            return
-        error = CircuitOpenError(origin, retry_in, breaker.name, request=request)
-        last = history[-1] if history else None
+        origin = _origin(request)
+        error = CircuitOpenError(origin, breaker.retry_in(origin), breaker.name, request=request)
         attach_history(error, tuple(history))
-        if last is not None and last.error is not None:
-            raise error from last.error
-        raise error
+        return error
 
-    def _record_error(self, origin: Origin, exc: Exception) -> None:
+    def _record_error(self, permit: Permit, exc: Exception) -> None:
         breaker = self._breaker
         assert breaker is not None
         if counts_against_upstream(exc):
-            breaker.record_failure(origin)
+            breaker.record_failure(permit)
         else:
-            breaker.record_ignored(origin)
+            breaker.record_ignored(permit)
 
-    def _record_status(self, origin: Origin, status: int) -> None:
+    def _record_status(self, permit: Permit, status: int) -> None:
         breaker = self._breaker
         assert breaker is not None
         # Any other answer, a 4xx included, shows the upstream is up and answering.
         if status in breaker.failure_statuses:
-            breaker.record_failure(origin)
+            breaker.record_failure(permit)
         else:
-            breaker.record_success(origin)
+            breaker.record_success(permit)
 
     def _decide(
         self,
@@ -268,16 +290,25 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         body: _ReplayGuard | None,
         deadline: float | None,
         budget: RetryBudget | None,
+        origin: Origin | None,
         *,
         status: int | None = None,
         headers: httpx.Headers | None = None,
         error: Exception | None = None,
     ) -> Decision:
-        """Gather what `decide` needs about a failed attempt; only failures pay for this."""
+        """Gather what `decide` needs about a failed attempt; only failures pay for this.
+
+        A retry that the circuit would refuse becomes a stop with reason ``"circuit open"``,
+        decided without spending the retry budget."""
+        circuit_open = (
+            origin is not None
+            and self._breaker is not None
+            and self._breaker.state(origin) is CircuitState.OPEN
+        )
         retry_after = None
         if headers is not None and status in RETRY_AFTER_STATUSES:
             retry_after = headers.get("retry-after")
-        return decide(
+        decision = decide(
             config,
             attempt=len(history) + 1,
             status=status,
@@ -291,8 +322,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             wall_now=time.time(),
             deadline=deadline,
             random=self._random,
-            budget=budget,
+            budget=None if circuit_open else budget,
         )
+        if circuit_open and decision.retry:
+            return _CIRCUIT_OPEN_DECISION
+        return decision
 
     async def _attempt(self, request: httpx.Request, read_body: bool) -> httpx.Response:
         response = await self._transport.handle_async_request(request)
@@ -357,6 +391,12 @@ _DEFAULTS: dict[str, object] = {
     "limits": DEFAULT_LIMITS, "proxy": None, "uds": None, "local_address": None,
     "retries": 0, "socket_options": None,
 }  # fmt: skip
+
+
+async def _close_quietly(response: httpx.Response) -> None:
+    # A connection that fails while closing is no reason to change what we decided.
+    with contextlib.suppress(httpx.TransportError):
+        await response.aclose()
 
 
 def _origin(request: httpx.Request) -> Origin:
