@@ -18,13 +18,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import socket
 import statistics
 import time
 from typing import Any
 
 import httpx
+from _server import child_server
 
 from httpx_resilience import (
     CircuitBreaker,
@@ -43,16 +42,6 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 503,
                 "headers": [(b"content-length", b"4")]})  # fmt: skip
     await send({"type": "http.response.body", "body": b"down"})
-
-
-def serve(sock: socket.socket) -> None:
-    from hypercorn.asyncio import serve as hypercorn_serve
-    from hypercorn.config import Config
-
-    config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
-    config.accesslog = config.errorlog = None
-    asyncio.run(hypercorn_serve(app, config))  # type: ignore[arg-type]
 
 
 class Counting(httpx.AsyncBaseTransport):
@@ -149,25 +138,8 @@ def main() -> None:
     print(f"  closed circuit, success          : {ok_cost * 1e6:.2f} us per call")
     print(f"  no breaker, success              : {bare_cost * 1e6:.2f} us per call")
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    child = multiprocessing.get_context("fork").Process(target=serve, args=(sock,), daemon=True)
-    child.start()
-    sock.close()
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        for _ in range(100):
-            try:
-                httpx.get(url, timeout=1.0)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    with child_server(app) as url:
         rows = asyncio.run(outage(url, args.requests, args.concurrency))
-    finally:
-        child.terminate()
-        child.join(10)
     total = args.requests // args.concurrency * args.concurrency
     print(
         f"\nfull outage (every answer 503), {total} caller requests, "

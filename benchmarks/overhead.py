@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
-import socket
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+from _server import child_server
 
 from httpx_resilience import ResilientTransport
 
@@ -42,18 +41,6 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         }
     )
     await send({"type": "http.response.body", "body": b"ok"})
-
-
-def serve(sock: socket.socket) -> None:
-    from hypercorn.asyncio import serve as hypercorn_serve
-    from hypercorn.config import Config
-
-    config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.keep_alive_timeout = 60
-    asyncio.run(hypercorn_serve(app, config))  # type: ignore[arg-type]
 
 
 async def run_round(client: httpx.AsyncClient, url: str, requests: int, concurrency: int) -> float:
@@ -116,25 +103,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args()
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    child = multiprocessing.get_context("fork").Process(target=serve, args=(sock,), daemon=True)
-    child.start()
-    sock.close()
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        for _ in range(100):  # wait until the server answers, 10 s at most
-            try:
-                httpx.get(url, timeout=1.0)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    with child_server(app) as url:
         a, b = asyncio.run(network(url, args.requests, args.rounds, args.concurrency))
-    finally:
-        child.terminate()
-        child.join(10)
     m_a, m_b = asyncio.run(in_memory(50_000, args.rounds))
 
     print(

@@ -166,11 +166,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         if budget is not None:
             budget.record_request(attempt_start)
         deadline = None if config.total_timeout is None else attempt_start + config.total_timeout
-        body = _ReplayGuard.for_request(request)
         read_body = request.extensions.get(READ_BODY_EXTENSION) is True
-        breaker = self._breaker
-        origin = None if breaker is None else _origin(request)
-        history: list[Attempt] = []
+        origin = None if self._breaker is None else _origin(request)
+        run = _Run(request, config, _ReplayGuard.for_request(request), deadline, budget, origin)
+        history = run.history
         while True:
             permit = None if origin is None else self._admit(origin, request, history)
             try:
@@ -183,8 +182,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             except Exception as exc:
                 if permit is not None:
                     self._record_error(permit, exc)
-                decision = self._decide(request, config, history, body, deadline, budget, origin,
-                                        error=exc)  # fmt: skip
+                decision = self._decide(run, error=exc)
                 history.append(_record(history, None, exc, attempt_start, clock, decision))
                 if not decision.retry:
                     attach_history(exc, tuple(history))
@@ -197,8 +195,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 raise
             else:
                 try:
-                    decision = self._judge(request, response, permit, config, history, body,
-                                           deadline, budget, origin, attempt_start)  # fmt: skip
+                    decision = self._judge(run, response, permit, attempt_start)
                 except BaseException:
                     await _close_quietly(response)
                     raise
@@ -214,30 +211,20 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             attempt_start = clock()
 
     def _judge(
-        self,
-        request: httpx.Request,
-        response: httpx.Response,
-        permit: Permit | None,
-        config: RetryConfig,
-        history: list[Attempt],
-        body: _ReplayGuard | None,
-        deadline: float | None,
-        budget: RetryBudget | None,
-        origin: Origin | None,
-        attempt_start: float,
+        self, run: _Run, response: httpx.Response, permit: Permit | None, attempt_start: float
     ) -> Decision:
         """Record a response's attempt and decide what follows; attach the history when it
         is the final response."""
         status = response.status_code
+        history = run.history
         if permit is not None:
             self._record_status(permit, status)
-        if status not in config.retry_on_status:
+        if status not in run.config.retry_on_status:
             elapsed = self._clock() - attempt_start
             history.append(Attempt(len(history) + 1, status, None, elapsed, None, _FINAL))
             decision = _FINAL_DECISION
         else:
-            decision = self._decide(request, config, history, body, deadline, budget, origin,
-                                    status=status, headers=response.headers)  # fmt: skip
+            decision = self._decide(run, status=status, headers=response.headers)
             history.append(_record(history, status, None, attempt_start, self._clock, decision))
         if not decision.retry:
             attach_history(response, tuple(history))
@@ -284,13 +271,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
 
     def _decide(
         self,
-        request: httpx.Request,
-        config: RetryConfig,
-        history: list[Attempt],
-        body: _ReplayGuard | None,
-        deadline: float | None,
-        budget: RetryBudget | None,
-        origin: Origin | None,
+        run: _Run,
         *,
         status: int | None = None,
         headers: httpx.Headers | None = None,
@@ -301,28 +282,29 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         A retry that the circuit would refuse becomes a stop with reason ``"circuit open"``,
         decided without spending the retry budget."""
         circuit_open = (
-            origin is not None
+            run.origin is not None
             and self._breaker is not None
-            and self._breaker.state(origin) is CircuitState.OPEN
+            and self._breaker.state(run.origin) is CircuitState.OPEN
         )
+        request, config = run.request, run.config
         retry_after = None
         if headers is not None and status in RETRY_AFTER_STATUSES:
             retry_after = headers.get("retry-after")
         decision = decide(
             config,
-            attempt=len(history) + 1,
+            attempt=len(run.history) + 1,
             status=status,
             error=error,
             retry_after=retry_after,
             method_retryable=(
                 request.method in config.retry_methods or _IDEMPOTENCY_KEY in request.headers
             ),
-            replayable=body is None or body.replayable,
+            replayable=run.body is None or run.body.replayable,
             now=self._clock(),
             wall_now=time.time(),
-            deadline=deadline,
+            deadline=run.deadline,
             random=self._random,
-            budget=None if circuit_open else budget,
+            budget=None if circuit_open else run.budget,
         )
         if circuit_open and decision.retry:
             return _CIRCUIT_OPEN_DECISION
@@ -391,6 +373,30 @@ _DEFAULTS: dict[str, object] = {
     "limits": DEFAULT_LIMITS, "proxy": None, "uds": None, "local_address": None,
     "retries": 0, "socket_options": None,
 }  # fmt: skip
+
+
+class _Run:
+    """One request's way through the retry loop: what every decision about it needs. Kept
+    apart from the (shared, immutable) config."""
+
+    __slots__ = ("body", "budget", "config", "deadline", "history", "origin", "request")
+
+    def __init__(
+        self,
+        request: httpx.Request,
+        config: RetryConfig,
+        body: _ReplayGuard | None,
+        deadline: float | None,
+        budget: RetryBudget | None,
+        origin: Origin | None,
+    ) -> None:
+        self.request = request
+        self.config = config
+        self.body = body
+        self.deadline = deadline
+        self.budget = budget
+        self.origin = origin
+        self.history: list[Attempt] = []
 
 
 async def _close_quietly(response: httpx.Response) -> None:
