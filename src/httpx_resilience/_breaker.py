@@ -27,9 +27,11 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import NamedTuple
 
+import httpx
+
 from ._exceptions import CircuitOpenError
 from ._logging import logger
-from ._validate import check_number
+from ._validate import check_number, check_statuses
 from ._window import SlidingCounts
 
 __all__ = ["CircuitBreaker", "CircuitState", "Origin", "Permit"]
@@ -126,13 +128,7 @@ class CircuitBreaker:
         _check("max_origins", max_origins, minimum=1, integer=True)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"CircuitBreaker.name must be a str, got {name!r}")
-        statuses = frozenset(failure_statuses)
-        for status in statuses:
-            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-                raise ValueError(
-                    f"CircuitBreaker.failure_statuses must hold status codes 100-599, "
-                    f"got {status!r}"
-                )
+        statuses = check_statuses("CircuitBreaker", "failure_statuses", failure_statuses)
         self.failure_threshold = failure_threshold
         self.recovery_time = float(recovery_time)
         self.name = name
@@ -313,7 +309,5 @@ def origin_of(scheme: str, host: str, port: int | None) -> Origin:
 def _as_origin(origin: Origin | str) -> Origin:
     if isinstance(origin, Origin):
         return origin
-    import httpx
-
     url = httpx.URL(origin)
     return origin_of(url.scheme, url.host, url.port)

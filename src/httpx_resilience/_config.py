@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 
-from ._validate import check_number
+from ._validate import check_number, check_statuses
 
 __all__ = ["DEFAULT_RETRY_METHODS", "DEFAULT_RETRY_STATUSES", "RetryConfig"]
 
@@ -102,12 +102,7 @@ class RetryConfig:
             raise TypeError(
                 f"RetryConfig.respect_retry_after must be a bool, got {self.respect_retry_after!r}"
             )
-        statuses = _as_frozenset("retry_on_status", self.retry_on_status)
-        for status in statuses:
-            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-                raise ValueError(
-                    f"RetryConfig.retry_on_status must hold status codes 100-599, got {status!r}"
-                )
+        statuses = check_statuses("RetryConfig", "retry_on_status", self.retry_on_status)
         methods = _as_frozenset("retry_methods", self.retry_methods)
         for method in methods:
             if not isinstance(method, str) or not method.isascii() or not method.isalpha():

@@ -187,7 +187,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 if not decision.retry:
                     attach_history(exc, tuple(history))
                     if decision.reason is _CIRCUIT_OPENED:
-                        raise self._circuit_error(request, history) from exc
+                        raise self._circuit_error(run) from exc
                     raise
             except BaseException:  # cancelled: says nothing about the upstream
                 if permit is not None:
@@ -202,7 +202,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 if not decision.retry:
                     if decision.reason is _CIRCUIT_OPENED:
                         await _close_quietly(response)
-                        raise self._circuit_error(request, history)
+                        raise self._circuit_error(run)
                     return response
                 # Free the connection before waiting, so that retries cannot starve the pool.
                 await _close_quietly(response)
@@ -243,13 +243,15 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 raise error from last
             raise
 
-    def _circuit_error(self, request: httpx.Request, history: list[Attempt]) -> CircuitOpenError:
+    def _circuit_error(self, run: _Run) -> CircuitOpenError:
         """The error for a retry loop that stops because its failures opened the circuit."""
-        breaker = self._breaker
+        breaker, origin = self._breaker, run.origin
         assert breaker is not None
-        origin = _origin(request)
-        error = CircuitOpenError(origin, breaker.retry_in(origin), breaker.name, request=request)
-        attach_history(error, tuple(history))
+        assert origin is not None
+        error = CircuitOpenError(
+            origin, breaker.retry_in(origin), breaker.name, request=run.request
+        )
+        attach_history(error, tuple(run.history))
         return error
 
     def _record_error(self, permit: Permit, exc: Exception) -> None:

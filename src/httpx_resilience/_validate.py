@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
-__all__ = ["check_number"]
+__all__ = ["check_number", "check_statuses"]
 
 
 def check_number(
@@ -31,3 +32,15 @@ def check_number(
     if not minimum <= number <= maximum:
         upper = "" if math.isinf(maximum) else f" and <= {maximum}"
         raise ValueError(f"{owner}.{name} must be >= {minimum}{upper}, got {value!r}")
+
+
+def check_statuses(owner: str, name: str, values: object) -> frozenset[int]:
+    """``values`` as a frozenset of HTTP status codes; TypeError/ValueError naming the field
+    unless it is a collection of ints in 100-599."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{owner}.{name} must be a collection, got {values!r}")
+    statuses = frozenset(values)
+    for status in statuses:
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise ValueError(f"{owner}.{name} must hold status codes 100-599, got {status!r}")
+    return statuses
