@@ -1,5 +1,8 @@
 """Whether a failed attempt could have reached the server: the question every retry rests on.
 
+``NOT_PROCESSED``: the server said it did not process the request (an HTTP/2 stream above the
+``last_stream_id`` of its GOAWAY, or refused with ``REFUSED_STREAM``; see `_http2.py`); retried
+for every method, at first without spending retries (``RetryConfig.max_unprocessed_retries``).
 ``NOT_SENT``: the request provably never left the client (no connection, or no pool slot), so
 sending it again cannot repeat any effect; retried for every method.
 ``MAYBE_PROCESSED``: the request may have reached the server and been acted on (the connection
@@ -17,11 +20,13 @@ import ssl
 import httpx
 
 from ._exceptions import DeadlineExceeded
+from ._http2 import is_not_processed
 
 __all__ = ["FailureKind", "classify_error", "counts_against_upstream"]
 
 
 class FailureKind(enum.Enum):
+    NOT_PROCESSED = "not processed"
     NOT_SENT = "not sent"
     MAYBE_PROCESSED = "maybe processed"
     FATAL = "fatal"
@@ -33,6 +38,8 @@ _TRANSIENT_SSL_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscall
 
 def classify_error(exc: BaseException) -> FailureKind:
     """Classify an exception raised by a transport. Anything not an httpx error is FATAL."""
+    if isinstance(exc, httpx.RemoteProtocolError) and is_not_processed(exc):
+        return FailureKind.NOT_PROCESSED
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return FailureKind.FATAL if _is_tls_failure(exc) else FailureKind.NOT_SENT
     if isinstance(exc, httpx.PoolTimeout):
@@ -60,9 +67,9 @@ def _is_tls_failure(exc: BaseException) -> bool:
 
 def counts_against_upstream(exc: BaseException) -> bool:
     """Whether a circuit breaker counts ``exc`` as the upstream failing: connection errors and
-    timeouts do; local rejections (a pool timeout, an open circuit, the overall deadline) and
-    FATAL errors do not."""
+    timeouts do; local rejections (a pool timeout, an open circuit, the overall deadline), a
+    server's orderly refusal (NOT_PROCESSED) and FATAL errors do not."""
     # DeadlineExceeded: our own deadline cut the attempt, however healthy the upstream.
     if isinstance(exc, (httpx.PoolTimeout, DeadlineExceeded)):
         return False
-    return classify_error(exc) is not FailureKind.FATAL
+    return classify_error(exc) not in (FailureKind.FATAL, FailureKind.NOT_PROCESSED)

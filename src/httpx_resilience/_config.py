@@ -63,6 +63,14 @@ class RetryConfig:
         budget_min_per_second: Retries per second always allowed, so that a client with
             little traffic can still retry. Default 3.0.
         budget_window: Seconds of history the budget looks back over. Default 10.0.
+        max_unprocessed_retries: Retries, on top of ``max_retries``, of a request the server
+            provably did not process: its HTTP/2 stream was above the ``last_stream_id`` of
+            the server's GOAWAY, or the server refused it with ``REFUSED_STREAM`` (RFC 9113
+            §6.8, §8.7). They are sent at once, for every method, and spend neither
+            ``max_retries`` nor the retry budget. Past this bound such a failure is retried
+            under the ordinary rules (as a request that never reached the server), so a
+            request is sent at most ``max_unprocessed_retries + max_retries + 1`` times.
+            Default 10.
     """
 
     max_retries: int = 3
@@ -78,9 +86,11 @@ class RetryConfig:
     budget_ratio: float | None = 0.2
     budget_min_per_second: float = 3.0
     budget_window: float = 10.0
+    max_unprocessed_retries: int = 10
 
     def __post_init__(self) -> None:
         _check_number("max_retries", self.max_retries, integer=True)
+        _check_number("max_unprocessed_retries", self.max_unprocessed_retries, integer=True)
         _check_number("base_delay", self.base_delay)
         _check_number("backoff_factor", self.backoff_factor, minimum=1.0)
         _check_number("max_delay", self.max_delay)

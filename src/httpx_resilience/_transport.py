@@ -21,12 +21,13 @@ from httpx._multipart import FileField, MultipartStream
 
 from ._breaker import CircuitBreaker, CircuitState, Origin, Permit, origin_of
 from ._budget import RetryBudget
-from ._classify import counts_against_upstream
+from ._classify import FailureKind, classify_error, counts_against_upstream
 from ._config import RetryConfig
 from ._decision import RETRY_AFTER_STATUSES, Decision, decide
 from ._exceptions import CircuitOpenError, DeadlineExceeded
 from ._history import Attempt, attach_history
 from ._logging import logger, redact_url
+from ._pool import build_http_transport
 from ._testing import is_testing
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ READ_BODY_EXTENSION = "read_body"
 _UNSET = object()
 _IDEMPOTENCY_KEY = "idempotency-key"
 _FINAL = "final response"
+_NOT_PROCESSED = "not processed by the server; resent at once, not counted as a retry"
 _CIRCUIT_OPENED = "circuit open"
 _FINAL_DECISION = Decision(False, 0.0, _FINAL)
 _CIRCUIT_OPEN_DECISION = Decision(False, 0.0, _CIRCUIT_OPENED)
@@ -106,7 +108,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             "local_address": local_address, "retries": retries, "socket_options": socket_options,
         }  # fmt: skip
         if transport is None:
-            transport = httpx.AsyncHTTPTransport(**options)  # type: ignore[arg-type]
+            transport = build_http_transport(**options)
         else:
             given = [name for name, value in options.items() if value != _DEFAULTS[name]]
             if given:
@@ -182,6 +184,17 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             except Exception as exc:
                 if permit is not None:
                     self._record_error(permit, exc)
+                if self._resend_unprocessed(run, exc):
+                    elapsed = clock() - attempt_start
+                    history.append(
+                        Attempt(len(history) + 1, None, exc, elapsed, 0.0, _NOT_PROCESSED)
+                    )
+                    if logger.isEnabledFor(logging.INFO):
+                        logger.info(
+                            "Resending %s %s: %s", request.method, redact_url(request.url), exc
+                        )
+                    attempt_start = clock()
+                    continue
                 decision = self._decide(run, error=exc)
                 history.append(_record(history, None, exc, attempt_start, clock, decision))
                 if not decision.retry:
@@ -209,6 +222,20 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             self._log_retry(request, history[-1], config)
             await self._sleep(0.0 if is_testing() else decision.wait)
             attempt_start = clock()
+
+    @staticmethod
+    def _resend_unprocessed(run: _Run, exc: Exception) -> bool:
+        """Whether ``exc`` is a failure the server provably did not process and the request
+        may be resent at once without spending a retry (bounded by ``max_unprocessed_retries``;
+        past that, `decide` treats it like any never-processed failure)."""
+        if run.unprocessed >= run.config.max_unprocessed_retries:
+            return False
+        if run.body is not None and not run.body.replayable:
+            return False
+        if classify_error(exc) is not FailureKind.NOT_PROCESSED:
+            return False
+        run.unprocessed += 1
+        return True
 
     def _judge(
         self, run: _Run, response: httpx.Response, permit: Permit | None, attempt_start: float
@@ -294,7 +321,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             retry_after = headers.get("retry-after")
         decision = decide(
             config,
-            attempt=len(run.history) + 1,
+            attempt=len(run.history) - run.unprocessed + 1,
             status=status,
             error=error,
             retry_after=retry_after,
@@ -381,7 +408,9 @@ class _Run:
     """One request's way through the retry loop: what every decision about it needs. Kept
     apart from the (shared, immutable) config."""
 
-    __slots__ = ("body", "budget", "config", "deadline", "history", "origin", "request")
+    __slots__ = (
+        "body", "budget", "config", "deadline", "history", "origin", "request", "unprocessed"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -399,6 +428,8 @@ class _Run:
         self.budget = budget
         self.origin = origin
         self.history: list[Attempt] = []
+        #: Attempts the server provably did not process, resent without spending a retry.
+        self.unprocessed = 0
 
 
 async def _close_quietly(response: httpx.Response) -> None:
