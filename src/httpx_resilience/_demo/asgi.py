@@ -1,0 +1,103 @@
+"""The ASGI plumbing the demo's upstream (and the test suite's fault app) are built from.
+
+Typed aliases for the ASGI callables and a few helpers: read a request body, answer with a
+body, sleep unless the client goes away, and answer lifespan events. No server imports here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+
+__all__ = [
+    "ASGIApp",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "lifespan",
+    "read_body",
+    "respond",
+    "respond_json",
+    "sleep_unless_disconnected",
+    "wait_for_disconnect",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    *,
+    content_type: bytes = b"text/plain; charset=utf-8",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Send a whole response: status, content type and length, ``headers``, then ``body``."""
+    all_headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode("ascii")),
+        *(headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def respond_json(
+    send: Send,
+    status: int,
+    payload: dict[str, Any],
+    *,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Send ``payload`` as a JSON response."""
+    body = json.dumps(payload).encode("utf-8")
+    await respond(send, status, body, content_type=b"application/json", headers=headers)
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or ``None`` if the client went away first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        if message["type"] == "http.request":
+            chunks.append(bytes(message.get("body", b"")))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Return once the client has gone away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def sleep_unless_disconnected(receive: Receive, delay: float) -> bool:
+    """Sleep ``delay`` seconds; return True early if the client disconnects."""
+    with anyio.move_on_after(delay):
+        await wait_for_disconnect(receive)
+        return True
+    return False
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Answer an ASGI lifespan scope: start up and shut down at once."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
