@@ -33,19 +33,19 @@ import anyio
 
 from httpx_resilience._demo import servers as _servers
 from httpx_resilience._demo.asgi import (
+    ABORT_EXTENSION,
     ASGIApp,
     Receive,
     Scope,
     Send,
+    drop_connection,
     lifespan,
     read_body,
     respond,
     respond_json,
     sleep_unless_disconnected,
-    wait_for_disconnect,
 )
 from httpx_resilience._demo.servers import (
-    ABORT_EXTENSION,
     LOOPBACK,
     bound_socket,
     check_loopback,
@@ -282,11 +282,7 @@ class FaultApp:
     async def _drop(self, scope: Scope, receive: Receive, send: Send, key: str, hits: int) -> None:
         fail = _int_param(_query(scope), "fail", 1)
         assert fail is not None
-        abort = scope.get("extensions", {}).get(ABORT_EXTENSION, {}).get("abort")
-        if hits <= fail and abort is not None:
-            abort()
-            with anyio.move_on_after(5.0):
-                await wait_for_disconnect(receive)
+        if hits <= fail and await drop_connection(scope, receive):
             return
         await respond_json(send, 200, {"hits": hits})
 

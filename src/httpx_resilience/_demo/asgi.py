@@ -13,11 +13,13 @@ from typing import Any
 import anyio
 
 __all__ = [
+    "ABORT_EXTENSION",
     "ASGIApp",
     "Message",
     "Receive",
     "Scope",
     "Send",
+    "drop_connection",
     "lifespan",
     "read_body",
     "respond",
@@ -31,6 +33,11 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Name of the ASGI scope extension the demo's servers (`servers.ServerThread`) add to every
+#: HTTP scope: ``scope["extensions"][ABORT_EXTENSION]["abort"]()`` cuts the underlying TCP
+#: connection at once (FIN to the client, no more bytes).
+ABORT_EXTENSION = "httpx_resilience.demo.abort_connection"
 
 
 async def respond(
@@ -90,6 +97,18 @@ async def sleep_unless_disconnected(receive: Receive, delay: float) -> bool:
         await wait_for_disconnect(receive)
         return True
     return False
+
+
+async def drop_connection(scope: Scope, receive: Receive) -> bool:
+    """Cut the connection without answering, as a crashing upstream does, and wait (5 s at
+    most) until the server has noticed. False if the server offers no `ABORT_EXTENSION`."""
+    abort = scope.get("extensions", {}).get(ABORT_EXTENSION, {}).get("abort")
+    if abort is None:
+        return False
+    abort()
+    with anyio.move_on_after(5.0):
+        await wait_for_disconnect(receive)
+    return True
 
 
 async def lifespan(receive: Receive, send: Send) -> None:

@@ -32,11 +32,12 @@ from hypercorn.config import Config, Sockets
 from hypercorn.logging import Logger as HypercornLogger
 from hypercorn.utils import wrap_app
 
-from .asgi import ASGIApp, Receive, Scope, Send
+from .asgi import ABORT_EXTENSION, ASGIApp, Receive, Scope, Send
 
 __all__ = [
     "ABORT_EXTENSION",
     "LOOPBACK",
+    "ServerPair",
     "ServerThread",
     "bound_socket",
     "check_loopback",
@@ -45,11 +46,6 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
-
-#: Name of the ASGI scope extension :class:`ServerThread` adds to every HTTP
-#: scope: ``scope["extensions"][ABORT_EXTENSION]["abort"]()`` cuts the
-#: underlying TCP connection at once (FIN to the client, no more bytes).
-ABORT_EXTENSION = "httpx_resilience.demo.abort_connection"
 
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 15.0
@@ -341,3 +337,57 @@ class ServerThread:
             "asgi",
         )
         await worker_serve(app, self._config, sockets=sockets, shutdown_trigger=self._shutdown.wait)
+
+
+#: The demo's servers keep connections open (Hypercorn's default closes one after 1,000
+#: requests, sending GOAWAY on HTTP/2, which would add failures of its own to every scenario).
+_LONG_LIVED: dict[str, Any] = {"keep_alive_max_requests": 1_000_000, "keep_alive_timeout": 60}
+
+
+class ServerPair:
+    """One ASGI app served twice on 127.0.0.1: plain HTTP/1.1 (`h1`) and HTTP/2 over TLS
+    (`h2`, with a certificate from a throwaway trustme CA that `ssl_context` trusts).
+
+    ``port`` 0 (the default) lets the OS choose both ports; otherwise `h1` binds ``port`` and
+    `h2` ``port + 1``, and `OSError` says that one is taken. A context manager: entering
+    starts both servers, leaving stops them.
+    """
+
+    def __init__(self, app: ASGIApp, *, port: int = 0) -> None:
+        self.ca = trustme.CA()
+        self.ssl_context = client_ssl_context(self.ca)
+        self.h1 = ServerThread(app, port=port, **_LONG_LIVED)
+        try:
+            self.h2 = ServerThread(app, ca=self.ca, port=port + 1 if port else 0, **_LONG_LIVED)
+        except BaseException:
+            self.h1.stop()
+            raise
+
+    def start(self) -> ServerPair:
+        """Start both servers; return once both accept connections (stopped again if one
+        fails to start)."""
+        try:
+            self.h1.start()
+            self.h2.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> ServerPair:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop both servers; idempotent."""
+        try:
+            self.h1.stop()
+        finally:
+            self.h2.stop()
