@@ -42,8 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="plain httpx vs. httpx-resilience against fault-injecting local servers",
         description=_DEMO,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"Needs the demo extra ({cli.EXTRA_HINT}). Exit status 0 when every scenario "
-        "ran, 1 when the demo cannot start or a scenario fails.",
+        epilog=f"Needs the demo extra: {cli.INSTALL_EXTRA}\n"
+        "Exit status: 0 when every scenario ran, 1 when the demo cannot start or a scenario "
+        "fails.",
     )
     cli.add_arguments(demo)
     args = parser.parse_args(argv)

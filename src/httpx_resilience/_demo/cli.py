@@ -27,10 +27,11 @@ from .upstream import FaultPlan, Upstream
 if TYPE_CHECKING:
     from .servers import ServerPair
 
-__all__ = ["EXTRA_HINT", "Options", "add_arguments", "main", "run_demo"]
+__all__ = ["EXTRA_HINT", "INSTALL_EXTRA", "Options", "add_arguments", "main", "run_demo"]
 
 PROG = "httpx-resilience demo"
-EXTRA_HINT = "install the demo extra: pip install 'httpx-resilience[demo]'"
+INSTALL_EXTRA = "pip install 'httpx-resilience[demo]'"
+EXTRA_HINT = f"install the demo extra: {INSTALL_EXTRA}"
 DEFAULT_REQUESTS = 200
 DEFAULT_SEED = 1
 MAX_REQUESTS = 5_000
@@ -112,7 +113,7 @@ def main(
     try:
         servers = ServerPair(app, port=args.port).start()
     except OSError as exc:
-        print(f"{PROG}: cannot start: {_bind_error(args.port, exc)}", file=err)
+        print(f"{PROG}: cannot start: {_bind_error(exc)}", file=err)
         return 1
     except RuntimeError as exc:
         print(f"{PROG}: cannot start: {exc}", file=err)
@@ -146,11 +147,11 @@ def _missing_extra() -> str | None:
     return None
 
 
-def _bind_error(port: int, exc: OSError) -> str:
+def _bind_error(exc: OSError) -> str:
+    where = exc.filename or "127.0.0.1"
     if exc.errno == errno.EADDRINUSE:
-        taken = f"127.0.0.1:{port} or :{port + 1}" if port else "an OS-chosen port"
-        return f"{taken} is already in use ({exc.strerror})"
-    return f"cannot bind a server on 127.0.0.1: {exc}"
+        return f"{where} is already in use (pick another --port, or none)"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
 async def run_demo(

@@ -349,16 +349,17 @@ class ServerPair:
     (`h2`, with a certificate from a throwaway trustme CA that `ssl_context` trusts).
 
     ``port`` 0 (the default) lets the OS choose both ports; otherwise `h1` binds ``port`` and
-    `h2` ``port + 1``, and `OSError` says that one is taken. A context manager: entering
+    `h2` ``port + 1``. An `OSError` for a port that cannot be bound names it as its
+    ``filename`` (``"127.0.0.1:8080"``). A context manager: entering
     starts both servers, leaving stops them.
     """
 
     def __init__(self, app: ASGIApp, *, port: int = 0) -> None:
         self.ca = trustme.CA()
         self.ssl_context = client_ssl_context(self.ca)
-        self.h1 = ServerThread(app, port=port, **_LONG_LIVED)
+        self.h1 = _bind(app, None, port)
         try:
-            self.h2 = ServerThread(app, ca=self.ca, port=port + 1 if port else 0, **_LONG_LIVED)
+            self.h2 = _bind(app, self.ca, port + 1 if port else 0)
         except BaseException:
             self.h1.stop()
             raise
@@ -391,3 +392,10 @@ class ServerPair:
             self.h1.stop()
         finally:
             self.h2.stop()
+
+
+def _bind(app: ASGIApp, ca: trustme.CA | None, port: int) -> ServerThread:
+    try:
+        return ServerThread(app, ca=ca, port=port, **_LONG_LIVED)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, f"{LOOPBACK}:{port}") from exc
