@@ -495,12 +495,6 @@ async def _run_client(
     return ClientRun(index, client.label, finished, seconds, ctx.transitions, wall)
 
 
-def scenario_named(name: str) -> Scenario:
-    for scenario in SCENARIOS:
-        if scenario.name == name:
-            return scenario
-    raise KeyError(name)
-
-
 def names() -> Sequence[str]:
+    """The scenarios' names, in the order the demo runs them."""
     return [scenario.name for scenario in SCENARIOS]

@@ -23,7 +23,6 @@ import threading
 import time
 import weakref
 from functools import partial
-from types import TracebackType
 from typing import Any, ClassVar
 
 import trustme
@@ -303,12 +302,7 @@ class ServerThread:
     def __enter__(self) -> ServerThread:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     # -- the server thread --------------------------------------------------
@@ -378,12 +372,7 @@ class ServerPair:
     def __enter__(self) -> ServerPair:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def stop(self) -> None:
