@@ -162,13 +162,13 @@ def _retry_description() -> str:
 # --- the table -------------------------------------------------------------------------------
 
 _COLUMNS = (
-    ("client", 38, "<"),
+    ("client", 39, "<"),
     ("ok", 4, ">"),
     ("failed", 6, ">"),
-    ("upstream saw", 13, ">"),
+    ("upstream saw", 12, ">"),
     ("dup POSTs", 9, ">"),
-    ("p50 ms", 7, ">"),
-    ("p99 ms", 7, ">"),
+    ("p50 ms", 6, ">"),
+    ("p99 ms", 6, ">"),
     ("circuit", 15, "<"),
 )
 _WIDTH = 100
@@ -177,10 +177,16 @@ _WIDTH = 100
 def render_table(report: Report) -> str:
     """The report as a table, then a few lines per scenario on what the figures mean."""
     lines = [
-        f"httpx-resilience demo: seed {report.seed}, {report.requests} requests per client and "
-        f"scenario, against real servers on 127.0.0.1 ({report.seconds:.1f} s).",
-        f"Retry waits are scaled down for the demo: {_retry_description()}.",
-        "Retry-After is honoured as sent. Counts repeat for a seed; latencies are measured.",
+        f"httpx-resilience demo: seed {report.seed}, {report.requests} "
+        f"request{'' if report.requests == 1 else 's'} per client and scenario, "
+        f"{report.seconds:.1f} s.",
+        "Real servers on 127.0.0.1 inject the faults; every client meets the same ones.",
+        *_wrap(
+            f"Retry waits are scaled down for the demo: {_retry_description()}; Retry-After is "
+            "honoured as sent. Counts repeat for a seed; latencies are measured.",
+            "",
+            more="",
+        ),
         "",
         _line([name for name, _, _ in _COLUMNS]),
         _line(["-" * width for _, width, _ in _COLUMNS]),
@@ -216,12 +222,12 @@ def _line(cells: list[str]) -> str:
     ).rstrip()
 
 
-def _wrap(text: str, indent: str) -> list[str]:
+def _wrap(text: str, indent: str, more: str = "    ") -> list[str]:
     return textwrap.wrap(
         text,
         _WIDTH,
         initial_indent=indent,
-        subsequent_indent=indent + "    ",
+        subsequent_indent=indent + more,
         break_on_hyphens=False,
     )
 
