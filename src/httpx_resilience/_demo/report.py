@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .scenarios import DEMO_RETRY, ClientRun, Scenario, Transition
-from .upstream import Fault, Upstream
+from .upstream import Upstream
 
 __all__ = ["Report", "Row", "ScenarioReport", "build_rows", "render_table", "to_json"]
 
@@ -73,11 +73,7 @@ def build_rows(scenario: Scenario, runs: list[ClientRun], app: Upstream) -> Scen
         post = scenario.method == "POST"
         processed = Counter(a.rid for a in arrivals if a.processed)
         lost = sum(1 for rid, o in enumerate(run.outcomes) if not o.ok and processed[rid])
-        replays = sum(
-            1
-            for a in arrivals
-            if a.method == "POST" and a.fault in (Fault.OK, Fault.DROP) and not a.processed
-        )
+        replays = sum(1 for a in arrivals if a.replayed)
         rows.append(
             Row(
                 client=run.label,
@@ -96,7 +92,7 @@ def build_rows(scenario: Scenario, runs: list[ClientRun], app: Upstream) -> Scen
                 max_ms=max(run.seconds, default=0.0) * 1000,
                 failures=dict(sorted(run.failures.items())),
                 http_versions=dict(sorted(run.http_versions.items())),
-                circuit=[_transition(t) for t in run.transitions] if _has_breaker(run) else None,
+                circuit=None if run.transitions is None else [_t(t) for t in run.transitions],
             )
         )
     return ScenarioReport(
@@ -104,11 +100,7 @@ def build_rows(scenario: Scenario, runs: list[ClientRun], app: Upstream) -> Scen
     )
 
 
-def _has_breaker(run: ClientRun) -> bool:
-    return "CircuitBreaker" in run.label
-
-
-def _transition(t: Transition) -> dict[str, Any]:
+def _t(t: Transition) -> dict[str, Any]:
     return {"request": t.rid, "from": t.old.value, "to": t.new.value}
 
 

@@ -21,11 +21,12 @@ The faults and the counts are reproducible for a seed; latencies are measured.
 from __future__ import annotations
 
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
@@ -76,7 +77,7 @@ class Target:
 
     base_url: str
     protocol: str  # "HTTP/1.1" or "HTTP/2"
-    verify: Any  # an ssl.SSLContext trusting the demo's CA
+    verify: ssl.SSLContext  # trusts the demo's certificate authority
 
     @property
     def http2(self) -> bool:
@@ -114,7 +115,7 @@ class RunContext:
     seed: int
     sequential: bool
     rid: int = 0  # the request being sent (sequential loads)
-    transitions: list[Transition] = field(default_factory=list)
+    transitions: list[Transition] | None = None  # once a circuit breaker reports to it
 
     def clock(self) -> float:
         """The clock for retry budgets and circuit breakers: on sequential loads the schedule
@@ -125,7 +126,19 @@ class RunContext:
         """A seeded random source for the transport's jitter."""
         return random.Random(f"{self.seed}:jitter").random
 
-    def on_state_change(self, origin: Origin, old: CircuitState, new: CircuitState) -> None:
+    def breaker(self) -> CircuitBreaker:
+        """The outage scenario's circuit breaker, on this context's clock, reporting its
+        transitions to `transitions`."""
+        self.transitions = []
+        return CircuitBreaker(
+            failure_threshold=BREAKER_THRESHOLD,
+            recovery_time=BREAKER_RECOVERY,
+            on_state_change=self._on_state_change,
+            clock=self.clock,
+        )
+
+    def _on_state_change(self, origin: Origin, old: CircuitState, new: CircuitState) -> None:
+        assert self.transitions is not None
         self.transitions.append(Transition(self.rid, old, new))
 
 
@@ -157,8 +170,7 @@ class ClientRun:
     label: str
     outcomes: list[Outcome]
     seconds: list[float]  # each call's latency
-    transitions: list[Transition]
-    wall: float  # seconds for the whole run
+    transitions: list[Transition] | None  # None: the client has no circuit breaker
 
     @property
     def failures(self) -> Counter[str]:
@@ -316,17 +328,9 @@ def facade(method: str = "GET", *, breaker: bool = False) -> ClientFactory:
     @asynccontextmanager
     async def factory(ctx: RunContext) -> AsyncIterator[Call]:
         target = ctx.target
-        circuit_breaker = None
-        if breaker:
-            circuit_breaker = CircuitBreaker(
-                failure_threshold=BREAKER_THRESHOLD,
-                recovery_time=BREAKER_RECOVERY,
-                on_state_change=ctx.on_state_change,
-                clock=ctx.clock,
-            )
         async with AsyncAPIClient(
             retry_config=DEMO_RETRY,
-            circuit_breaker=circuit_breaker,
+            circuit_breaker=ctx.breaker() if breaker else None,
             verify=target.verify,
             http2=target.http2,
         ) as api:
@@ -476,7 +480,6 @@ async def _run_client(
         progress(client.label, done, requests)
 
     progress(client.label, 0, requests)
-    started = time.perf_counter()
     async with client.factory(ctx) as call:
         if scenario.load == "paced":
             # Request rid starts at rid * PACE seconds, whatever the answers so far.
@@ -489,10 +492,9 @@ async def _run_client(
             for rid in range(requests):
                 ctx.rid = rid
                 await one(call, rid)
-    wall = time.perf_counter() - started
     finished = [o for o in outcomes if o is not None]
     assert len(finished) == requests
-    return ClientRun(index, client.label, finished, seconds, ctx.transitions, wall)
+    return ClientRun(index, client.label, finished, seconds, ctx.transitions)
 
 
 def names() -> Sequence[str]:

@@ -114,6 +114,7 @@ class Arrival:
     method: str
     fault: Fault
     processed: bool  # a POST the upstream acted on (created an order)
+    replayed: bool  # a POST answered from the record of its Idempotency-Key instead
 
 
 class Upstream:
@@ -177,14 +178,14 @@ class Upstream:
             number = self._seen[scenario, client, rid] = self._seen[scenario, client, rid] + 1
             fault = self.plan.fault(scenario, rid, number)
             retry_after = self._rate_limit(scenario, client, rid, fault)
-            processed = scope["method"] == "POST" and fault in (Fault.OK, Fault.DROP)
-            if processed and key is not None:
-                replay = (scenario, client, key) in self._keys
+            # A POST is processed unless refused (503) or already processed under its key.
+            acted = scope["method"] == "POST" and fault in (Fault.OK, Fault.DROP)
+            replayed = acted and key is not None and (scenario, client, key) in self._keys
+            if acted and key is not None:
                 self._keys.add((scenario, client, key))
-                processed = not replay
-            self._arrivals.append(
-                Arrival(scenario, client, rid, number, scope["method"], fault, processed)
-            )
+            method, processed = scope["method"], acted and not replayed
+            arrival = Arrival(scenario, client, rid, number, method, fault, processed, replayed)
+            self._arrivals.append(arrival)
         if retry_after is not None:
             await respond(send, 429, b"slow down\n", headers=[(b"retry-after", retry_after)])
         elif fault is Fault.UNAVAILABLE or fault is Fault.DOWN:
