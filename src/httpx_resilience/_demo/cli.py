@@ -13,7 +13,6 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
@@ -118,8 +117,11 @@ def main(
     except RuntimeError as exc:
         print(f"{PROG}: cannot start: {exc}", file=err)
         return 1
-    # The library logs each circuit opening as a WARNING; the table tells that story here.
-    logging.getLogger("httpx_resilience").addHandler(logging.NullHandler())
+    # The library logs each circuit opening as a WARNING, which Python would print to stderr
+    # for want of a handler; the table tells that story here.
+    library_logger = logging.getLogger("httpx_resilience")
+    if not library_logger.handlers:
+        library_logger.addHandler(logging.NullHandler())
     try:
         report = anyio.run(run_demo, options, app, servers, Progress(err))
     except KeyboardInterrupt:
@@ -205,10 +207,3 @@ class Progress:
     def _write(self, text: str) -> None:
         self._stream.write(text)
         self._stream.flush()
-
-
-def parse(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse the ``demo`` command's options alone (for tests)."""
-    parser = argparse.ArgumentParser(prog=PROG)
-    add_arguments(parser)
-    return parser.parse_args(argv)
