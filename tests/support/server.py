@@ -39,8 +39,7 @@ from httpx_resilience._demo.asgi import (
     Scope,
     Send,
     drop_connection,
-    lifespan,
-    read_body,
+    request_body,
     respond,
     respond_json,
     sleep_unless_disconnected,
@@ -184,16 +183,11 @@ class FaultApp:
             return len(requests)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        body = await request_body(scope, receive, send)
+        if body is None:
             return
         parts = scope["path"].split("/")
         route = self._routes.get(parts[1]) if len(parts) == 3 and parts[2] else None
-        body = await read_body(receive)
-        if body is None:
-            return
         if parts[1] == "users":
             await self._users(scope, send, parts[2:], body)
             return

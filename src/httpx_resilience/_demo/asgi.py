@@ -22,6 +22,7 @@ __all__ = [
     "drop_connection",
     "lifespan",
     "read_body",
+    "request_body",
     "respond",
     "respond_json",
     "sleep_unless_disconnected",
@@ -120,3 +121,14 @@ async def lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+async def request_body(scope: Scope, receive: Receive, send: Send) -> bytes | None:
+    """An app's first step: answer a lifespan scope, ignore any other that is not HTTP, and
+    return the whole body of an HTTP request; None when there is no request to answer."""
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return None
+    if scope["type"] != "http":
+        return None
+    return await read_body(receive)

@@ -26,8 +26,7 @@ from .asgi import (
     Scope,
     Send,
     drop_connection,
-    lifespan,
-    read_body,
+    request_body,
     respond,
     respond_json,
     sleep_unless_disconnected,
@@ -159,13 +158,7 @@ class Upstream:
     # --- ASGI ----------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        body = await read_body(receive)
-        if body is None:
+        if await request_body(scope, receive, send) is None:
             return
         parts = scope["path"].strip("/").split("/")
         if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
