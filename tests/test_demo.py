@@ -270,6 +270,29 @@ def test_missing_extra(
     )
 
 
+def test_without_the_extra_nothing_imports_hypercorn_or_trustme() -> None:
+    """In a process where Hypercorn and trustme cannot be imported at all, the library, the
+    command and its --help work, and the demo says what to install."""
+    code = (
+        "import sys\n"
+        "sys.modules['hypercorn'] = sys.modules['trustme'] = None\n"
+        "import httpx_resilience\n"
+        "from httpx_resilience.__main__ import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    run = [sys.executable, "-c", code]
+    helped = subprocess.run([*run, "demo", "--help"], capture_output=True, text=True, check=False)
+    assert helped.returncode == 0, helped.stderr
+    assert "--scenario NAME" in helped.stdout
+    refused = subprocess.run([*run, "demo"], capture_output=True, text=True, check=False)
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr == (
+        "httpx-resilience demo: hypercorn is not installed; "
+        "install the demo extra: pip install 'httpx-resilience[demo]'\n"
+    )
+
+
 def test_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
