@@ -8,6 +8,8 @@ Three pieces, all bound to 127.0.0.1 on ports chosen by the OS:
 * :class:`ServerThread` -- runs Hypercorn (asyncio worker) serving an ASGI app on
   a background thread with its own event loop, either as plain HTTP/1.1 or as
   TLS with ALPN ``["h2", "http/1.1"]`` using a certificate from a trustme CA.
+  The runner itself is the demo's (``httpx_resilience._demo.servers``); the
+  ASGI helpers are ``httpx_resilience._demo.asgi``.
 * :class:`FaultProxy` -- a TCP forwarder that can refuse connections (bound,
   not listening) and drop responses after the upstream has acted on a request.
 
@@ -18,27 +20,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
-import os
-import socket
-import tempfile
 import threading
-import time
-import weakref
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
 import anyio
-import trustme
-from hypercorn.asyncio.run import worker_serve
-from hypercorn.config import Config, Sockets
-from hypercorn.logging import Logger as HypercornLogger
-from hypercorn.utils import wrap_app
+
+from httpx_resilience._demo import servers as _servers
+from httpx_resilience._demo.asgi import (
+    ABORT_EXTENSION,
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    drop_connection,
+    request_body,
+    respond,
+    respond_json,
+    sleep_unless_disconnected,
+)
+from httpx_resilience._demo.servers import (
+    LOOPBACK,
+    bound_socket,
+    check_loopback,
+    log_loop_exceptions,
+)
 
 __all__ = [
     "ABORT_EXTENSION",
@@ -51,27 +62,12 @@ __all__ = [
     "ServerThread",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-LOOPBACK = "127.0.0.1"
-
-#: Name of the ASGI scope extension :class:`ServerThread` adds to every HTTP
-#: scope: ``scope["extensions"][ABORT_EXTENSION]["abort"]()`` cuts the
-#: underlying TCP connection at once (FIN to the client, no more bytes).
-ABORT_EXTENSION = "tests.support.abort_connection"
-
 #: Everything the servers and the proxy log goes here at DEBUG level, so test
 #: output stays clean (run pytest with ``--log-level=DEBUG`` to see it).
 logger = logging.getLogger("tests.support.server")
 logger.addHandler(logging.NullHandler())
 
 _START_TIMEOUT = 10.0
-_STOP_TIMEOUT = 15.0
-_POLL_INTERVAL = 0.005
 
 
 # --------------------------------------------------------------------------
@@ -132,62 +128,6 @@ def _retry_after_header(params: dict[str, str]) -> list[tuple[bytes, bytes]]:
         raise _BadRequest("retry_after must be latin-1") from None
 
 
-async def _respond(
-    send: Send,
-    status: int,
-    body: bytes,
-    *,
-    content_type: bytes = b"text/plain; charset=utf-8",
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    all_headers = [
-        (b"content-type", content_type),
-        (b"content-length", str(len(body)).encode("ascii")),
-        *(headers or []),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": all_headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _respond_json(
-    send: Send,
-    status: int,
-    payload: dict[str, Any],
-    *,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    body = json.dumps(payload).encode("utf-8")
-    await _respond(send, status, body, content_type=b"application/json", headers=headers)
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or ``None`` if the client went away first."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        if message["type"] == "http.request":
-            chunks.append(bytes(message.get("body", b"")))
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _sleep_unless_disconnected(receive: Receive, delay: float) -> bool:
-    """Sleep ``delay`` seconds; return True early if the client disconnects."""
-    with anyio.move_on_after(delay):
-        await _wait_for_disconnect(receive)
-        return True
-    return False
-
-
 class FaultApp:
     """ASGI app whose answers tests script through the URL.
 
@@ -243,21 +183,16 @@ class FaultApp:
             return len(requests)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        body = await request_body(scope, receive, send)
+        if body is None:
             return
         parts = scope["path"].split("/")
         route = self._routes.get(parts[1]) if len(parts) == 3 and parts[2] else None
-        body = await _read_body(receive)
-        if body is None:
-            return
         if parts[1] == "users":
             await self._users(scope, send, parts[2:], body)
             return
         if route is None:
-            await _respond(send, 404, b"not found\n")
+            await respond(send, 404, b"not found\n")
             return
         key = parts[2]
         headers: dict[str, str] = {}
@@ -269,7 +204,7 @@ class FaultApp:
         try:
             await route(scope, receive, send, key, hits)
         except _BadRequest as exc:
-            await _respond(send, 400, f"{exc}\n".encode())
+            await respond(send, 400, f"{exc}\n".encode())
 
     async def _users(self, scope: Scope, send: Send, rest: list[str], body: bytes) -> None:
         """A tiny JSON API for the docs' examples: ``POST /users`` creates (201, echoing the
@@ -277,27 +212,18 @@ class FaultApp:
         method = scope["method"]
         if not rest and method == "POST":
             payload = json.loads(body or b"{}")
-            await _respond_json(send, 201, {"id": 1, **payload})
+            await respond_json(send, 201, {"id": 1, **payload})
         elif len(rest) == 1 and rest[0].isdigit() and rest[0] != "0":
             if method == "DELETE":
-                await _respond(send, 204, b"")
+                await respond(send, 204, b"")
             else:
-                await _respond_json(send, 200, {"id": int(rest[0]), "name": "Ada Lovelace"})
+                await respond_json(send, 200, {"id": int(rest[0]), "name": "Ada Lovelace"})
         else:
-            await _respond_json(send, 404, {"detail": "user not found"})
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+            await respond_json(send, 404, {"detail": "user not found"})
 
     async def _ok(self, scope: Scope, receive: Receive, send: Send, key: str, hits: int) -> None:
         payload = {"hits": hits, "method": scope["method"], "http_version": scope["http_version"]}
-        await _respond_json(send, 200, payload)
+        await respond_json(send, 200, payload)
 
     async def _flaky(self, scope: Scope, receive: Receive, send: Send, key: str, hits: int) -> None:
         params = _query(scope)
@@ -308,9 +234,9 @@ class FaultApp:
         assert status is not None
         if hits <= fail:
             body = f"flaky failure {hits} of {fail}\n".encode()
-            await _respond(send, status, body, headers=retry_after)
+            await respond(send, status, body, headers=retry_after)
         else:
-            await _respond_json(send, 200, {"hits": hits})
+            await respond_json(send, 200, {"hits": hits})
 
     async def _status(
         self, scope: Scope, receive: Receive, send: Send, key: str, hits: int
@@ -319,15 +245,15 @@ class FaultApp:
         code = _int_param(params, "code", 500)
         assert code is not None
         body = f"status {code} (hit {hits})\n".encode()
-        await _respond(send, code, body, headers=_retry_after_header(params))
+        await respond(send, code, body, headers=_retry_after_header(params))
 
     async def _slow(self, scope: Scope, receive: Receive, send: Send, key: str, hits: int) -> None:
         params = _query(scope)
         delay = _float_param(params, "delay", 1.0)
         fail = _int_param(params, "fail", None)
-        if (fail is None or hits <= fail) and await _sleep_unless_disconnected(receive, delay):
+        if (fail is None or hits <= fail) and await sleep_unless_disconnected(receive, delay):
             return  # The client is gone: nobody to answer.
-        await _respond_json(send, 200, {"hits": hits})
+        await respond_json(send, 200, {"hits": hits})
 
     async def _midbody(
         self, scope: Scope, receive: Receive, send: Send, key: str, hits: int
@@ -350,13 +276,9 @@ class FaultApp:
     async def _drop(self, scope: Scope, receive: Receive, send: Send, key: str, hits: int) -> None:
         fail = _int_param(_query(scope), "fail", 1)
         assert fail is not None
-        abort = scope.get("extensions", {}).get(ABORT_EXTENSION, {}).get("abort")
-        if hits <= fail and abort is not None:
-            abort()
-            with anyio.move_on_after(5.0):
-                await _wait_for_disconnect(receive)
+        if hits <= fail and await drop_connection(scope, receive):
             return
-        await _respond_json(send, 200, {"hits": hits})
+        await respond_json(send, 200, {"hits": hits})
 
     async def _big(self, scope: Scope, receive: Receive, send: Send, key: str, hits: int) -> None:
         size = _int_param(_query(scope), "size", 65536)
@@ -381,267 +303,15 @@ class FaultApp:
 # --------------------------------------------------------------------------
 
 
-def _check_loopback(host: str) -> None:
-    if host == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
-    raise ValueError(f"test servers only talk to the loopback interface, not {host!r}")
+class ServerThread(_servers.ServerThread):
+    """Hypercorn (asyncio worker) serving ``app`` on 127.0.0.1 in a thread: the demo's
+    :class:`httpx_resilience._demo.servers.ServerThread`, logging to :data:`logger`.
 
-
-def _bound_socket(port: int = 0) -> socket.socket:
-    """A TCP socket bound to 127.0.0.1 on ``port`` (0: OS-chosen), not listening."""
-    # proto=IPPROTO_TCP: accepted sockets inherit it, and asyncio only turns
-    # on TCP_NODELAY for those (else Nagle + delayed ACKs add ~40 ms a reply).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((LOOPBACK, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _is_listening(sock: socket.socket) -> bool:
-    try:
-        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-    except OSError:
-        return False
-
-
-def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    logger.debug(
-        "event loop: %s",
-        context.get("message", "unhandled error"),
-        exc_info=context.get("exception"),
-    )
-
-
-class _DebugLogger(HypercornLogger):
-    """Hypercorn logger sending everything to :data:`logger` at DEBUG level."""
-
-    async def access(self, request: Any, response: Any, request_time: float) -> None:
-        return None
-
-    async def critical(self, message: str, *args: Any, **kwargs: Any) -> None:
-        logger.debug(message, *args, **kwargs)
-
-    async def error(self, message: str, *args: Any, **kwargs: Any) -> None:
-        logger.debug(message, *args, **kwargs)
-
-    async def warning(self, message: str, *args: Any, **kwargs: Any) -> None:
-        logger.debug(message, *args, **kwargs)
-
-    async def info(self, message: str, *args: Any, **kwargs: Any) -> None:
-        logger.debug(message, *args, **kwargs)
-
-    async def debug(self, message: str, *args: Any, **kwargs: Any) -> None:
-        logger.debug(message, *args, **kwargs)
-
-    async def exception(self, message: str, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("exc_info", True)
-        logger.debug(message, *args, **kwargs)
-
-    async def log(self, level: int, message: str, *args: Any, **kwargs: Any) -> None:
-        logger.debug(message, *args, **kwargs)
-
-
-class _TrackingSocket(socket.socket):
-    """Listening socket remembering each accepted connection by peer address.
-
-    asyncio accepts through ``sock.accept()`` of the socket handed to
-    ``create_server``, so this sees every connection Hypercorn serves.
+    ``ServerThread(app, ca=None, **hypercorn_config_overrides)``: plain HTTP/1.1 by default,
+    TLS with ALPN ``["h2", "http/1.1"]`` with a certificate from ``ca``.
     """
 
-    def __init__(self) -> None:
-        # IPPROTO_TCP: see _bound_socket().
-        super().__init__(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.connections: weakref.WeakValueDictionary[tuple[str, int], socket.socket] = (
-            weakref.WeakValueDictionary()
-        )
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        conn, address = super().accept()
-        self.connections[(address[0], address[1])] = conn
-        return conn, address
-
-
-def _abort_connection(conn: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # Already gone.
-        conn.shutdown(socket.SHUT_RDWR)
-
-
-class _AbortExtensionApp:
-    """Adds :data:`ABORT_EXTENSION` to HTTP scopes, then calls the real app."""
-
-    def __init__(self, app: ASGIApp, listener: _TrackingSocket) -> None:
-        self._app = app
-        self._listener = listener
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
-        if scope["type"] == "http" and client:
-            conn = self._listener.connections.get((client[0], client[1]))
-            if conn is not None:
-                scope = dict(scope)
-                extensions = dict(scope.get("extensions") or {})
-                extensions[ABORT_EXTENSION] = {"abort": lambda: _abort_connection(conn)}
-                scope["extensions"] = extensions
-        await self._app(scope, receive, send)
-
-
-class ServerThread:
-    """Hypercorn (asyncio worker) serving ``app`` on 127.0.0.1 in a thread.
-
-    Plain HTTP/1.1 by default; with ``ca`` it serves TLS with ALPN
-    ``["h2", "http/1.1"]`` and a certificate issued by ``ca`` for
-    ``127.0.0.1`` and ``localhost``. Extra keyword arguments override
-    :class:`hypercorn.config.Config` attributes (``keep_alive_max_requests``,
-    ``keep_alive_timeout``, ``h2_max_concurrent_streams``, ...).
-
-    The socket is bound at construction (so :attr:`port` and :attr:`url` are
-    known at once); :meth:`start` returns once Hypercorn accepts connections
-    and :meth:`stop` shuts it down gracefully and joins the thread. Usable as
-    a context manager.
-    """
-
-    def __init__(self, app: ASGIApp, *, ca: trustme.CA | None = None, **config: Any) -> None:
-        self._app = app
-        self._ca = ca
-        self._config = Config()
-        self._config.accesslog = None
-        self._config.errorlog = None
-        self._config.logger_class = _DebugLogger
-        self._config.graceful_timeout = 1.0
-        self._config.startup_timeout = 5.0
-        self._config.shutdown_timeout = 5.0
-        for name, value in config.items():
-            if name.startswith("_") or not hasattr(Config, name):
-                raise TypeError(f"unknown Hypercorn config option {name!r}")
-            setattr(self._config, name, value)
-        self._sock = _TrackingSocket()
-        try:
-            self._sock.bind((LOOPBACK, 0))
-        except BaseException:
-            self._sock.close()
-            raise
-        self._port: int = self._sock.getsockname()[1]
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._shutdown: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._stopped = False
-
-    # -- properties ---------------------------------------------------------
-
-    @property
-    def app(self) -> ASGIApp:
-        return self._app
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def tls(self) -> bool:
-        return self._ca is not None
-
-    @property
-    def url(self) -> str:
-        """Base URL without trailing slash, e.g. ``http://127.0.0.1:40123``."""
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://{LOOPBACK}:{self._port}"
-
-    # -- lifecycle ----------------------------------------------------------
-
-    def start(self) -> ServerThread:
-        """Start serving; return once the server accepts connections."""
-        with self._lock:
-            if self._thread is not None or self._stopped:
-                raise RuntimeError("a ServerThread can only be started once")
-            self._thread = threading.Thread(
-                target=self._run, name=f"hypercorn-{self._port}", daemon=True
-            )
-        with tempfile.TemporaryDirectory(prefix="test-server-") as cert_dir:
-            if self._ca is not None:
-                cert_path = os.path.join(cert_dir, "server.pem")
-                leaf = self._ca.issue_cert(LOOPBACK, "localhost")
-                leaf.private_key_and_cert_chain_pem.write_to_path(cert_path)
-                self._config.certfile = cert_path
-                self._config.keyfile = cert_path
-            self._thread.start()
-            # Hypercorn reads the certificate before it starts listening, so
-            # the directory may go once the socket listens.
-            deadline = time.monotonic() + _START_TIMEOUT
-            while not _is_listening(self._sock):
-                if not self._thread.is_alive():
-                    raise RuntimeError(f"server on {self.url} failed to start") from self._error
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"server on {self.url} did not start in time")
-                time.sleep(_POLL_INTERVAL)
-        return self
-
-    def stop(self) -> None:
-        """Shut down gracefully and join the thread (bounded); idempotent."""
-        with self._lock:
-            self._stopped = True
-            thread = self._thread
-        try:
-            if thread is None:
-                return
-            loop, shutdown = self._loop, self._shutdown
-            if loop is not None and shutdown is not None:
-                with contextlib.suppress(RuntimeError):  # The loop has already finished.
-                    loop.call_soon_threadsafe(shutdown.set)
-            thread.join(_STOP_TIMEOUT)
-            if thread.is_alive():
-                raise RuntimeError(f"server on {self.url} did not stop in time")
-        finally:
-            self._sock.close()
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # -- the server thread --------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:  # Reported by start(); never kill the thread noisily.
-            logger.debug("server on %s crashed", self.url, exc_info=True)
-            self._error = exc
-
-    async def _serve(self) -> None:
-        self._shutdown = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._loop.set_exception_handler(_log_loop_exception)
-        if self._stopped:  # stop() raced with start(): don't serve at all.
-            return
-        sockets = Sockets(
-            secure_sockets=[self._sock] if self.tls else [],
-            insecure_sockets=[] if self.tls else [self._sock],
-            quic_sockets=[],
-        )
-        app = wrap_app(
-            _AbortExtensionApp(self._app, self._sock),  # type: ignore[arg-type]
-            self._config.wsgi_max_body_size,
-            "asgi",
-        )
-        await worker_serve(app, self._config, sockets=sockets, shutdown_trigger=self._shutdown.wait)
+    logger: ClassVar[logging.Logger] = logger
 
 
 @dataclass(frozen=True)
@@ -693,7 +363,7 @@ class FaultProxy:
         listening: bool = False,
         connect_timeout: float = 5.0,
     ) -> None:
-        _check_loopback(upstream_host)
+        check_loopback(upstream_host)
         self._upstream = (upstream_host, upstream_port)
         self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
@@ -701,7 +371,7 @@ class FaultProxy:
         self._dropped = 0
         self._connections = 0
         self._closed = False
-        self._sock = _bound_socket()
+        self._sock = bound_socket()
         self._port: int = self._sock.getsockname()[1]
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -823,7 +493,7 @@ class FaultProxy:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._loop.set_exception_handler(_log_loop_exception)
+        log_loop_exceptions(self._loop, logger)
         self._ready.set()
         try:
             await self._stop.wait()
@@ -856,7 +526,7 @@ class FaultProxy:
             await asyncio.wait(tasks, timeout=2.0)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 2.0)
-        self._sock = _bound_socket(self._port)
+        self._sock = bound_socket(self._port)
 
     def _take_drop(self) -> bool:
         with self._lock:
