@@ -103,12 +103,14 @@ class AsyncAPIClient:
             Connection and retry options cannot be combined with it (they would be ignored).
         circuit_breaker: A `CircuitBreaker` for the transport.
         retry_config: A `RetryConfig` for the transport.
-        max_retries, retry_delay: Shorthands for ``RetryConfig(max_retries=..., base_delay=...)``.
+        max_retries: Shorthand for ``RetryConfig(max_retries=...)``; not with ``retry_config``.
+        retry_delay: Shorthand for ``RetryConfig(base_delay=...)``; not with ``retry_config``.
         http2: Negotiate HTTP/2 over TLS (default True; falls back to HTTP/1.1).
         verify: TLS verification: True, a CA bundle path or an `ssl.SSLContext`.
         verify_ssl: Alias of ``verify``.
         follow_redirects: Follow redirects (default False, as httpx).
-        max_connections, max_keepalive_connections: Connection pool limits (default 100, 20).
+        max_connections: Connection pool limit (default 100).
+        max_keepalive_connections: Idle connections kept open (default 20).
         **client_kwargs: Passed to `httpx.AsyncClient`. Options that httpx would ignore once a
             transport is given (``limits``, ``proxy``, ``cert``, ``http1``, ``trust_env``,
             ``uds``, ``local_address``) go to the transport; ``transport=`` becomes the
