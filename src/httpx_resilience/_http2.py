@@ -152,6 +152,8 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
         #: `stream_capacity`); a private dict when the connection stands alone.
         self._request_limits = {} if request_limits is None else request_limits
         self._finished_streams = 0
+        self._settings_received = False
+        self._waiting = 0  # requests between the capacity check and opening their stream
         self._h2_state = _GracefulH2Connection(config=self.CONFIG)
         self._goaway_searched = False
 
@@ -189,6 +191,21 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
         if event.error_code == h2.errors.ErrorCodes.NO_ERROR and accepted > 0:
             self._request_limits[origin_key(self._origin)] = accepted
 
+    async def _receive_remote_settings_change(self, event: h2.events.RemoteSettingsChanged) -> None:
+        # httpcore moves its stream limit only when a SETTINGS frame names
+        # MAX_CONCURRENT_STREAMS, so a server that sets no limit got one stream at a time.
+        self._settings_received = True
+        new_max = min(
+            self._h2_state.remote_settings.max_concurrent_streams,
+            self._h2_state.local_settings.max_concurrent_streams,
+        )
+        while new_max > self._max_streams:
+            await self._max_streams_semaphore.release()
+            self._max_streams += 1
+        while 0 < new_max < self._max_streams:
+            await self._max_streams_semaphore.acquire()
+            self._max_streams -= 1
+
     async def _response_closed(self, stream_id: int) -> None:
         self._finished_streams += 1
         await super()._response_closed(stream_id)
@@ -221,22 +238,37 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
 
         async with self._init_lock:
             if not self._sent_connection_init:
+                if not self.is_available():
+                    raise ConnectionNotAvailable()  # an earlier request's setup failed
                 try:
                     async with Trace("send_connection_init", logger, request, {"request": request}):
                         await self._send_connection_init(request=request)
+                    # One stream until the server's SETTINGS say how many (as httpcore does).
+                    self._max_streams = 1
+                    local_max = self._h2_state.local_settings.max_concurrent_streams
+                    self._max_streams_semaphore = AsyncSemaphore(local_max)
+                    for _ in range(local_max - self._max_streams):
+                        await self._max_streams_semaphore.acquire()
+                    # The server's preface is a SETTINGS frame (RFC 9113 §3.4). Wait for it, so
+                    # that its MAX_CONCURRENT_STREAMS is known before streams are opened here.
+                    while not self._settings_received:
+                        await self._receive_events(request)
                 except BaseException:
                     with AsyncShieldCancellation():
                         await self.aclose()
                     raise
                 self._sent_connection_init = True
-                # One stream until the server's SETTINGS say how many (as httpcore does).
-                self._max_streams = 1
-                local_max = self._h2_state.local_settings.max_concurrent_streams
-                self._max_streams_semaphore = AsyncSemaphore(local_max)
-                for _ in range(local_max - self._max_streams):
-                    await self._max_streams_semaphore.acquire()
 
-        await self._max_streams_semaphore.acquire()
+        if len(self._events) + self._waiting >= self._max_streams:
+            # Full: the pool places the request on another connection (or queues it) rather
+            # than have it wait here for a slot. Nothing was sent.
+            await self._settle()
+            raise ConnectionNotAvailable()
+        self._waiting += 1
+        try:
+            await self._max_streams_semaphore.acquire()
+        finally:
+            self._waiting -= 1
         if not self.is_available():
             # GOAWAY (or a failure) arrived while this request waited for a stream slot:
             # nothing was sent, so the pool may simply try another connection.

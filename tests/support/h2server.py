@@ -1,0 +1,237 @@
+"""A small h2-based HTTP/2 server for protocol cases no maintained server can be told to produce.
+
+Plain TCP on 127.0.0.1 with HTTP/2 prior knowledge (clients use ``http1=False, http2=True``),
+run by asyncio on a thread of its own, like `tests.support.server.ServerThread`. What each
+connection does is scripted by a `Plan`:
+
+* send GOAWAY with a chosen ``last_stream_id`` once N requests have arrived -- before answering
+  any, then answer the streams at or below it (a graceful shutdown, RFC 9113 §6.8) and close;
+* refuse chosen streams with ``RST_STREAM(REFUSED_STREAM)`` (§8.7);
+* advertise a small ``SETTINGS_MAX_CONCURRENT_STREAMS`` and answer slowly;
+* close an idle connection with GOAWAY after a pause.
+
+GOAWAY is written as a raw frame: h2 closes its state machine on *sending* GOAWAY too, which
+would stop the server from answering the streams it promised to finish.
+
+The server records every request it *processed* (answered); requests above a GOAWAY's
+``last_stream_id`` and refused ones are not processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+from hyperframe.frame import GoAwayFrame
+
+from tests.support.server import LOOPBACK
+
+__all__ = ["H2Server", "Plan", "Processed"]
+
+_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one connection does. Defaults: answer everything at once, never close."""
+
+    #: Send GOAWAY(``goaway_last_stream_id``) once this many requests have arrived.
+    goaway_after: int | None = None
+    goaway_last_stream_id: int = 0
+    #: Stream ids answered with RST_STREAM(REFUSED_STREAM).
+    refuse: frozenset[int] = frozenset()
+    max_concurrent_streams: int = 100
+    #: Seconds before each answer.
+    delay: float = 0.0
+    #: Send GOAWAY and close once the connection has been idle this long.
+    close_when_idle_for: float | None = None
+
+
+@dataclass(frozen=True)
+class Processed:
+    connection: int
+    stream_id: int
+    method: str
+    path: str
+
+
+@dataclass
+class _Conn:
+    index: int
+    plan: Plan
+    writer: asyncio.StreamWriter
+    h2: h2.connection.H2Connection
+    requests: dict[int, tuple[str, str]] = field(default_factory=dict)
+    arrived: list[int] = field(default_factory=list)
+    active: int = 0
+    goaway_sent: bool = False
+    idle_timer: asyncio.TimerHandle | None = None
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+
+class H2Server:
+    """The server; ``plan(connection_index)`` gives each new connection (0, 1, 2, ...) its
+    `Plan`. Use as a context manager."""
+
+    def __init__(self, plan: Callable[[int], Plan] = lambda _: Plan()) -> None:
+        self._plan = plan
+        self._counter = itertools.count()
+        self.processed: list[Processed] = []
+        self.connections = 0
+        #: The most streams any connection had open at once.
+        self.max_active = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="h2server", daemon=True)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def __enter__(self) -> H2Server:
+        self._thread.start()
+        if not self._ready.wait(_TIMEOUT) or self._server is None:
+            raise RuntimeError("h2 test server did not start")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(_TIMEOUT)
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._server = await asyncio.start_server(self._handle, LOOPBACK, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        async with self._server:
+            await self._stop.wait()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = next(self._counter)
+        self.connections += 1
+        plan = self._plan(index)
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        connection = h2.connection.H2Connection(config=config)
+        connection.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: plan.max_concurrent_streams
+            },
+        )
+        conn = _Conn(index, plan, writer, connection)
+        connection.initiate_connection()
+        conn.flush()
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while not writer.is_closing():
+                data = await asyncio.wait_for(reader.read(65536), _TIMEOUT)
+                if not data:
+                    break
+                for event in connection.receive_data(data):
+                    self._on_event(conn, event, tasks)
+                conn.flush()
+        except (OSError, asyncio.TimeoutError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            if conn.idle_timer is not None:
+                conn.idle_timer.cancel()
+            writer.close()
+
+    def _on_event(
+        self, conn: _Conn, event: h2.events.Event, tasks: set[asyncio.Task[None]]
+    ) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            headers = dict(event.headers or [])
+            method, path = headers[b":method"].decode(), headers[b":path"].decode()
+            conn.requests[event.stream_id] = (method, path)
+            return
+        if isinstance(event, h2.events.DataReceived):
+            conn.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            return
+        if not isinstance(event, h2.events.StreamEnded):
+            return
+        stream_id = event.stream_id
+        if conn.goaway_sent or stream_id not in conn.requests:
+            return  # a stream above last_stream_id: ignored, as RFC 9113 §6.8 allows
+        plan = conn.plan
+        if stream_id in plan.refuse:
+            conn.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        conn.arrived.append(stream_id)
+        if plan.goaway_after is None:
+            self._start_answer(conn, stream_id, tasks)
+        elif len(conn.arrived) == plan.goaway_after:
+            self._send_goaway(conn, plan.goaway_last_stream_id)
+            for arrived in conn.arrived:
+                if arrived <= plan.goaway_last_stream_id:
+                    self._start_answer(conn, arrived, tasks)
+            if conn.active == 0:
+                conn.writer.close()
+
+    def _start_answer(self, conn: _Conn, stream_id: int, tasks: set[asyncio.Task[None]]) -> None:
+        conn.active += 1
+        self.max_active = max(self.max_active, conn.active)
+        if conn.idle_timer is not None:
+            conn.idle_timer.cancel()
+            conn.idle_timer = None
+        task = asyncio.get_running_loop().create_task(self._answer(conn, stream_id))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _answer(self, conn: _Conn, stream_id: int) -> None:
+        if conn.plan.delay:
+            await asyncio.sleep(conn.plan.delay)
+        method, path = conn.requests[stream_id]
+        self.processed.append(Processed(conn.index, stream_id, method, path))
+        body = f"{method} {path} conn {conn.index} stream {stream_id}".encode()
+        conn.h2.send_headers(stream_id, [(":status", "200"), ("content-length", str(len(body)))])
+        conn.h2.send_data(stream_id, body, end_stream=True)
+        conn.flush()
+        conn.active -= 1
+        if conn.active == 0:
+            if conn.goaway_sent:
+                conn.writer.close()
+            elif conn.plan.close_when_idle_for is not None:
+                conn.idle_timer = asyncio.get_running_loop().call_later(
+                    conn.plan.close_when_idle_for, self._close_idle, conn
+                )
+
+    def _close_idle(self, conn: _Conn) -> None:
+        if conn.active == 0 and not conn.writer.is_closing():
+            self._send_goaway(conn, max(conn.arrived, default=0))
+            conn.writer.close()
+
+    @staticmethod
+    def _send_goaway(conn: _Conn, last_stream_id: int) -> None:
+        conn.flush()
+        frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0)
+        conn.writer.write(frame.serialize())
+        conn.goaway_sent = True

@@ -1,0 +1,139 @@
+"""Connections the server closes in an ordinary way lose no request (issue 6), case by case.
+
+Protocol cases run against `tests.support.h2server.H2Server`, a small h2-based server whose
+GOAWAYs, refusals and stream limits are scripted; the HTTP/1.1 stale keep-alive case runs
+against Hypercorn. The high-volume proof is in ``test_close_stress.py``.
+"""
+
+from __future__ import annotations
+
+import anyio
+import httpx
+import pytest
+
+from httpx_resilience import ResilientTransport, RetryConfig, get_retry_history
+from tests.support.h2server import H2Server, Plan
+from tests.support.server import FaultApp, ServerThread
+
+pytestmark = pytest.mark.anyio
+
+NOT_PROCESSED = "not processed by the server"
+FAST = RetryConfig(base_delay=0.0, max_delay=0.0, budget_ratio=None)
+
+
+def h2_client(retry: RetryConfig = FAST, **options: object) -> httpx.AsyncClient:
+    transport = ResilientTransport(retry=retry, http1=False, http2=True, **options)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, timeout=5.0)
+
+
+async def post_all(client: httpx.AsyncClient, url: str, paths: list[str]) -> list[httpx.Response]:
+    responses: dict[str, httpx.Response] = {}
+
+    async def post(path: str) -> None:
+        responses[path] = await client.post(url + path, content=b"payload")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            for path in paths:
+                group.start_soon(post, path)
+    return [responses[path] for path in paths]
+
+
+def resends(response: httpx.Response) -> int:
+    return sum(1 for a in get_retry_history(response) if a.reason.startswith(NOT_PROCESSED))
+
+
+async def test_goaway_below_sent_streams_resends_the_rest_and_finishes_the_accepted() -> None:
+    # Connection 0 takes three POSTs (streams 1, 3, 5), then says GOAWAY(last_stream_id=1)
+    # before answering any: stream 1 is answered after the GOAWAY, 3 and 5 were not processed.
+    plans = {0: Plan(goaway_after=3, goaway_last_stream_id=1)}
+    with H2Server(lambda index: plans.get(index, Plan())) as server:
+        async with h2_client() as client:
+            responses = await post_all(client, server.url, ["/a", "/b", "/c"])
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert sorted(p.path for p in server.processed) == ["/a", "/b", "/c"]  # each exactly once
+    assert all(p.method == "POST" for p in server.processed)
+    first = [p for p in server.processed if p.connection == 0]
+    assert [p.stream_id for p in first] == [1]  # finished although it came after the GOAWAY
+    assert sorted(resends(r) for r in responses) == [0, 1, 1]
+    # Free resends: no ordinary retry was spent.
+    assert all(len(get_retry_history(r)) == 1 + resends(r) for r in responses)
+
+
+async def test_goaway_with_last_stream_id_zero_every_time_is_bounded() -> None:
+    retry = FAST.replace(max_unprocessed_retries=2, max_retries=1)
+    with H2Server(lambda _: Plan(goaway_after=1, goaway_last_stream_id=0)) as server:
+        async with h2_client(retry) as client:
+            with pytest.raises(httpx.RemoteProtocolError, match="not processed") as caught:
+                await client.post(server.url + "/x", content=b"payload")
+    assert server.processed == []
+    # 1 attempt + 2 free resends + 1 ordinary retry, each on a fresh connection.
+    assert server.connections == 4
+    history = get_retry_history(caught.value)
+    assert [a.reason.startswith(NOT_PROCESSED) for a in history] == [True, True, False, False]
+    assert history[-1].reason == "retries exhausted"
+
+
+async def test_refused_stream_is_resent_even_for_post() -> None:
+    with H2Server(lambda index: Plan(refuse=frozenset({1})) if index == 0 else Plan()) as server:
+        async with h2_client() as client:
+            response = await client.post(server.url + "/refused", content=b"payload")
+    assert response.status_code == 200
+    assert [(p.method, p.path, p.stream_id) for p in server.processed] == [("POST", "/refused", 3)]
+    assert resends(response) == 1
+
+
+async def test_refused_stream_is_not_a_breaker_failure_nor_budget_spend() -> None:
+    from httpx_resilience import CircuitBreaker
+
+    breaker = CircuitBreaker(failure_threshold=1)
+    retry = FAST.replace(budget_ratio=0.0, budget_min_per_second=0.0)  # no budget at all
+    with H2Server(lambda index: Plan(refuse=frozenset({1})) if index == 0 else Plan()) as server:
+        async with h2_client(retry, circuit_breaker=breaker) as client:
+            response = await client.post(server.url + "/r", content=b"payload")
+            assert response.status_code == 200
+            assert (await client.get(server.url + "/next")).status_code == 200
+    assert resends(response) == 1
+    assert breaker.state(server.url).name == "CLOSED"
+
+
+async def test_idle_connection_closed_with_goaway_is_not_written_to() -> None:
+    with H2Server(lambda _: Plan(close_when_idle_for=0.05)) as server:
+        async with h2_client() as client:
+            assert (await client.get(server.url + "/first")).status_code == 200
+            await anyio.sleep(0.3)  # the server sends GOAWAY and closes meanwhile
+            response = await client.post(server.url + "/second", content=b"payload")
+    assert response.status_code == 200
+    assert len(get_retry_history(response)) == 1  # noticed before sending: nothing to resend
+    assert [(p.connection, p.path) for p in server.processed] == [(0, "/first"), (1, "/second")]
+
+
+async def test_beyond_max_concurrent_streams_another_connection_opens() -> None:
+    with H2Server(lambda _: Plan(max_concurrent_streams=2, delay=0.3)) as server:
+        async with h2_client() as client:
+            responses: list[httpx.Response] = []
+
+            async def get(index: int) -> None:
+                responses.append(await client.get(f"{server.url}/s{index}"))
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as group:
+                    for index in range(6):
+                        group.start_soon(get, index)
+    assert [r.status_code for r in responses] == [200] * 6
+    assert server.max_active <= 2
+    assert server.connections == 3
+    assert sorted(p.path for p in server.processed) == [f"/s{i}" for i in range(6)]
+
+
+async def test_http11_keepalive_connection_closed_between_requests(anyio_backend: str) -> None:
+    app = FaultApp()
+    with ServerThread(app, keep_alive_timeout=0.1) as server:
+        transport = ResilientTransport(retry=FAST)
+        async with httpx.AsyncClient(transport=transport, timeout=5.0) as client:
+            for index in range(5):
+                response = await client.post(f"{server.url}/ok/stale{index}", content=b"x")
+                assert response.status_code == 200
+                assert len(get_retry_history(response)) == 1
+                await anyio.sleep(0.25)  # longer than the server's keep-alive timeout
+    assert [app.hits(f"stale{index}") for index in range(5)] == [1] * 5
