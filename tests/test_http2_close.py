@@ -137,3 +137,19 @@ async def test_http11_keepalive_connection_closed_between_requests(anyio_backend
                 assert len(get_retry_history(response)) == 1
                 await anyio.sleep(0.25)  # longer than the server's keep-alive timeout
     assert [app.hits(f"stale{index}") for index in range(5)] == [1] * 5
+
+
+async def test_a_servers_request_limit_is_learned_from_its_goaway() -> None:
+    # Every connection takes three requests, then GOAWAY(last_stream_id=5) -- like nginx's
+    # keepalive_requests. The first burst overfills connection 0 and three requests are resent;
+    # after that the pool never gives a connection more than three.
+    with H2Server(lambda _: Plan(goaway_after=3, goaway_last_stream_id=5)) as server:
+        async with h2_client() as client:
+            first = await post_all(client, server.url, [f"/a{i}" for i in range(6)])
+            second = await post_all(client, server.url, [f"/b{i}" for i in range(6)])
+    assert [r.status_code for r in first + second] == [200] * 12
+    assert sum(resends(r) for r in first) == 3
+    assert sum(resends(r) for r in second) == 0
+    paths = sorted(p.path for p in server.processed)
+    assert paths == sorted([f"/a{i}" for i in range(6)] + [f"/b{i}" for i in range(6)])
+    assert server.connections == 4

@@ -188,7 +188,9 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
     def _note_goaway(self, event: h2.events.ConnectionTerminated) -> None:
         self._connection_terminated = event
         accepted = ((event.last_stream_id or 0) + 1) // 2  # client streams are 1, 3, 5, ...
-        if event.error_code == h2.errors.ErrorCodes.NO_ERROR and accepted > 0:
+        # Learned only from a GOAWAY that cuts into traffic: one on an idle connection is an
+        # idle timeout (or a shutdown), not a request limit.
+        if self._events and event.error_code == h2.errors.ErrorCodes.NO_ERROR and accepted > 0:
             self._request_limits[origin_key(self._origin)] = accepted
 
     async def _receive_remote_settings_change(self, event: h2.events.RemoteSettingsChanged) -> None:
