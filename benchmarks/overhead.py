@@ -2,11 +2,12 @@
 
 A Hypercorn server in a child process answers 200 on 127.0.0.1 over HTTP/1.1. This process sends
 the same requests through ``httpx.AsyncClient`` over (A) a plain ``httpx.AsyncHTTPTransport`` and
-(B) the same kind of transport wrapped in ``ResilientTransport``, alternating A and B in rounds so
-that machine noise hits both alike. It reports client CPU seconds per request (process time, so
-the server's work and waiting on the network do not count) and the ratio B / A, from the median
-round. A second section times the wrapper alone over an instant in-memory transport, to show its
-absolute cost in microseconds.
+(B) the same kind of transport wrapped in ``ResilientTransport``, and (C) ``ResilientTransport``
+building its own transport (the default use: its own connection pool, ``_pool.py``), alternating
+A, B and C in rounds so that machine noise hits all alike. It reports client CPU seconds per
+request (process time, so the server's work and waiting on the network do not count) and the
+ratios B / A and C / A, from the median round. A second section times the wrapper alone over an
+instant in-memory transport, to show its absolute cost in microseconds.
 
     python benchmarks/overhead.py [--requests 2000] [--rounds 7] [--concurrency 1]
 """
@@ -57,20 +58,25 @@ async def run_round(client: httpx.AsyncClient, url: str, requests: int, concurre
     return (time.process_time() - started) / (share * concurrency)
 
 
-async def network(url: str, requests: int, rounds: int, concurrency: int) -> tuple[float, float]:
+async def network(
+    url: str, requests: int, rounds: int, concurrency: int
+) -> tuple[float, float, float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     plain = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(limits=limits))
     wrapped = httpx.AsyncClient(
         transport=ResilientTransport(httpx.AsyncHTTPTransport(limits=limits))
     )
-    async with plain, wrapped:
-        for client in (plain, wrapped):  # warm up: connections, caches
+    own_pool = httpx.AsyncClient(transport=ResilientTransport(limits=limits))
+    clients = (plain, wrapped, own_pool)
+    async with plain, wrapped, own_pool:
+        for client in clients:  # warm up: connections, caches
             await run_round(client, url, min(requests, 200), concurrency)
-        a_times, b_times = [], []
+        times: list[list[float]] = [[], [], []]
         for _ in range(rounds):
-            a_times.append(await run_round(plain, url, requests, concurrency))
-            b_times.append(await run_round(wrapped, url, requests, concurrency))
-    return statistics.median(a_times), statistics.median(b_times)
+            for client, samples in zip(clients, times, strict=True):
+                samples.append(await run_round(client, url, requests, concurrency))
+    a, b, c = (statistics.median(samples) for samples in times)
+    return a, b, c
 
 
 async def in_memory(requests: int, rounds: int) -> tuple[float, float]:
@@ -104,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with child_server(app) as url:
-        a, b = asyncio.run(network(url, args.requests, args.rounds, args.concurrency))
+        a, b, c = asyncio.run(network(url, args.requests, args.rounds, args.concurrency))
     m_a, m_b = asyncio.run(in_memory(50_000, args.rounds))
 
     print(
@@ -113,7 +119,9 @@ def main() -> None:
     )
     print(f"  client CPU per request, AsyncHTTPTransport alone : {a * 1e6:8.1f} us")
     print(f"  client CPU per request, wrapped (ResilientTransport): {b * 1e6:8.1f} us")
+    print(f"  client CPU per request, ResilientTransport() own pool: {c * 1e6:8.1f} us")
     print(f"  ratio wrapped / alone: {b / a:.3f}  (overhead {100 * (b / a - 1):+.1f} %)")
+    print(f"  ratio own pool / alone: {c / a:.3f}  (overhead {100 * (c / a - 1):+.1f} %)")
     print("instant in-memory inner transport, 50,000 calls per round:")
     print(
         f"  alone {m_a * 1e6:.2f} us, wrapped {m_b * 1e6:.2f} us per call: "
