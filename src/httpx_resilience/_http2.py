@@ -330,17 +330,22 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
                 if terminated.error_code != h2.errors.ErrorCodes.NO_ERROR:
                     raise RemoteProtocolError(terminated)
             if stream_id is None or not self._events.get(stream_id):
-                for event in await self._read_incoming_data(request):
-                    if isinstance(event, h2.events.RemoteSettingsChanged):
-                        async with Trace("receive_remote_settings", logger, request) as trace:
-                            await self._receive_remote_settings_change(event)
-                            trace.return_value = event
-                    elif isinstance(event, _STREAM_EVENTS):
-                        if event.stream_id in self._events:
-                            self._events[event.stream_id].append(event)
-                    elif isinstance(event, h2.events.ConnectionTerminated):
-                        self._note_goaway(event)
+                await self._dispatch(request, await self._read_incoming_data(request))
         await self._write_outgoing_data(request)
+
+    async def _dispatch(self, request: Request, events: list[h2.events.Event]) -> None:
+        """Act on events read from the server (the caller holds the read lock): settings,
+        the events of open streams, GOAWAY."""
+        for event in events:
+            if isinstance(event, h2.events.RemoteSettingsChanged):
+                async with Trace("receive_remote_settings", logger, request) as trace:
+                    await self._receive_remote_settings_change(event)
+                    trace.return_value = event
+            elif isinstance(event, _STREAM_EVENTS):
+                if event.stream_id in self._events:
+                    self._events[event.stream_id].append(event)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self._note_goaway(event)
 
     async def _catch_up(self, request: Request) -> None:
         """Read what the server sent while this connection was idle (a GOAWAY, a closed socket,
@@ -350,11 +355,7 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
                 # Checked under the lock: an idle connection must never block on a read.
                 if self._state != _IDLE or not self._network_stream.get_extra_info("is_readable"):
                     return
-                for event in await self._read_incoming_data(request):
-                    if isinstance(event, h2.events.RemoteSettingsChanged):
-                        await self._receive_remote_settings_change(event)
-                    elif isinstance(event, h2.events.ConnectionTerminated):
-                        self._note_goaway(event)
+                await self._dispatch(request, await self._read_incoming_data(request))
             await self._write_outgoing_data(request)  # acknowledgements of SETTINGS and PING
         except Exception:
             self._connection_error = True
@@ -387,14 +388,9 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
                     return
                 try:
                     data = await self._network_stream.read(self.READ_NUM_BYTES, None)
-                    events = self._h2_state.receive_data(data) if data else []
+                    await self._dispatch(request, self._h2_state.receive_data(data) if data else [])
                 except Exception:
                     return
-                for event in events:
-                    if isinstance(event, h2.events.ConnectionTerminated):
-                        self._note_goaway(event)
-                    elif isinstance(event, _STREAM_EVENTS) and event.stream_id in self._events:
-                        self._events[event.stream_id].append(event)
 
     def _explain(self, exc: BaseException, stream_id: int) -> BaseException:
         """The exception that describes how stream ``stream_id`` failed with ``exc``."""
