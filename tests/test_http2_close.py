@@ -153,3 +153,121 @@ async def test_a_servers_request_limit_is_learned_from_its_goaway() -> None:
     paths = sorted(p.path for p in server.processed)
     assert paths == sorted([f"/a{i}" for i in range(6)] + [f"/b{i}" for i in range(6)])
     assert server.connections == 4
+
+
+# --- Evidence beats inference (issue 10) -------------------------------------------------------
+
+BIG_BODY = b"x" * 200_000  # more than the initial flow-control window: written in many frames
+
+
+async def test_response_headers_then_goaway_zero_is_processed_not_resent() -> None:
+    # The server answers stream 1 with HEADERS and part of the body, then GOAWAY(0) and closes:
+    # contradictory, but its HEADERS prove it processed the POST. Plain httpx semantics: one
+    # error, nothing sent twice, and no "not processed" claim.
+    plan = Plan(goaway_mid_response=frozenset({1}))
+    with H2Server(lambda _: plan) as server:
+        async with h2_client() as client:
+            with pytest.raises(httpx.RemoteProtocolError) as caught:
+                await client.post(server.url + "/once", content=b"payload")
+    assert NOT_PROCESSED not in str(caught.value)
+    assert "not processed" not in repr(caught.value.__cause__)
+    assert [(p.method, p.path) for p in server.processed] == [("POST", "/once")]
+    assert server.connections == 1
+
+
+async def test_response_headers_then_goaway_zero_through_the_facade_is_processed_once() -> None:
+    # The facade reads the body inside the retry scope: the body-read failure must be judged
+    # by the HEADERS received (processed), not by GOAWAY's last_stream_id (not processed).
+    from httpx_resilience import APIConnectionError, AsyncAPIClient
+
+    plan = Plan(goaway_mid_response=frozenset({1}))
+    with H2Server(lambda _: plan) as server:
+        transport = ResilientTransport(retry=FAST, http1=False, http2=True)
+        http = httpx.AsyncClient(transport=transport, timeout=5.0)
+        async with http, AsyncAPIClient(server.url, client=http) as api:
+            with pytest.raises(APIConnectionError) as caught:
+                await api.post("/once", content=b"payload")
+    assert [(p.method, p.path) for p in server.processed] == [("POST", "/once")]
+    cause = caught.value.__cause__  # the transport's error, which carries the history
+    assert isinstance(cause, httpx.RemoteProtocolError)
+    history = get_retry_history(cause)
+    assert len(history) == 1
+    assert not history[0].reason.startswith(NOT_PROCESSED)
+
+
+async def test_idempotent_request_answered_then_goaway_zero_follows_the_ordinary_rules() -> None:
+    # A GET that was answered (processed) may be retried, but as an ordinary retry: it spends
+    # max_retries, and max_retries=0 means it is sent once.
+    plan = Plan(goaway_mid_response=frozenset({1}))
+    with H2Server(lambda _: plan) as server:
+        async with h2_client(FAST.replace(max_retries=0)) as client:
+            request = client.build_request("GET", server.url + "/get")
+            request.extensions["read_body"] = True
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.send(request)
+    assert [p.path for p in server.processed] == ["/get"]
+
+
+async def test_goaway_already_received_before_a_write_error_is_resent_once() -> None:
+    # Connection 0: on the request's HEADERS, GOAWAY(0) and an abrupt close (RST, the body
+    # still arriving). The client's body write fails; the GOAWAY that preceded the reset says
+    # the POST was not processed, so it is resent once, on connection 1.
+    plans = {0: Plan(goaway_on_headers=True, abrupt_close=True)}
+    with H2Server(lambda index: plans.get(index, Plan())) as server:
+        async with h2_client() as client:
+            response = await client.post(server.url + "/big", content=BIG_BODY)
+    assert response.status_code == 200
+    assert resends(response) == 1
+    assert [(p.connection, p.path) for p in server.processed] == [(1, "/big")]
+
+
+async def test_abrupt_close_after_goaway_never_processes_a_post_twice() -> None:
+    # Like the learned-limit case, but the server resets the connection instead of closing it
+    # gracefully: some requests may fail (their fate is unknown), none is processed twice.
+    plan = Plan(goaway_after=3, goaway_last_stream_id=5, abrupt_close=True)
+    paths = [f"/p{i}" for i in range(6)]
+    outcomes: dict[str, httpx.Response | Exception] = {}
+    with H2Server(lambda _: plan) as server:
+        async with h2_client() as client:
+
+            async def post(path: str) -> None:
+                try:
+                    outcomes[path] = await client.post(server.url + path, content=b"payload")
+                except httpx.TransportError as exc:
+                    outcomes[path] = exc
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as group:
+                    for path in paths:
+                        group.start_soon(post, path)
+    processed = [p.path for p in server.processed]
+    assert sorted(set(processed)) == sorted(processed)  # no POST processed twice
+    for path in paths:
+        outcome = outcomes[path]
+        if isinstance(outcome, httpx.Response):
+            assert outcome.status_code == 200
+            assert processed.count(path) == 1
+        else:  # an error is never a lie about the server not having processed it
+            assert processed.count(path) == 0 or NOT_PROCESSED not in str(outcome)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        Plan(violation="window_overflow"),
+        Plan(violation="push_promise"),
+        Plan(violation="continuation_flood"),
+        Plan(max_concurrent_streams=0),
+    ],
+    ids=["window-overflow", "push-promise", "continuation-flood", "max-streams-zero"],
+)
+async def test_a_servers_protocol_violation_is_a_remote_failure(plan: Plan) -> None:
+    from httpx_resilience import CircuitBreaker
+
+    breaker = CircuitBreaker(failure_threshold=1)
+    with H2Server(lambda _: plan) as server:
+        async with h2_client(FAST.replace(max_retries=0), circuit_breaker=breaker) as client:
+            with pytest.raises(httpx.RemoteProtocolError) as caught:
+                await client.get(server.url + "/violation")
+    assert not isinstance(caught.value, httpx.LocalProtocolError)
+    assert breaker.state(server.url).name == "OPEN"  # counted as the upstream failing

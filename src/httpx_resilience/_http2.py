@@ -26,7 +26,9 @@ every method without spending the user's retries (`RetryConfig.max_unprocessed_r
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -40,6 +42,7 @@ from httpcore import (
     Origin,
     RemoteProtocolError,
     Response,
+    TimeoutException,
 )
 from httpcore._async.http2 import (
     AsyncHTTP2Connection,
@@ -74,13 +77,24 @@ def origin_key(origin: Origin) -> OriginKey:
     return (origin.scheme, origin.host, origin.port)
 
 
-#: How long a failed stream waits to read a GOAWAY the server may have sent before closing.
-_GOAWAY_SEARCH_SECONDS = 0.05
+#: How long a stream that failed with the connection waits to read what the server had sent
+#: before the failure (a GOAWAY says which streams it never processed). The data is already in
+#: the receive buffer when a write fails on a closed connection, so this is a safety net only.
+_GOAWAY_SEARCH_SECONDS = 1.0
+#: The events httpcore's stream readers consume.
 _STREAM_EVENTS = (
     h2.events.ResponseReceived,
     h2.events.DataReceived,
     h2.events.StreamEnded,
     h2.events.StreamReset,
+)
+#: Frames that prove the server processed a stream (RFC 9113 §8.1: it answered), whatever a
+#: later GOAWAY's ``last_stream_id`` says.
+_ANSWER_EVENTS = (
+    h2.events.InformationalResponseReceived,
+    h2.events.ResponseReceived,
+    h2.events.DataReceived,
+    h2.events.TrailersReceived,
 )
 
 #: httpcore's default: how many concurrent streams a connection asks the server to allow.
@@ -155,7 +169,10 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
         self._settings_received = False
         self._waiting = 0  # requests between the capacity check and opening their stream
         self._h2_state = _GracefulH2Connection(config=self.CONFIG)
-        self._goaway_searched = False
+        #: Open streams the server has begun to answer: processed, whatever a GOAWAY says.
+        self._answered: set[int] = set()
+        #: Whether a task is reading from the socket (it holds ``_read_lock``).
+        self._reading = False
 
     @property
     def stream_capacity(self) -> int:
@@ -210,6 +227,7 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
 
     async def _response_closed(self, stream_id: int) -> None:
         self._finished_streams += 1
+        self._answered.discard(stream_id)
         await super()._response_closed(stream_id)
 
     def is_available(self) -> bool:
@@ -255,6 +273,13 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
                     # that its MAX_CONCURRENT_STREAMS is known before streams are opened here.
                     while not self._settings_received:
                         await self._receive_events(request)
+                    if self._h2_state.remote_settings.max_concurrent_streams == 0:
+                        # Legal only as a pause, and no way to learn when it ends: a server
+                        # that allows no stream is failing, like one that refuses connections.
+                        self._connection_error = True
+                        raise RemoteProtocolError(
+                            "the server's SETTINGS allow no streams (MAX_CONCURRENT_STREAMS = 0)"
+                        )
                 except BaseException:
                     with AsyncShieldCancellation():
                         await self.aclose()
@@ -297,13 +322,14 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
                 status, headers = await self._receive_response(request=request, stream_id=stream_id)
                 trace.return_value = (status, headers)
         except BaseException as exc:
+            failure = exc
+            if isinstance(exc, Exception):  # cancellation is not ours to reinterpret
+                with AsyncShieldCancellation():
+                    await self._read_what_was_sent(request, exc)
+                failure = self._explain(exc, stream_id)
             with AsyncShieldCancellation():
                 async with Trace("response_closed", logger, request, {"stream_id": stream_id}):
                     await self._response_closed(stream_id=stream_id)
-            if isinstance(exc, Exception) and self._connection_terminated is None:
-                with AsyncShieldCancellation():
-                    await self._look_for_goaway(request)
-            failure = self._explain(exc, stream_id)
             if failure is exc:
                 raise
             raise failure from exc
@@ -318,20 +344,106 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
             },
         )
 
+    async def _send_request_body(self, request: Request, stream_id: int) -> None:
+        # httpcore's, except that the body's iterator is closed when a write fails mid-body:
+        # an async generator abandoned half-way is only finalised by the garbage collector
+        # (and trio warns about it).
+        if not any(
+            k.lower() in (b"content-length", b"transfer-encoding") for k, _ in request.headers
+        ):
+            return
+        assert isinstance(request.stream, AsyncIterable)
+        chunks = request.stream.__aiter__()
+        try:
+            async for data in chunks:
+                await self._send_stream_data(request, stream_id, data)
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                with AsyncShieldCancellation():
+                    await aclose()
+        await self._send_end_stream(request, stream_id)
+
     async def _receive_events(self, request: Request, stream_id: int | None = None) -> None:
         # httpcore's, except after a GOAWAY: a stream above last_stream_id fails as not
         # processed, and the streams at or below it keep reading, since a graceful server
         # finishes them (RFC 9113 §6.8) -- httpcore failed them at once.
+        # A stream the server has begun to answer keeps reading: it was processed, whatever
+        # the GOAWAY says, and its fate is decided by what arrives (or the connection's end).
         async with self._read_lock:
             terminated = self._connection_terminated
             if terminated is not None:
-                if stream_id is not None and stream_id > (terminated.last_stream_id or 0):
+                if (
+                    stream_id is not None
+                    and stream_id > (terminated.last_stream_id or 0)
+                    and stream_id not in self._answered
+                ):
                     raise self._explain(ConnectionNotAvailable(), stream_id)
                 if terminated.error_code != h2.errors.ErrorCodes.NO_ERROR:
                     raise RemoteProtocolError(terminated)
             if stream_id is None or not self._events.get(stream_id):
-                await self._dispatch(request, await self._read_incoming_data(request))
-        await self._write_outgoing_data(request)
+                await self._read_and_dispatch(request)
+        # Acknowledgements and window updates. A failure is recorded for the writers
+        # (`_write_exception`); a reader's stream is decided by what the server sent, which
+        # may still be waiting in the receive buffer.
+        with contextlib.suppress(Exception):
+            await self._write_outgoing_data(request)
+
+    async def _read_and_dispatch(self, request: Request) -> None:
+        """Read once and act on what arrived (the caller holds the read lock)."""
+        self._reading = True
+        try:
+            events = await self._read_incoming_data(request)
+        finally:
+            self._reading = False
+        await self._dispatch(request, events)
+
+    async def _read_incoming_data(self, request: Request) -> list[h2.events.Event]:
+        # httpcore's, except that a frame that breaks the protocol is the server's fault: a
+        # RemoteProtocolError (may have been processed; counted by the breaker) that fails
+        # every stream on the connection, never a LocalProtocolError.
+        if self._read_exception is not None:
+            raise self._read_exception
+        timeout = request.extensions.get("timeout", {}).get("read")
+        try:
+            data = await self._network_stream.read(self.READ_NUM_BYTES, timeout)
+            if data == b"":
+                raise RemoteProtocolError("Server disconnected")
+            events: list[h2.events.Event] = self._h2_state.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            failure = RemoteProtocolError(f"the server broke the HTTP/2 protocol: {exc!r}")
+            self._read_exception = failure
+            self._connection_error = True
+            raise failure from exc
+        except Exception as exc:
+            self._read_exception = exc
+            self._connection_error = True
+            raise
+        return events
+
+    async def _write_outgoing_data(self, request: Request) -> None:
+        # Evidence first: what the server already sent (a GOAWAY, a reset) is read before
+        # anything more is written, so a write into a connection the server closed is judged
+        # by the GOAWAY that preceded the close. asyncio's transport discards unread data once
+        # a write fails, so afterwards it would be too late. One poll when no reader is active.
+        if self._sent_connection_init and not self._reading and self._read_exception is None:
+            await self._read_pending(request)
+        await super()._write_outgoing_data(request)
+
+    async def _read_pending(self, request: Request) -> None:
+        """Read what the server has sent, if anything is waiting and no reader is active."""
+        if not self._network_stream.get_extra_info("is_readable"):
+            return
+        async with self._read_lock:
+            # Checked again under the lock: this must never block on a read.
+            if self._read_exception is not None or not self._network_stream.get_extra_info(
+                "is_readable"
+            ):
+                return
+            try:
+                await self._read_and_dispatch(request)
+            except Exception:
+                return  # recorded in _read_exception; the streams see it when they read
 
     async def _dispatch(self, request: Request, events: list[h2.events.Event]) -> None:
         """Act on events read from the server (the caller holds the read lock): settings,
@@ -344,6 +456,11 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
             elif isinstance(event, _STREAM_EVENTS):
                 if event.stream_id in self._events:
                     self._events[event.stream_id].append(event)
+                    if isinstance(event, _ANSWER_EVENTS):
+                        self._answered.add(event.stream_id)
+            elif isinstance(event, _ANSWER_EVENTS):  # 1xx and trailers: evidence only
+                if event.stream_id in self._events:
+                    self._answered.add(event.stream_id)
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self._note_goaway(event)
 
@@ -355,7 +472,7 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
                 # Checked under the lock: an idle connection must never block on a read.
                 if self._state != _IDLE or not self._network_stream.get_extra_info("is_readable"):
                     return
-                await self._dispatch(request, await self._read_incoming_data(request))
+                await self._read_and_dispatch(request)
             await self._write_outgoing_data(request)  # acknowledgements of SETTINGS and PING
         except Exception:
             self._connection_error = True
@@ -374,43 +491,47 @@ class ResilientHTTP2Connection(AsyncHTTP2Connection):
             elif self._state == _ACTIVE:
                 self._state = _IDLE
 
-    async def _look_for_goaway(self, request: Request) -> None:
-        """After a stream failed with no GOAWAY seen: read what the server sent before it went
-        (briefly, at most once per connection), since a GOAWAY there says which streams it
-        never processed. A write into a socket the server already closed fails before any
-        reader has seen the GOAWAY that preceded the close."""
-        if self._goaway_searched:
+    async def _read_what_was_sent(self, request: Request, exc: Exception) -> None:
+        """After a stream failed with the connection (a write or read error, a disconnect)
+        and no GOAWAY seen: read what the server sent before it went, to its end, since a
+        GOAWAY there says which streams it never processed. A write into a socket the server
+        already closed fails before any reader has seen the GOAWAY that preceded the close.
+        Not after a timeout: the connection may be alive, and reading would only wait."""
+        if (
+            self._connection_terminated is not None
+            or not self._connection_error
+            or isinstance(exc, TimeoutException)
+        ):
             return
-        self._goaway_searched = True
         with anyio.move_on_after(_GOAWAY_SEARCH_SECONDS):
             async with self._read_lock:
-                if self._connection_terminated is not None or self._read_exception is not None:
-                    return
-                try:
-                    data = await self._network_stream.read(self.READ_NUM_BYTES, None)
-                    await self._dispatch(request, self._h2_state.receive_data(data) if data else [])
-                except Exception:
-                    return
+                while self._connection_terminated is None and self._read_exception is None:
+                    try:
+                        await self._read_and_dispatch(request)
+                    except Exception:
+                        return
 
-    def _explain(self, exc: BaseException, stream_id: int) -> BaseException:
-        """The exception that describes how stream ``stream_id`` failed with ``exc``."""
-        if not isinstance(exc, Exception):
-            return exc  # cancellation: not ours to reinterpret
+    def _explain(self, exc: Exception, stream_id: int) -> Exception:
+        """The exception that describes how stream ``stream_id`` failed with ``exc``.
+
+        "Not processed" only when nothing from the server says otherwise: a stream it has
+        begun to answer was processed, whatever a later GOAWAY or reset claims."""
         terminated = self._connection_terminated
-        if terminated is not None and stream_id > (terminated.last_stream_id or 0):
-            return StreamNotProcessed(
-                f"HTTP/2 stream {stream_id} is above the last_stream_id "
-                f"({terminated.last_stream_id}) of the server's GOAWAY: not processed"
-            )
-        reset = exc.args[0] if isinstance(exc, RemoteProtocolError) and exc.args else None
-        if (
-            isinstance(reset, h2.events.StreamReset)
-            and reset.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-        ):
-            return StreamNotProcessed(
-                f"HTTP/2 stream {stream_id} was refused by the server (REFUSED_STREAM): "
-                "not processed"
-            )
+        if stream_id not in self._answered:
+            if terminated is not None and stream_id > (terminated.last_stream_id or 0):
+                return StreamNotProcessed(
+                    f"HTTP/2 stream {stream_id} is above the last_stream_id "
+                    f"({terminated.last_stream_id}) of the server's GOAWAY: not processed"
+                )
+            reset = exc.args[0] if isinstance(exc, RemoteProtocolError) and exc.args else None
+            if (
+                isinstance(reset, h2.events.StreamReset)
+                and reset.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+            ):
+                return StreamNotProcessed(
+                    f"HTTP/2 stream {stream_id} was refused by the server (REFUSED_STREAM): "
+                    "not processed"
+                )
         if isinstance(exc, h2.exceptions.ProtocolError):
             if terminated is not None:
                 return RemoteProtocolError(terminated)

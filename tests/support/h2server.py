@@ -8,7 +8,16 @@ connection does is scripted by a `Plan`:
   any, then answer the streams at or below it (a graceful shutdown, RFC 9113 §6.8) and close;
 * refuse chosen streams with ``RST_STREAM(REFUSED_STREAM)`` (§8.7);
 * advertise a small ``SETTINGS_MAX_CONCURRENT_STREAMS`` and answer slowly;
-* close an idle connection with GOAWAY after a pause.
+* close an idle connection with GOAWAY after a pause;
+* answer a request with response HEADERS, then GOAWAY(0) before the body ends;
+* break the protocol (flow-control window overflow, PUSH_PROMISE with push disabled, a
+  CONTINUATION flood).
+
+A connection closes the way nginx closes one (its "lingering close"): stop writing (FIN), read
+and discard what the client still sends, and close once the client has closed too or a short
+linger time has passed. A plain close with unread data would send RST, and the client's kernel
+may then drop the GOAWAY that preceded it: a race no real graceful server makes its clients
+run. ``Plan(abrupt_close=True)`` closes that way all the same, to test the safe outcome.
 
 GOAWAY is written as a raw frame: h2 closes its state machine on *sending* GOAWAY too, which
 would stop the server from answering the streams it promised to finish.
@@ -31,13 +40,22 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PushPromiseFrame,
+    WindowUpdateFrame,
+)
 
 from tests.support.server import LOOPBACK
 
 __all__ = ["H2Server", "Plan", "Processed"]
 
 _TIMEOUT = 10.0
+#: How long a closing connection keeps draining what the client sends (nginx: 5 s).
+_LINGER = 2.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,15 @@ class Plan:
     delay: float = 0.0
     #: Send GOAWAY and close once the connection has been idle this long.
     close_when_idle_for: float | None = None
+    #: Close at once (RST when unread data is left) instead of nginx's lingering close.
+    abrupt_close: bool = False
+    #: For these stream ids: response HEADERS and part of the body, then GOAWAY(0) and close.
+    goaway_mid_response: frozenset[int] = frozenset()
+    #: On the first request: send GOAWAY(last_stream_id=0) and close, before reading its body.
+    goaway_on_headers: bool = False
+    #: Break the protocol on the first request: "window_overflow", "push_promise" or
+    #: "continuation_flood".
+    violation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +101,8 @@ class _Conn:
     arrived: list[int] = field(default_factory=list)
     active: int = 0
     goaway_sent: bool = False
+    #: Writing is over (FIN sent); what the client still sends is read and dropped.
+    lingering: bool = False
     idle_timer: asyncio.TimerHandle | None = None
 
     def flush(self) -> None:
@@ -150,9 +179,12 @@ class H2Server:
         tasks: set[asyncio.Task[None]] = set()
         try:
             while not writer.is_closing():
-                data = await asyncio.wait_for(reader.read(65536), _TIMEOUT)
+                timeout = _LINGER if conn.lingering else _TIMEOUT
+                data = await asyncio.wait_for(reader.read(65536), timeout)
                 if not data:
                     break
+                if conn.lingering:
+                    continue  # drained and dropped, as nginx's lingering close does
                 for event in connection.receive_data(data):
                     self._on_event(conn, event, tasks)
                 conn.flush()
@@ -172,6 +204,11 @@ class H2Server:
             headers = dict(event.headers or [])
             method, path = headers[b":method"].decode(), headers[b":path"].decode()
             conn.requests[event.stream_id] = (method, path)
+            if conn.plan.goaway_on_headers and not conn.goaway_sent:
+                self._send_goaway(conn, 0)
+                self._close(conn)
+            elif conn.plan.violation is not None and len(conn.requests) == 1:
+                self._violate(conn, event.stream_id, conn.plan.violation)
             return
         if isinstance(event, h2.events.DataReceived):
             conn.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -186,7 +223,13 @@ class H2Server:
             conn.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         conn.arrived.append(stream_id)
-        if plan.goaway_after is None:
+        if stream_id in plan.goaway_mid_response:
+            self.processed.append(Processed(conn.index, stream_id, *conn.requests[stream_id]))
+            conn.h2.send_headers(stream_id, [(":status", "200"), ("content-length", "100")])
+            conn.h2.send_data(stream_id, b"partial")
+            self._send_goaway(conn, 0)
+            self._close(conn)
+        elif plan.goaway_after is None:
             self._start_answer(conn, stream_id, tasks)
         elif len(conn.arrived) == plan.goaway_after:
             self._send_goaway(conn, plan.goaway_last_stream_id)
@@ -194,7 +237,7 @@ class H2Server:
                 if arrived <= plan.goaway_last_stream_id:
                     self._start_answer(conn, arrived, tasks)
             if conn.active == 0:
-                conn.writer.close()
+                self._close(conn)
 
     def _start_answer(self, conn: _Conn, stream_id: int, tasks: set[asyncio.Task[None]]) -> None:
         conn.active += 1
@@ -218,7 +261,7 @@ class H2Server:
         conn.active -= 1
         if conn.active == 0:
             if conn.goaway_sent:
-                conn.writer.close()
+                self._close(conn)
             elif conn.plan.close_when_idle_for is not None:
                 conn.idle_timer = asyncio.get_running_loop().call_later(
                     conn.plan.close_when_idle_for, self._close_idle, conn
@@ -227,7 +270,35 @@ class H2Server:
     def _close_idle(self, conn: _Conn) -> None:
         if conn.active == 0 and not conn.writer.is_closing():
             self._send_goaway(conn, max(conn.arrived, default=0))
+            self._close(conn)
+
+    @staticmethod
+    def _close(conn: _Conn) -> None:
+        """Close as nginx does (stop writing, drain, then close), or abruptly if planned."""
+        conn.flush()
+        if conn.plan.abrupt_close or conn.writer.is_closing():
             conn.writer.close()
+        elif not conn.lingering:
+            conn.lingering = True
+            conn.writer.write_eof()
+
+    @staticmethod
+    def _violate(conn: _Conn, stream_id: int, violation: str) -> None:
+        """Write frames that break RFC 9113, as raw bytes (h2 would refuse to send them)."""
+        conn.flush()
+        frames: list[Frame]
+        if violation == "window_overflow":  # the window may not exceed 2**31 - 1 (§6.9.1)
+            frames = [WindowUpdateFrame(0, window_increment=2**31 - 1)]
+        elif violation == "push_promise":  # the client's SETTINGS disabled push (§8.4)
+            push = PushPromiseFrame(stream_id, promised_stream_id=2, data=b"\x82")
+            push.flags.add("END_HEADERS")
+            frames = [push]
+        elif violation == "continuation_flood":  # a header block that never ends
+            frames = [HeadersFrame(stream_id, data=b"\x88")]
+            frames += [ContinuationFrame(stream_id, data=b"\x00") for _ in range(1_000)]
+        else:
+            raise ValueError(f"unknown violation {violation!r}")
+        conn.writer.write(b"".join(frame.serialize() for frame in frames))
 
     @staticmethod
     def _send_goaway(conn: _Conn, last_stream_id: int) -> None:
