@@ -9,6 +9,8 @@ with the connection options really reaching the connections.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -43,6 +45,10 @@ _NO_CONTENT = frozenset({204, 205, 304})
 _UNSET: Any = object()
 # Options httpx.AsyncClient would silently ignore once a transport is given: they go to ours.
 _TRANSPORT_OPTIONS = ("cert", "http1", "limits", "proxy", "trust_env", "uds", "local_address")
+# What **client_kwargs may hold: httpx.AsyncClient's own keywords and the transport's options.
+_CLIENT_KWARGS = frozenset(
+    [*inspect.signature(httpx.AsyncClient.__init__).parameters, *_TRANSPORT_OPTIONS]
+) - {"self"}
 
 
 class APIResponse:
@@ -102,9 +108,10 @@ class AsyncAPIClient:
         client: An existing `httpx.AsyncClient`, used as given and never closed by the facade.
             Connection and retry options cannot be combined with it (they would be ignored).
         circuit_breaker: A `CircuitBreaker` for the transport.
-        retry_config: A `RetryConfig` for the transport.
-        max_retries: Shorthand for ``RetryConfig(max_retries=...)``; not with ``retry_config``.
-        retry_delay: Shorthand for ``RetryConfig(base_delay=...)``; not with ``retry_config``.
+        retry: A `RetryConfig` for the transport (the name `ResilientTransport` uses).
+        retry_config: Alias of ``retry`` (the reference client's name); give one of the two.
+        max_retries: Shorthand for ``RetryConfig(max_retries=...)``; not with ``retry``.
+        retry_delay: Shorthand for ``RetryConfig(base_delay=...)``; not with ``retry``.
         http2: Negotiate HTTP/2 over TLS (default True; falls back to HTTP/1.1).
         verify: TLS verification: True, a CA bundle path or an `ssl.SSLContext`.
         verify_ssl: Alias of ``verify``.
@@ -115,6 +122,7 @@ class AsyncAPIClient:
             transport is given (``limits``, ``proxy``, ``cert``, ``http1``, ``trust_env``,
             ``uds``, ``local_address``) go to the transport; ``transport=`` becomes the
             transport that `ResilientTransport` wraps (an `httpx.MockTransport` in tests, say).
+            Any other keyword raises `TypeError` naming `AsyncAPIClient`.
     """
 
     def __init__(
@@ -128,6 +136,7 @@ class AsyncAPIClient:
         auth_token: str | None = None,
         client: httpx.AsyncClient | None = None,
         circuit_breaker: CircuitBreaker | None = None,
+        retry: RetryConfig | None = None,
         retry_config: RetryConfig | None = None,
         max_retries: int | None = None,
         retry_delay: float | None = None,
@@ -139,6 +148,8 @@ class AsyncAPIClient:
         max_keepalive_connections: int | None = None,
         **client_kwargs: Any,
     ) -> None:
+        _check_keywords(client_kwargs)
+        retry_config = _one_retry_config(retry, retry_config)
         self._base_url = httpx.URL(base_url) if base_url else None
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         merged = dict(headers or {})
@@ -164,11 +175,12 @@ class AsyncAPIClient:
         verify = verify if verify is not None else verify_ssl
         if retry_config is not None and (max_retries is not None or retry_delay is not None):
             raise ValueError(
-                "AsyncAPIClient: give retry_config or max_retries/retry_delay, not both"
+                "AsyncAPIClient: give retry/retry_config or max_retries/retry_delay, not both"
             )
         if client is not None:
             given = {
-                "circuit_breaker": circuit_breaker, "retry_config": retry_config,
+                "circuit_breaker": circuit_breaker,
+                "retry" if retry is not None else "retry_config": retry_config,
                 "max_retries": max_retries, "retry_delay": retry_delay, "http2": http2,
                 "verify": verify, "max_connections": max_connections,
                 "max_keepalive_connections": max_keepalive_connections,
@@ -387,6 +399,28 @@ class AsyncAPIClient:
                 await response.aclose()
             raise _status_error(request, response)
         return response
+
+
+def _check_keywords(client_kwargs: Mapping[str, Any]) -> None:
+    """Raise `TypeError` naming `AsyncAPIClient` (not httpx's class) for an unknown keyword."""
+    for name in client_kwargs:
+        if name not in _CLIENT_KWARGS:
+            known = [*inspect.signature(AsyncAPIClient.__init__).parameters, *_CLIENT_KWARGS]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"AsyncAPIClient() got an unexpected keyword argument {name!r}{hint}")
+
+
+def _one_retry_config(
+    retry: RetryConfig | None, retry_config: RetryConfig | None
+) -> RetryConfig | None:
+    """``retry`` and its alias ``retry_config``: at most one, and a `RetryConfig`."""
+    if retry is not None and retry_config is not None and retry is not retry_config:
+        raise ValueError("AsyncAPIClient: give retry or its alias retry_config, not both")
+    config = retry if retry is not None else retry_config
+    if config is not None and not isinstance(config, RetryConfig):
+        raise TypeError(f"AsyncAPIClient.retry must be a RetryConfig or None, got {config!r}")
+    return config
 
 
 def _describe(request: httpx.Request) -> str:

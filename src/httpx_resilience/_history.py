@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import httpx
+
+if TYPE_CHECKING:
+    from ._client import APIResponse
 
 __all__ = ["HISTORY_EXTENSION", "Attempt", "attach_history", "get_retry_history"]
 
@@ -46,13 +49,42 @@ def attach_history(target: httpx.Response | BaseException, history: tuple[Attemp
         setattr(target, _EXCEPTION_ATTRIBUTE, history)
 
 
-def get_retry_history(target: httpx.Response | BaseException) -> tuple[Attempt, ...]:
-    """The attempts behind a response or an error raised by `ResilientTransport`.
+def get_retry_history(
+    target: httpx.Response | APIResponse | BaseException,
+) -> tuple[Attempt, ...]:
+    """The attempts behind a response, or behind an error, that went through
+    `ResilientTransport`.
 
-    Empty if ``target`` did not pass through a `ResilientTransport`.
+    ``target`` may be an `httpx.Response`, an `APIResponse`, an exception the transport raised,
+    or one raised from it: an `AsyncAPIClient` error (`ServerError`, `APIConnectionError`,
+    ...) or the ``raise_for_status()`` error of a response. Empty if ``target`` did not pass
+    through a `ResilientTransport`.
+
+    Raises:
+        TypeError: ``target`` is none of these.
     """
-    if isinstance(target, httpx.Response):
-        history = target.extensions.get(HISTORY_EXTENSION, ())
-    else:
-        history = getattr(target, _EXCEPTION_ATTRIBUTE, ())
-    return tuple(history)
+    if not isinstance(target, (httpx.Response, BaseException)):
+        response = getattr(target, "response", None)  # an APIResponse
+        if not isinstance(response, httpx.Response):
+            raise TypeError(
+                "get_retry_history() takes an httpx.Response, an APIResponse or an exception, "
+                f"got {type(target).__name__}"
+            )
+        target = response
+    seen = 0
+    current: httpx.Response | BaseException | None = target
+    # An error the facade raised is chained (__cause__) to the transport's; one with a response
+    # (an error status) finds the history on that response. A chain is short: bound the walk.
+    while current is not None and seen < _MAX_CHAIN:
+        seen += 1
+        if isinstance(current, httpx.Response):
+            return tuple(current.extensions.get(HISTORY_EXTENSION, ()))
+        history = getattr(current, _EXCEPTION_ATTRIBUTE, None)
+        if history is not None:
+            return tuple(history)
+        response = getattr(current, "response", None)
+        current = response if isinstance(response, httpx.Response) else current.__cause__
+    return ()
+
+
+_MAX_CHAIN = 8

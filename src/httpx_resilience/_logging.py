@@ -10,6 +10,9 @@ import httpx
 __all__ = ["logger", "redact_url"]
 
 logger = logging.getLogger("httpx_resilience")
+# A library's advice from the logging HOWTO: without this, an application that configures no
+# logging would print our WARNINGs through Python's last-resort handler.
+logger.addHandler(logging.NullHandler())
 
 _REDACTED = "[redacted]"
 # A query parameter whose lower-cased name contains one of these is treated as a secret.

@@ -12,7 +12,7 @@ import random as _random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 import httpx
@@ -55,6 +55,10 @@ _CIRCUIT_OPENED = "circuit open"
 _FINAL_DECISION = Decision(False, 0.0, _FINAL)
 _CIRCUIT_OPEN_DECISION = Decision(False, 0.0, _CIRCUIT_OPENED)
 _NO_RETRY = RetryConfig(max_retries=0, budget_ratio=None)
+_SYNC_CLIENT = (
+    "ResilientTransport is an async transport: give it to httpx.AsyncClient, not httpx.Client "
+    "(there is no sync ResilientTransport yet)"
+)
 
 
 class ResilientTransport(httpx.AsyncBaseTransport):
@@ -377,6 +381,21 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 attempt.reason,
                 attempt.wait,
             )
+
+    # httpx.Client (sync) never touches its transport when it is built; these are the first
+    # things it calls on it: `with client:`, a request, `client.close()`. Each fails at once,
+    # saying what to do instead of httpx's AttributeError about a missing method.
+    def __enter__(self) -> NoReturn:
+        raise TypeError(_SYNC_CLIENT)
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def handle_request(self, request: httpx.Request) -> NoReturn:
+        raise TypeError(_SYNC_CLIENT)
+
+    def close(self) -> NoReturn:
+        raise TypeError(_SYNC_CLIENT)
 
     async def aclose(self) -> None:
         """Close the inner transport. Closing twice is harmless."""

@@ -10,7 +10,6 @@ import argparse
 import errno
 import importlib
 import json
-import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -117,11 +116,6 @@ def main(
     except RuntimeError as exc:
         print(f"{PROG}: cannot start: {exc}", file=err)
         return 1
-    # The library logs each circuit opening as a WARNING, which Python would print to stderr
-    # for want of a handler; the table tells that story here.
-    library_logger = logging.getLogger("httpx_resilience")
-    if not library_logger.handlers:
-        library_logger.addHandler(logging.NullHandler())
     try:
         report = anyio.run(run_demo, options, app, servers, Progress(err))
     except KeyboardInterrupt:
