@@ -174,7 +174,7 @@ async def run_demo(
     return Report(options.seed, options.requests, reports, time.perf_counter() - started)
 
 
-def _quiet(label: str, done: int, total: int) -> None:
+def _quiet(label: str, done: int, total: int, failed: int) -> None:
     pass
 
 
@@ -189,14 +189,19 @@ class Progress:
     def scenario(self, number: int, total: int, scenario: _scenarios.Scenario) -> None:
         self._write(f"[{number}/{total}] {scenario.title} ({scenario.protocol}, {scenario.load})\n")
 
-    def __call__(self, label: str, done: int, total: int) -> None:
+    def __call__(self, label: str, done: int, total: int, failed: int) -> None:
+        # Says how many calls failed, not just how many ended: "200/200" alone reads as "all
+        # succeeded" when 40 failed.
         if done == 0:
             self._started = time.perf_counter()
         if done == total:
             elapsed = time.perf_counter() - self._started
-            self._write(f"\r      {label:<44} {done:>5}/{total} in {elapsed:.1f} s\n")
+            self._write(
+                f"\r      {label:<38} {total} calls in {elapsed:.1f} s: "
+                f"{total - failed} ok, {failed} failed\n"
+            )
         elif self._live and (done % 10 == 0):
-            self._write(f"\r      {label:<44} {done:>5}/{total}")
+            self._write(f"\r      {label:<38} {done} of {total} calls, {failed} failed so far")
 
     def _write(self, text: str) -> None:
         self._stream.write(text)

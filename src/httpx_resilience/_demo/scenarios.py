@@ -428,7 +428,9 @@ SCENARIOS: tuple[Scenario, ...] = (
 # --- driving the load ------------------------------------------------------------------------
 
 
-Progress = Callable[[str, int, int], None]
+#: ``progress(label, done, total, failed)``: ``done`` of ``total`` calls ended, ``failed`` of
+#: them in a failure.
+Progress = Callable[[str, int, int, int], None]
 
 
 async def run_scenario(
@@ -437,10 +439,10 @@ async def run_scenario(
     *,
     requests: int,
     seed: int,
-    progress: Progress = lambda label, done, total: None,
+    progress: Progress = lambda label, done, total, failed: None,
 ) -> list[ClientRun]:
     """Send ``requests`` requests through each of the scenario's clients, one client after
-    another; ``progress(label, done, total)`` is called as calls complete."""
+    another; ``progress(label, done, total, failed)`` is called as calls complete."""
     runs = []
     for index, client in enumerate(scenario.clients):
         base_url = f"{target.base_url}/{scenario.name}/{index}"
@@ -469,17 +471,18 @@ async def _run_client(
 ) -> ClientRun:
     outcomes: list[Outcome | None] = [None] * requests
     seconds = [0.0] * requests
-    done = 0
+    done = failed = 0
 
     async def one(call: Call, rid: int) -> None:
-        nonlocal done
+        nonlocal done, failed
         started = time.perf_counter()
-        outcomes[rid] = await call(f"{base_url}/{rid}", rid)
+        outcome = outcomes[rid] = await call(f"{base_url}/{rid}", rid)
         seconds[rid] = time.perf_counter() - started
         done += 1
-        progress(client.label, done, requests)
+        failed += not outcome.ok
+        progress(client.label, done, requests, failed)
 
-    progress(client.label, 0, requests)
+    progress(client.label, 0, requests, 0)
     async with client.factory(ctx) as call:
         if scenario.load == "paced":
             # Request rid starts at rid * PACE seconds, whatever the answers so far.
