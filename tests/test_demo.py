@@ -4,6 +4,7 @@ and against the seeded fault plan, its determinism, and its command line."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from httpx_resilience.__main__ import main
 from httpx_resilience._demo import scenarios
 from httpx_resilience._demo.cli import Options, run_demo
-from httpx_resilience._demo.report import Report, Row, ScenarioReport
+from httpx_resilience._demo.report import WIDTH, Report, Row, ScenarioReport, render_table
 from httpx_resilience._demo.servers import ServerPair, ServerThread
 from httpx_resilience._demo.upstream import Fault, FaultPlan, Upstream
 
@@ -79,6 +80,56 @@ async def test_figures_match_the_upstream_and_the_fault_plan() -> None:
     assert deadline["plain httpx, timeout 0.3 s"].failures == {"timeout": stalled}
     resilient = deadline["ResilientTransport, total_timeout 0.8"]
     assert resilient.upstream_received > REQUESTS
+
+    check_verdicts(render_table(report), report)
+
+
+def check_verdicts(table: str, report: Report) -> None:
+    """One verdict per scenario, with the figures of the table, saying why where
+    ResilientTransport ties with plain httpx on purpose."""
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= WIDTH
+    verdicts = verdict_texts(lines)
+    assert len(verdicts) == len(report.scenarios)
+    text = dict(zip([s.name for s in report.scenarios], verdicts, strict=True))
+
+    flaky = rows(report, "flaky")
+    assert text["flaky"].startswith(
+        f"ResilientTransport: {flaky['httpx + ResilientTransport'].failed} failed instead of "
+        f"{flaky['plain httpx'].failed}, for "
+    )
+    outage = rows(report, "outage")
+    tied = outage["httpx + ResilientTransport"].failed == outage["plain httpx"].failed
+    assert tied
+    assert text["outage"].startswith(
+        "Retries cannot revive a server that is down: ResilientTransport fails the same "
+        f"{outage['plain httpx'].failed} calls as plain httpx, and its retry budget held the "
+    )
+    breaker = outage["AsyncAPIClient + CircuitBreaker"]
+    assert f"the circuit breaker failed {breaker.failed_fast} calls fast" in text["outage"]
+    posts = rows(report, "post")
+    assert posts["httpx + ResilientTransport"].failed == posts["plain httpx"].failed
+    assert text["post"] == (
+        f"ResilientTransport fails the same {posts['plain httpx'].failed} POSTs as plain httpx, "
+        "on purpose: it never resends a POST the server may have processed "
+        f"({posts['httpx + ResilientTransport'].lost_answers} were), where the naive loop "
+        f"processed {posts['httpx + naive retry loop'].duplicate_posts} orders twice. With an "
+        f"Idempotency-Key: {posts['ResilientTransport + Idempotency-Key'].failed} failed, 0 "
+        "duplicates."
+    )
+    assert "(not one retry came early)" in text["rate-limit"]
+    assert text["deadline"].startswith("ResilientTransport: 0 failed, the slowest call over in")
+
+
+def verdict_texts(lines: list[str]) -> list[str]:
+    """Each ``verdict:`` of the table, its wrapped lines joined."""
+    verdicts: list[str] = []
+    for line in lines:
+        if line.startswith("  verdict: "):
+            verdicts.append(line.removeprefix("  verdict: "))
+        elif verdicts and line.startswith(" " * 11) and not line.startswith(" " * 12):
+            verdicts[-1] += " " + line.strip()
+    return verdicts
 
 
 def check_consistent(scenario: ScenarioReport, app: Upstream) -> None:
@@ -221,6 +272,19 @@ def test_json_output_for_chosen_scenarios(capsys: pytest.CaptureFixture[str]) ->
     by_client = {c["client"]: c for c in post["clients"]}
     assert by_client["httpx + ResilientTransport"]["duplicate_posts"] == 0
     assert "[1/2] flaky upstream (HTTP/2, sequential)" in err  # progress goes to stderr
+    # Each client's progress line says how its calls ended, failures included.
+    progress = [line.strip() for line in err.splitlines() if " calls in " in line]
+    expected = [
+        (client["client"], client["succeeded"], client["failed"])
+        for scenario in data["scenarios"]
+        for client in scenario["clients"]
+    ]
+    assert len(progress) == len(expected)
+    for line, (label, ok, failed) in zip(progress, expected, strict=True):
+        assert re.fullmatch(
+            rf"{re.escape(label)} +12 calls in \d+\.\d s: {ok} ok, {failed} failed", line
+        ), line
+    assert any(failed for _, _, failed in expected)  # "12 calls" never reads as "12 ok"
 
 
 def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
@@ -228,12 +292,25 @@ def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
     out, _ = capsys.readouterr()
     lines = out.splitlines()
     assert lines[0].startswith("httpx-resilience demo: seed 1, 40 requests per client")
-    header = next(line for line in lines if line.startswith("client "))
-    for column in ("ok", "failed", "upstream saw", "dup POSTs", "p50 ms", "p99 ms", "circuit"):
-        assert column in header
+    assert max(len(line) for line in lines) <= WIDTH == 88  # an 80-odd-column terminal
+    at = next(number for number, line in enumerate(lines) if line.startswith("client "))
+    # Two header lines; within each, cells are two or more spaces apart, so none runs into
+    # its neighbour; read down, each column has one name.
+    top, bottom, rule = lines[at - 1], lines[at], lines[at + 1]
+    assert re.split(r" {2,}", top.strip()) == ["upstream", "duplicate", "p50", "p99"]
+    assert re.split(r" {2,}", bottom) == ["client", "ok", "failed", "requests", "POSTs", "ms", "ms"]
+    for word in ("upstream", "duplicate", "p50", "p99"):  # each stands over its column
+        assert bottom[top.index(word) + len(word) - 1] != " "
+    assert set(rule) == {"-", " "}
     assert "1 outage and recovery (HTTP/1.1, sequential)" in lines
     [breaker] = [line for line in lines if line.startswith("  AsyncAPIClient + CircuitBreaker ")]
-    assert breaker.endswith("1 close")
+    assert re.split(r" {2,}", breaker.strip())[1:4] == ["23", "17", "28"]
+    [verdict] = verdict_texts(lines)
+    assert verdict.startswith("Retries cannot revive a server that is down: ")
+    assert "the circuit breaker failed 15 calls fast without sending them: 30% fewer" in verdict
+    legend = " ".join(lines[lines.index("") + 1 :])
+    assert "p50, p99 ms: half of the calls, and 99 in 100, ended within this time" in legend
+    assert "(of 40 calls, the p99 is the 1st slowest)" in legend
     assert any("circuit opened at #13" in line for line in lines)
 
 
