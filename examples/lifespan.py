@@ -50,7 +50,8 @@ async def get_user(request: Request) -> JSONResponse:
     except ResourceNotFoundError:
         return JSONResponse({"detail": "no such user"}, status_code=404)
     except APIClientError:  # down, timed out, circuit open, 5xx: after the retries
-        return JSONResponse({"detail": "the users service is unavailable"}, status_code=503)
+        unavailable = {"detail": "the users service is unavailable"}
+        return JSONResponse(unavailable, status_code=503)
     return JSONResponse(user)
 
 
@@ -59,12 +60,14 @@ def create_app(users_api: str) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         async with AsyncAPIClient(
             users_api,
-            retry_config=RetryConfig(max_retries=2, total_timeout=5.0),
+            retry=RetryConfig(max_retries=2, total_timeout=5.0),
             circuit_breaker=CircuitBreaker(name="users"),
         ) as users:
-            yield {"users": users}  # lifespan state: request.state.users in every handler
+            # Lifespan state: request.state.users in every handler.
+            yield {"users": users}
 
-    return Starlette(routes=[Route("/users/{user_id:int}", get_user)], lifespan=lifespan)
+    routes = [Route("/users/{user_id:int}", get_user)]
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 # --8<-- [end:app]

@@ -47,14 +47,14 @@ class NewUser(TypedDict):
 
 
 class UsersAPI:
-    """The users service. Create one per process and share it: one connection pool, one retry
-    budget and one circuit breaker for every caller."""
+    """The users service. Create one per process and share it: one connection pool,
+    one retry budget and one circuit breaker for every caller."""
 
     def __init__(self, base_url: str, *, api_key: str) -> None:
         self._api = AsyncAPIClient(
             base_url,
             auth=api_key_auth(api_key),
-            retry_config=RetryConfig(max_retries=2, total_timeout=10.0),
+            retry=RetryConfig(max_retries=2, total_timeout=10.0),
             circuit_breaker=CircuitBreaker(failure_threshold=5, name="users"),
         )
 
@@ -65,7 +65,8 @@ class UsersAPI:
             return None
 
     async def create(self, user: NewUser, *, request_id: str) -> User:
-        # The Idempotency-Key makes this POST safe to retry: the service deduplicates on it.
+        # The Idempotency-Key makes this POST safe to retry: the service deduplicates
+        # on it.
         response = await self._api.post(
             "/users", json=user, headers={"Idempotency-Key": request_id}
         )
@@ -90,7 +91,8 @@ async def main(base_url: str) -> None:
     async with UsersAPI(base_url, api_key="k3y") as users:
         print(await users.get(7))
         print(await users.get(0))
-        print(await users.create({"name": "Grace Hopper"}, request_id=str(uuid.uuid4())))
+        request_id = str(uuid.uuid4())  # one per order; the same for its retries
+        print(await users.create({"name": "Grace Hopper"}, request_id=request_id))
         await users.delete(7)
 
 

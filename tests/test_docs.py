@@ -1,9 +1,14 @@
-"""The docs' code runs, and the site's navigation reaches every page.
+"""The docs' code runs, the site's navigation reaches every page, and what a newcomer reads
+first holds up: the README's links work on PyPI, code fits the content column, and an example
+that cannot run as it stands says that it is a sketch.
 
 A ```python block marked ``<!-- test -->`` runs as the body of an async function against a local
 server standing in for ``https://api.example.com``. A block marked ``<!-- test: pytest -->`` is a
 whole test module: it is written to a temporary directory and run by pytest in a subprocess,
 as a reader would run it.
+
+Each check is a function of the text it checks, and is shown failing on a bad sample too, so
+that a check that cannot fail would be noticed.
 """
 
 from __future__ import annotations
@@ -89,7 +94,175 @@ def test_every_page_with_examples_is_covered() -> None:
 
 
 def test_every_page_is_in_the_nav() -> None:
-    nav = (ROOT / "mkdocs.yml").read_text()
     pages = {path.name for path in DOCS.glob("*.md")}
-    listed = set(re.findall(r":\s*([\w-]+\.md)\s*$", nav, re.MULTILINE))
-    assert pages <= listed, f"pages missing from the nav in mkdocs.yml: {sorted(pages - listed)}"
+    missing = pages_missing_from_nav((ROOT / "mkdocs.yml").read_text(), pages)
+    assert not missing, f"pages missing from the nav in mkdocs.yml: {missing}"
+
+
+def pages_missing_from_nav(mkdocs_yml: str, pages: set[str]) -> list[str]:
+    listed = set(re.findall(r":\s*([\w-]+\.md)\s*$", mkdocs_yml, re.MULTILINE))
+    return sorted(pages - listed)
+
+
+# --- what a newcomer reads first ----------------------------------------------------------
+
+#: The widest code line in the docs: wider ones overflow the content column at 1,400 px.
+CODE_WIDTH = 88
+README = ROOT / "README.md"
+# [text](target), [text]: target, and HTML href=/src= attributes.
+_LINK = re.compile(
+    r"\]\(\s*<?([^)\s>]+)|^\s*\[[^\]]+\]:\s*<?(\S+?)>?\s*$|\b(?:href|src)=[\"']([^\"']+)",
+    re.MULTILINE,
+)
+_ABSOLUTE = ("https://", "http://", "mailto:")
+
+
+def relative_links(markdown: str) -> list[str]:
+    """Link targets that are not absolute URLs: they break where the README is shown outside
+    the repository (PyPI), anchors (``#...``) included."""
+    targets = [
+        next(group for group in match.groups() if group) for match in _LINK.finditer(markdown)
+    ]
+    return [target for target in targets if not target.startswith(_ABSOLUTE)]
+
+
+def test_readme_links_are_absolute() -> None:
+    text = README.read_text()
+    assert len(re.findall(r"\]\(https://", text)) >= 10  # the links were found at all
+    assert relative_links(text) == []
+
+
+def test_relative_links_are_found() -> None:
+    sample = (
+        "See [HTTP/2](docs/http2.md), [up](#install), [ok](https://example.org/x),\n"
+        "[ref]: CHANGELOG.md\n"
+        '<img src="docs/chart.svg"> <a href="https://example.org/">ok</a>\n'
+    )
+    assert relative_links(sample) == ["docs/http2.md", "#install", "CHANGELOG.md", "docs/chart.svg"]
+
+
+def code_lines(markdown: str, root: Path = ROOT) -> list[tuple[int, str]]:
+    """(line number, text) of every line shown as code: fenced blocks, with the files that
+    ``--8<--`` snippets include expanded, and indented blocks."""
+    lines = markdown.splitlines()
+    found: list[tuple[int, str]] = []
+    fence: str | None = None
+    previous_blank = True
+    indented = False
+    for number, line in enumerate(lines, 1):
+        if fence is not None:
+            if line.strip().startswith(fence):
+                fence = None
+            elif line.strip().startswith("--8<--"):
+                found += [(number, text) for text in _snippet(line.strip(), root)]
+            else:
+                found.append((number, line))
+            continue
+        opening = re.match(r"\s*(```+|~~~+)", line)
+        if opening:
+            fence = opening.group(1)
+        elif line.startswith("    ") and (previous_blank or indented) and line.strip():
+            indented = True
+            found.append((number, line[4:]))
+        elif line.strip():
+            indented = False
+        previous_blank = not line.strip()
+    return found
+
+
+def _snippet(include: str, root: Path) -> list[str]:
+    """The lines a ``--8<-- "path:section"`` line includes (pymdownx.snippets)."""
+    target = include.removeprefix("--8<--").strip().strip("\"'")
+    path, _, section = target.partition(":")
+    text = (root / path).read_text().splitlines()
+    if not section:
+        return text
+    start = next(i for i, line in enumerate(text) if f"--8<-- [start:{section}]" in line)
+    end = next(i for i, line in enumerate(text) if f"--8<-- [end:{section}]" in line)
+    return text[start + 1 : end]
+
+
+def wide_code_lines(markdown: str, root: Path = ROOT) -> list[str]:
+    return [
+        f"line {number}: {len(text)} columns"
+        for number, text in code_lines(markdown, root)
+        if len(text) > CODE_WIDTH
+    ]
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.glob("*.md")), ids=lambda page: page.stem)
+def test_docs_code_fits_the_content_column(page: Path) -> None:
+    assert wide_code_lines(page.read_text()) == []
+
+
+def test_wide_code_lines_are_found(tmp_path: Path) -> None:
+    wide = "x" * (CODE_WIDTH + 1)
+    (tmp_path / "example.py").write_text(f"# --8<-- [start:part]\n{wide}\n# --8<-- [end:part]\n")
+    sample = (
+        f"Text wider than code may be: {wide}\n\n```python\nok = 1\n{wide}\n```\n\n"
+        f"    {wide}\n\n"
+        '```python\n--8<-- "example.py:part"\n```\n'
+    )
+    assert wide_code_lines(sample, tmp_path) == [
+        f"line 5: {CODE_WIDTH + 1} columns",
+        f"line 8: {CODE_WIDTH + 1} columns",
+        f"line 11: {CODE_WIDTH + 1} columns",
+    ]
+
+
+_PYTHON = re.compile(r"(<!-- test: pytest -->\n)?```python\n(.*?)```", re.DOTALL)
+
+
+def unmarked_sketches(markdown: str) -> list[str]:
+    """The first line of each ```python block that a reader cannot run as it stands (top-level
+    ``await``, a made-up ``example.com`` host, not a whole program) and that does not begin by
+    saying ``# Sketch``. Whole test modules and blocks included from examples/ run as they are."""
+    found = []
+    for pytest_module, code in _PYTHON.findall(markdown):
+        if pytest_module or code.startswith(("# Sketch", "--8<--")):
+            continue
+        try:
+            compile(code, "<docs>", "exec")
+            runs = "example.com" not in code
+        except SyntaxError:
+            runs = False
+        if not runs:
+            found.append(code.splitlines()[0] if code.strip() else "(empty)")
+    return found
+
+
+@pytest.mark.parametrize("page", [README, *sorted(DOCS.glob("*.md"))], ids=lambda page: page.stem)
+def test_examples_run_as_they_stand_or_say_they_are_sketches(page: Path) -> None:
+    assert unmarked_sketches(page.read_text()) == []
+
+
+def test_unmarked_sketches_are_found() -> None:
+    sample = (
+        "```python\nimport httpx\nresponse = await client.get('/')\n```\n"
+        "```python\n# Sketch: example.com stands for your API.\nhttpx.get('https://api.example.com')\n```\n"
+        "```python\nprint('runs')\n```\n"
+        "```python\nurl = 'https://api.example.com/'\n```\n"
+        "<!-- test: pytest -->\n```python\nasync def test(): await x\n```\n"
+    )
+    assert unmarked_sketches(sample) == ["import httpx", "url = 'https://api.example.com/'"]
+
+
+def test_pages_missing_from_the_nav_are_found() -> None:
+    nav = "nav:\n  - Home: index.md\n  - Guide:\n      - Retries: retries.md\n"
+    assert pages_missing_from_nav(nav, {"index.md", "retries.md", "new.md"}) == ["new.md"]
+
+
+def test_readme_example_runs_against_a_local_server(
+    h1_server: ServerThread, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's sketch is a whole program: with its made-up host pointed at a local
+    server, it runs as it stands."""
+    [code] = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    assert code.startswith("# Sketch:")
+    assert code.rstrip().endswith("asyncio.run(main())")
+    monkeypatch.setenv("API_TOKEN", "t0ken")
+    source = code.replace("https://api.example.com", h1_server.url)
+    module = types.ModuleType("readme_example")
+    exec(compile(source, str(README), "exec"), module.__dict__)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["[(200, None, 'final response')]", "{'id': 1, 'name': 'Ada Lovelace'}"]
