@@ -14,6 +14,7 @@ that a check that cannot fail would be noticed.
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 
+import httpx_resilience
 from tests.support.server import ServerThread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,3 +268,55 @@ def test_readme_example_runs_against_a_local_server(
     exec(compile(source, str(README), "exec"), module.__dict__)
     printed = capsys.readouterr().out.splitlines()
     assert printed == ["[(200, None, 'final response')]", "{'id': 1, 'name': 'Ada Lovelace'}"]
+
+
+# --- the API reference (mkdocstrings renders these signatures and Args sections) ----------
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        httpx_resilience.ResilientTransport,
+        httpx_resilience.AsyncAPIClient,
+        httpx_resilience.RetryConfig,
+        httpx_resilience.CircuitBreaker,
+    ],
+    ids=lambda cls: cls.__name__,
+)
+def test_the_reference_documents_every_parameter(cls: type) -> None:
+    parameters = [
+        p.name
+        for p in inspect.signature(cls).parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    assert undocumented(inspect.getdoc(cls) or "", parameters) == []
+    # A default the reader sees in the signature names nothing private (``_random.random``).
+    for default in signature_defaults(cls):
+        names = re.findall(r"[A-Za-z_][\w.]*", default)
+        assert not [n for n in names if any(p.startswith("_") for p in n.split("."))], default
+
+
+def signature_defaults(cls: type) -> list[str]:
+    """The source text of the defaults in ``cls``'s signature: its ``__init__``'s, or a
+    dataclass's field defaults."""
+    [node] = ast.parse(textwrap.dedent(inspect.getsource(cls))).body
+    assert isinstance(node, ast.ClassDef)
+    for item in node.body:
+        if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+            defaults = [*item.args.defaults, *item.args.kw_defaults]
+            return [ast.unparse(d) for d in defaults if d is not None]
+    return [ast.unparse(i.value) for i in node.body if isinstance(i, ast.AnnAssign) and i.value]
+
+
+def undocumented(docstring: str, parameters: list[str]) -> list[str]:
+    """``parameters`` that the docstring's ``Args:`` (or ``Attributes:``) section omits."""
+    section = re.search(r"^(?:Args|Attributes):\n(.*?)(?=\n\S|\Z)", docstring, re.S | re.M)
+    listed = (
+        set(re.findall(r"^    (\w+)(?: \([^)]*\))?:", section.group(1), re.M)) if section else set()
+    )
+    return [name for name in parameters if name not in listed]
+
+
+def test_undocumented_parameters_are_found() -> None:
+    docstring = "Summary.\n\nArgs:\n    retry: The policy.\n    clock: For tests.\n"
+    assert undocumented(docstring, ["retry", "verify", "clock"]) == ["verify"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random as _random
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
@@ -71,11 +71,25 @@ class ResilientTransport(httpx.AsyncBaseTransport):
     ``transport`` is given to the client, so give them here instead.
 
     Args:
-        transport: The transport each attempt goes through. Closed by `aclose`.
+        transport: The transport each attempt goes through. Closed by `aclose`. When given,
+            the connection options below cannot be: configure that transport instead.
         retry: The retry policy; `RetryConfig()` when None. A request's
             ``extensions={"retry": ...}`` overrides it for that request.
         circuit_breaker: Fails requests fast, per origin, while an upstream is down. May be
             shared by several transports (per-host mounts), which then share its state.
+        verify: TLS verification: True (the default CA bundle), an `ssl.SSLContext`, or a
+            CA bundle path (deprecated by httpx). False turns verification off.
+        cert: A client certificate, as httpx takes it.
+        trust_env: Read proxy and TLS settings from environment variables, as httpx does.
+        http1: Allow HTTP/1.1.
+        http2: Negotiate HTTP/2 over TLS (ALPN); True by default, unlike httpx.
+        limits: Connection pool limits; httpx's defaults (100 connections, 20 kept alive for
+            5 s) when not given.
+        proxy: A proxy URL or `httpx.Proxy`. Proxied connections use httpx's own pool.
+        uds: Connect through this Unix domain socket.
+        local_address: The local IP address to connect from.
+        retries: httpcore's own immediate retries of a failed connect, before any of ours.
+        socket_options: Socket options set on each new connection.
         clock: Monotonic seconds, for deadlines and the retry budget. For tests.
         sleep: Awaited to wait between attempts. For tests; `anyio.sleep` by default.
         random: Returns a float in [0, 1), for jitter. For tests.
@@ -100,7 +114,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         socket_options: Iterable[SOCKET_OPTION] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
-        random: Callable[[], float] = _random.random,
+        random: Callable[[], float] = random.random,
     ) -> None:
         if retry is None:
             retry = RetryConfig()
