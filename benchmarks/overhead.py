@@ -9,19 +9,27 @@ request (process time, so the server's work and waiting on the network do not co
 ratios B / A and C / A, from the median round. A second section times the wrapper alone over an
 instant in-memory transport, to show its absolute cost in microseconds.
 
-    python benchmarks/overhead.py [--requests 2000] [--rounds 7] [--concurrency 1]
+Given several concurrency levels, it measures each in turn and also prints the requests per
+second of each client (wall clock, median round) as a Markdown table; with ``--chart PATH`` it
+draws the same numbers as an SVG chart (``_chart.py``), as docs/performance.md shows them:
+
+    python benchmarks/overhead.py [--requests 2000] [--rounds 7] [--concurrency 1 [10 ...]]
+        [--chart docs/images/throughput.svg]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import platform
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from datetime import date
+from typing import Any, NamedTuple
 
 import httpx
+from _chart import write_chart
 from _server import child_server
 
 from httpx_resilience import ResilientTransport
@@ -44,8 +52,20 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-async def run_round(client: httpx.AsyncClient, url: str, requests: int, concurrency: int) -> float:
-    """Client CPU seconds per request for one round."""
+CLIENTS = (
+    "AsyncHTTPTransport alone",
+    "wrapped in ResilientTransport",
+    "ResilientTransport() own pool",
+)
+
+
+class Round(NamedTuple):
+    cpu: float  # client CPU seconds per request
+    rate: float  # requests per second, wall clock
+
+
+async def run_round(client: httpx.AsyncClient, url: str, requests: int, concurrency: int) -> Round:
+    """Client CPU seconds per request, and requests per second, for one round."""
 
     async def worker(count: int) -> None:
         for _ in range(count):
@@ -53,14 +73,14 @@ async def run_round(client: httpx.AsyncClient, url: str, requests: int, concurre
             assert response.status_code == 200
 
     share = requests // concurrency
-    started = time.process_time()
+    started, wall = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker(share) for _ in range(concurrency)))
-    return (time.process_time() - started) / (share * concurrency)
+    sent = share * concurrency
+    return Round((time.process_time() - started) / sent, sent / (time.perf_counter() - wall))
 
 
-async def network(
-    url: str, requests: int, rounds: int, concurrency: int
-) -> tuple[float, float, float]:
+async def network(url: str, requests: int, rounds: int, concurrency: int) -> list[Round]:
+    """The median round of each client (CPU per request, and requests per second)."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     plain = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(limits=limits))
     wrapped = httpx.AsyncClient(
@@ -71,12 +91,14 @@ async def network(
     async with plain, wrapped, own_pool:
         for client in clients:  # warm up: connections, caches
             await run_round(client, url, min(requests, 200), concurrency)
-        times: list[list[float]] = [[], [], []]
+        samples: list[list[Round]] = [[], [], []]
         for _ in range(rounds):
-            for client, samples in zip(clients, times, strict=True):
-                samples.append(await run_round(client, url, requests, concurrency))
-    a, b, c = (statistics.median(samples) for samples in times)
-    return a, b, c
+            for client, client_samples in zip(clients, samples, strict=True):
+                client_samples.append(await run_round(client, url, requests, concurrency))
+    return [
+        Round(statistics.median(r.cpu for r in s), statistics.median(r.rate for r in s))
+        for s in samples
+    ]
 
 
 async def in_memory(requests: int, rounds: int) -> tuple[float, float]:
@@ -106,27 +128,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per variant")
-    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1], metavar="N")
+    parser.add_argument("--chart", metavar="PATH", help="write requests/s as an SVG chart")
     args = parser.parse_args()
 
+    results: dict[int, list[Round]] = {}
     with child_server(app) as url:
-        a, b, c = asyncio.run(network(url, args.requests, args.rounds, args.concurrency))
+        for concurrency in args.concurrency:
+            results[concurrency] = asyncio.run(
+                network(url, args.requests, args.rounds, concurrency)
+            )
     m_a, m_b = asyncio.run(in_memory(50_000, args.rounds))
 
-    print(
-        f"httpx {httpx.__version__}; {args.rounds} rounds x {args.requests} GETs, "
-        f"concurrency {args.concurrency}, Hypercorn HTTP/1.1 on 127.0.0.1 (other process)"
+    setup = (
+        f"httpx {httpx.__version__}, Python {platform.python_version()}; {args.rounds} rounds x "
+        f"{args.requests} GETs, Hypercorn HTTP/1.1 on 127.0.0.1 (other process)"
     )
-    print(f"  client CPU per request, AsyncHTTPTransport alone : {a * 1e6:8.1f} us")
-    print(f"  client CPU per request, wrapped (ResilientTransport): {b * 1e6:8.1f} us")
-    print(f"  client CPU per request, ResilientTransport() own pool: {c * 1e6:8.1f} us")
-    print(f"  ratio wrapped / alone: {b / a:.3f}  (overhead {100 * (b / a - 1):+.1f} %)")
-    print(f"  ratio own pool / alone: {c / a:.3f}  (overhead {100 * (c / a - 1):+.1f} %)")
+    print(setup)
+    for concurrency, (a, b, c) in results.items():
+        print(f"concurrency {concurrency}:")
+        print(f"  client CPU per request, AsyncHTTPTransport alone : {a.cpu * 1e6:8.1f} us")
+        print(f"  client CPU per request, wrapped (ResilientTransport): {b.cpu * 1e6:8.1f} us")
+        print(f"  client CPU per request, ResilientTransport() own pool: {c.cpu * 1e6:8.1f} us")
+        for name, ratio in (("wrapped", b.cpu / a.cpu), ("own pool", c.cpu / a.cpu)):
+            print(f"  ratio {name} / alone: {ratio:.3f}  (overhead {100 * (ratio - 1):+.1f} %)")
     print("instant in-memory inner transport, 50,000 calls per round:")
     print(
         f"  alone {m_a * 1e6:.2f} us, wrapped {m_b * 1e6:.2f} us per call: "
         f"the wrapper adds {(m_b - m_a) * 1e6:.2f} us"
     )
+    print("\nrequests per second (median round):\n")
+    print("| client | " + " | ".join(f"concurrency {c}" for c in results) + " |")
+    print("|---|" + "---|" * len(results))
+    for index, name in enumerate(CLIENTS):
+        cells = " | ".join(f"{rounds[index].rate:,.0f}" for rounds in results.values())
+        print(f"| {name} | {cells} |")
+    if args.chart:
+        series = {
+            name: [(c, round(rounds[index].rate)) for c, rounds in results.items()]
+            for index, name in enumerate(CLIENTS)
+        }
+        note = f"{setup}; {date.today().isoformat()}"
+        write_chart(args.chart, "httpx clients against a local Hypercorn: requests/s", series,
+                    note=note)  # fmt: skip
+        print(f"\nwrote {args.chart}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ that a check that cannot fail would be noticed.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import inspect
 import re
 import subprocess
@@ -320,3 +321,44 @@ def undocumented(docstring: str, parameters: list[str]) -> list[str]:
 def test_undocumented_parameters_are_found() -> None:
     docstring = "Summary.\n\nArgs:\n    retry: The policy.\n    clock: For tests.\n"
     assert undocumented(docstring, ["retry", "verify", "clock"]) == ["verify"]
+
+
+# --- the performance page's chart ---------------------------------------------------------
+
+
+def _chart_module() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("_chart", ROOT / "benchmarks" / "_chart.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_performance_chart_and_its_table_show_one_run() -> None:
+    chart = _chart_module()
+    page = (DOCS / "performance.md").read_text()
+    [image] = re.findall(r"!\[[^\]]*\]\((images/[\w-]+\.svg)\)", page)
+    svg = (DOCS / image).read_text()
+    data = chart.read_chart_data(svg)
+    # Written by benchmarks/_chart.py from the data it embeds, not edited by hand.
+    assert svg == chart.render_svg(data["title"], data["series"], note=data["note"])
+    assert svg.count('class="series"') == len(data["series"]) >= 2
+    # The table beside it shows the same numbers: one row per client, the same columns.
+    levels = sorted({level for points in data["series"].values() for level, _ in points})
+    header = "| client | " + " | ".join(f"concurrency {level}" for level in levels) + " |"
+    assert header in page
+    for client, points in data["series"].items():
+        cells = " | ".join(f"{value:,.0f}" for _, value in sorted(points))
+        assert f"| {client} | {cells} |" in page, f"the table's {client!r} row is not the chart's"
+
+
+def test_a_chart_is_drawn_from_its_data() -> None:
+    chart = _chart_module()
+    series = {"plain": [(1, 1000.0), (10, 700.0)], "resilient": [(1, 990.0), (10, 910.0)]}
+    svg = chart.render_svg("req/s", series, note="one run")
+    assert chart.read_chart_data(svg) == {"title": "req/s", "note": "one run", "series": series}
+    assert svg.count("<polyline") == 2
+    assert "plain: 1,000 at 1, 700 at 10" in svg  # the description for screen readers
+    assert ">1,000<" in svg  # the y axis runs to a round 1,000
+    assert svg != chart.render_svg("req/s", {**series, "plain": [(1, 1000.0), (10, 701.0)]})
