@@ -50,7 +50,7 @@ def render_svg(title: str, series: Series, *, note: str = "") -> str:
     data = {
         "title": title,
         "note": note,
-        "series": {k: [list(p) for p in v] for k, v in series.items()},
+        "series": {k: [[int(a), float(b)] for a, b in v] for k, v in series.items()},
     }
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
