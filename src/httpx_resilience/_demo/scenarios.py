@@ -212,15 +212,6 @@ def _failure(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _history(exc: BaseException) -> tuple[Attempt, ...]:
-    """The attempts `ResilientTransport` recorded behind an error (none: it failed fast)."""
-    if isinstance(exc, APIClientError):
-        if exc.response is not None:
-            return get_retry_history(exc.response)
-        exc = exc.__cause__ or exc
-    return get_retry_history(exc)
-
-
 def _why(failure: str, history: Sequence[Attempt]) -> str:
     """``failure``, and why the transport stopped there, when that says more."""
     reason = history[-1].reason if history else None
@@ -242,7 +233,7 @@ def _httpx_call(
         except httpx.HTTPError as exc:
             if not resilient:
                 return Outcome(False, _failure(exc), 1)
-            history = _history(exc)
+            history = get_retry_history(exc)
             return Outcome(False, _why(_failure(exc), history), len(history))
         history = get_retry_history(response) if resilient else ()
         ok = response.is_success
@@ -339,7 +330,7 @@ def facade(method: str = "GET", *, breaker: bool = False) -> ClientFactory:
                 try:
                     result = await api.request(method, url, **_request(method, rid, False))
                 except APIClientError as exc:
-                    history = _history(exc)
+                    history = get_retry_history(exc)
                     return Outcome(False, _why(_failure(exc), history), len(history))
                 response = result.response
                 attempts = len(get_retry_history(response))
