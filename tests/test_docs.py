@@ -362,3 +362,20 @@ def test_a_chart_is_drawn_from_its_data() -> None:
     assert "plain: 1,000 at 1, 700 at 10" in svg  # the description for screen readers
     assert ">1,000<" in svg  # the y axis runs to a round 1,000
     assert svg != chart.render_svg("req/s", {**series, "plain": [(1, 1000.0), (10, 701.0)]})
+
+
+@pytest.mark.parametrize(
+    ("page", "kind"),
+    [
+        ("circuit-breaking.md", "stateDiagram-v2"),
+        ("retries.md", "flowchart TD"),
+        ("transport.md", "sequenceDiagram"),
+    ],
+)
+def test_the_diagrams_are_mermaid_the_site_draws(page: str, kind: str) -> None:
+    """The breaker's states, the retry decision and a request's path are drawn by the site
+    (mkdocs-material renders ```mermaid blocks that pymdownx.superfences passes through);
+    offline, a reader sees their source."""
+    assert f"```mermaid\n{kind}\n" in (DOCS / page).read_text()
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert re.search(r"custom_fences:\n\s+- name: mermaid\n\s+class: mermaid\n", config)
