@@ -265,7 +265,7 @@ async def test_async_with_closes_the_inner_transport() -> None:
     [
         (
             "http://u:p@h.test/cb?a=1;session=S3SS#access_token=T0K",
-            "http://h.test/cb?a=1&session=[redacted]",
+            "http://h.test/cb?a=1;session=[redacted]",
         ),
         ("http://h.test/x?password=pw&q=ok", "http://h.test/x?password=[redacted]&q=ok"),
         ("http://h.test/x?q=ok", "http://h.test/x?q=ok"),

@@ -36,6 +36,15 @@ from ._exceptions import (
     ServerError,
 )
 from ._history import HISTORY_EXTENSION, Attempt, get_retry_history
+from ._redact import (
+    SECRET_NAME_MARKERS,
+    SECRET_NAMES,
+    LogRedactionFilter,
+    add_secret_names,
+    install_log_redaction,
+    redact_url,
+    uninstall_log_redaction,
+)
 from ._testing import is_testing, set_testing
 from ._transport import READ_BODY_EXTENSION, RETRY_EXTENSION, ResilientTransport
 
@@ -47,6 +56,8 @@ __all__ = [
     "HISTORY_EXTENSION",
     "READ_BODY_EXTENSION",
     "RETRY_EXTENSION",
+    "SECRET_NAMES",
+    "SECRET_NAME_MARKERS",
     "APICircuitOpenError",
     "APIClientError",
     "APIConnectionError",
@@ -63,6 +74,7 @@ __all__ = [
     "CircuitOpenError",
     "CircuitState",
     "DeadlineExceeded",
+    "LogRedactionFilter",
     "Origin",
     "PermissionDeniedError",
     "RateLimitError",
@@ -72,10 +84,14 @@ __all__ = [
     "RetryConfig",
     "ServerError",
     "__version__",
+    "add_secret_names",
     "api_key_auth",
     "bearer_token_auth",
     "get_retry_history",
+    "install_log_redaction",
     "is_testing",
     "oauth_token_auth",
+    "redact_url",
     "set_testing",
+    "uninstall_log_redaction",
 ]

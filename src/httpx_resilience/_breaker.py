@@ -31,7 +31,7 @@ import httpx
 
 from ._exceptions import CircuitOpenError
 from ._logging import logger
-from ._validate import check_number, check_statuses
+from ._validate import check_callable, check_number, check_optional_str, check_statuses
 from ._window import SlidingCounts
 
 __all__ = ["CircuitBreaker", "CircuitState", "Origin", "Permit"]
@@ -54,6 +54,24 @@ class Origin(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
+
+
+def _checked_origin(cls: type[Origin], scheme: str, host: str, port: int) -> Origin:
+    """``Origin(scheme, host, port)``, checked: a typo here would silently name a circuit
+    that no request ever reaches."""
+    if not isinstance(scheme, str):
+        raise TypeError(f"Origin.scheme must be a str such as 'https', got {scheme!r}")
+    if not scheme:
+        raise ValueError("Origin.scheme must be a non-empty str such as 'https', got ''")
+    if not isinstance(host, str):
+        raise TypeError(f"Origin.host must be a str, got {host!r}")
+    check_number("Origin", "port", port, maximum=65535, integer=True)
+    return tuple.__new__(cls, (scheme, host, port))
+
+
+# NamedTuple forbids defining __new__ in the class body; set it afterwards. The transport's own
+# origins (`origin_of`) are built with `_make`, which skips the check.
+Origin.__new__ = _checked_origin  # type: ignore[assignment,method-assign]
 
 
 class Permit(NamedTuple):
@@ -126,8 +144,9 @@ class CircuitBreaker:
         _check("minimum_calls", minimum_calls, minimum=1, integer=True)
         _check("half_open_max_calls", half_open_max_calls, minimum=1, integer=True)
         _check("max_origins", max_origins, minimum=1, integer=True)
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"CircuitBreaker.name must be a str, got {name!r}")
+        check_optional_str("CircuitBreaker", "name", name)
+        check_callable("CircuitBreaker", "on_state_change", on_state_change, allow_none=True)
+        check_callable("CircuitBreaker", "clock", clock)
         statuses = check_statuses("CircuitBreaker", "failure_statuses", failure_statuses)
         self.failure_threshold = failure_threshold
         self.recovery_time = float(recovery_time)
@@ -303,7 +322,7 @@ def origin_of(scheme: str, host: str, port: int | None) -> Origin:
     """The origin of a request URL, with the scheme's default port filled in."""
     if port is None:
         port = 443 if scheme in ("https", "wss") else 80
-    return Origin(scheme, host, port)
+    return Origin._make((scheme, host, port))
 
 
 def _as_origin(origin: Origin | str) -> Origin:

@@ -19,6 +19,12 @@ from typing import Any
 
 import httpx
 
+from ._auth import (
+    mark_credentials,
+    remember_credential_names,
+    request_secrets,
+    strip_foreign_credentials,
+)
 from ._breaker import CircuitBreaker
 from ._config import RetryConfig
 from ._exceptions import (
@@ -35,8 +41,16 @@ from ._exceptions import (
     ServerError,
 )
 from ._logging import logger, redact_url
+from ._redact import is_secret_name, scrub, scrub_exception
 from ._retry_after import parse_retry_after
 from ._transport import READ_BODY_EXTENSION, ResilientTransport
+from ._validate import (
+    check_bool,
+    check_header_value,
+    check_headers,
+    check_number,
+    check_type,
+)
 
 __all__ = ["APIResponse", "AsyncAPIClient"]
 
@@ -64,6 +78,7 @@ class APIResponse:
     __slots__ = ("data", "response")
 
     def __init__(self, response: httpx.Response) -> None:
+        check_type("APIResponse", "response", response, httpx.Response, "an httpx.Response")
         self.response = response
         self.data: Any = _data_of(response)
 
@@ -150,21 +165,43 @@ class AsyncAPIClient:
     ) -> None:
         _check_keywords(client_kwargs)
         retry_config = _one_retry_config(retry, retry_config)
+        _check_arguments(
+            base_url=base_url, timeout=timeout, client=client, circuit_breaker=circuit_breaker,
+            retry_config=retry_config, max_retries=max_retries, retry_delay=retry_delay,
+            http2=http2, verify=verify, verify_ssl=verify_ssl, follow_redirects=follow_redirects,
+            max_connections=max_connections,
+            max_keepalive_connections=max_keepalive_connections,
+        )  # fmt: skip
         self._base_url = httpx.URL(base_url) if base_url else None
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        merged = dict(headers or {})
+        merged = dict(check_headers("AsyncAPIClient", "headers", headers))
         auth_object: httpx.Auth | None = None
+        credentials: set[str] = set()
         if isinstance(auth, httpx.Auth):
             auth_object = auth
         elif isinstance(auth, Mapping):
-            merged.update(auth)
+            pairs = check_headers("AsyncAPIClient", "auth", auth)
+            merged.update(pairs)
+            credentials.update(name for name, _ in pairs)
         elif auth is not None:
-            raise TypeError(f"AsyncAPIClient.auth must be an httpx.Auth or a dict, got {auth!r}")
-        merged.update(auth_headers or {})
+            raise TypeError(
+                "AsyncAPIClient.auth must be an httpx.Auth or a dict of headers (or None), "
+                f"got {type(auth).__name__} (value not shown)"
+            )
+        pairs = check_headers("AsyncAPIClient", "auth_headers", auth_headers)
+        merged.update(pairs)
+        credentials.update(name for name, _ in pairs)
         if auth_token is not None:
             if not isinstance(auth_token, str) or not auth_token:
                 raise ValueError("AsyncAPIClient.auth_token must be a non-empty string")
+            # The token on its own too: "Bearer \tX" would pass as a header value.
+            check_header_value("AsyncAPIClient", "auth_token", "Authorization", auth_token)
             merged["Authorization"] = f"Bearer {auth_token}"
+            credentials.add("Authorization")
+        remember_credential_names(credentials)
+        # Every secret-looking header set here counts as a credential of base_url's origin.
+        credentials.update(name for name in merged if is_secret_name(name))
+        self._credentials = frozenset(credentials)
         self._headers = httpx.Headers(merged)
         self._auth = auth_object
         self._follow_redirects = follow_redirects
@@ -360,7 +397,8 @@ class AsyncAPIClient:
         if self._closed:
             raise RuntimeError("AsyncAPIClient is closed; create a new one")
         headers = httpx.Headers(self._headers)
-        headers.update(kwargs.pop("headers", None) or {})
+        extra = check_headers("AsyncAPIClient", "request(headers=...)", kwargs.pop("headers", None))
+        headers.update(extra)
         timeout = kwargs.pop("timeout", _UNSET)
         if timeout is _UNSET:
             timeout = self._timeout
@@ -369,36 +407,75 @@ class AsyncAPIClient:
             base = self._base_url
             path = base.raw_path.rstrip(b"/") + b"/" + target.raw_path.lstrip(b"/")
             target = base.copy_with(raw_path=path)
-        return self._client.build_request(method, target, headers=headers, timeout=timeout,
-                                          **kwargs)  # fmt: skip
+        request = self._client.build_request(method, target, headers=headers, timeout=timeout,
+                                             **kwargs)  # fmt: skip
+        names = self._credentials
+        if extra:
+            names = names.union(name for name, _ in extra if is_secret_name(name))
+        if names:
+            mark_credentials(request, names)
+        return request
 
     async def _send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
         try:
-            response = await self._client.send(
-                request, auth=self._auth or httpx.USE_CLIENT_DEFAULT, stream=stream,
-                follow_redirects=self._follow_redirects,
-            )  # fmt: skip
+            response = await self._send_following(request, stream)
         except CircuitOpenError as exc:
             raise APICircuitOpenError(
-                f"{_describe(request)}: {exc}", origin=exc.origin, retry_in=exc.retry_in,
-                request=request,
+                f"{_describe(request)}: {_scrubbed(exc, request)}", origin=exc.origin,
+                retry_in=exc.retry_in, request=request,
             ) from exc  # fmt: skip
         except httpx.TimeoutException as exc:
+            _scrubbed(exc, request)
             raise APITimeoutError(f"{_describe(request)}: timed out ({type(exc).__name__})",
                                   request=request) from exc  # fmt: skip
         except httpx.TransportError as exc:
-            raise APIConnectionError(f"{_describe(request)}: {type(exc).__name__}: {exc}",
-                                     request=request) from exc  # fmt: skip
+            message = f"{_describe(request)}: {type(exc).__name__}: {_scrubbed(exc, request)}"
+            raise APIConnectionError(message, request=request) from exc
         except httpx.HTTPError as exc:  # DecodingError, TooManyRedirects
-            raise APIClientError(f"{_describe(request)}: {type(exc).__name__}: {exc}",
-                                 request=request) from exc  # fmt: skip
+            message = f"{_describe(request)}: {type(exc).__name__}: {_scrubbed(exc, request)}"
+            raise APIClientError(message, request=request) from exc
         if response.status_code >= 400:
             try:
                 await response.aread()
             finally:
                 await response.aclose()
-            raise _status_error(request, response)
+            raise _status_error(response.request, response)
         return response
+
+    async def _send_following(self, request: httpx.Request, stream: bool) -> httpx.Response:
+        """Send ``request``; with ``follow_redirects``, follow its redirects here rather than in
+        httpx, so that each hop's credentials are checked against its origin whatever the
+        client's transport (httpx itself drops only ``Authorization``)."""
+        client = self._client
+        auth: Any = self._auth or httpx.USE_CLIENT_DEFAULT
+        hops: list[httpx.Response] = []
+        while True:
+            response = await client.send(request, auth=auth, stream=stream,
+                                         follow_redirects=False)  # fmt: skip
+            next_request = response.next_request
+            if not self._follow_redirects or next_request is None:
+                break
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            hops.append(response)
+            if len(hops) > client.max_redirects:
+                raise httpx.TooManyRedirects(
+                    "Exceeded maximum allowed redirects.", request=next_request
+                )
+            strip_foreign_credentials(next_request)
+            request = next_request
+            auth = None  # as in httpx: an auth flow runs once, for the first request
+        if hops:
+            response.history = hops
+        return response
+
+
+def _scrubbed(exc: BaseException, request: httpx.Request) -> str:
+    """``str(exc)``, with ``exc`` and its causes cleared of ``request``'s credentials."""
+    scrub_exception(exc, request_secrets(request))
+    return str(exc)
 
 
 def _check_keywords(client_kwargs: Mapping[str, Any]) -> None:
@@ -438,7 +515,8 @@ def _snippet(response: httpx.Response) -> str:
 
 def _status_error(request: httpx.Request, response: httpx.Response) -> APIStatusError:
     status = response.status_code
-    snippet = _snippet(response)
+    # A server that echoes the credential it refused must not put it into our message.
+    snippet = scrub(_snippet(response), request_secrets(request))
     reason = response.reason_phrase or httpx.codes.get_reason_phrase(status)
     message = f"{_describe(request)} -> {status} {reason}".rstrip()
     if snippet:
@@ -461,3 +539,62 @@ def _status_error(request: httpx.Request, response: httpx.Response) -> APIStatus
     else:
         cls = APIStatusError
     return cls(message, request=request, response=response)
+
+
+def _check_arguments(
+    *,
+    base_url: object,
+    timeout: object,
+    client: object,
+    circuit_breaker: object,
+    retry_config: object,
+    max_retries: object,
+    retry_delay: object,
+    http2: object,
+    verify: object,
+    verify_ssl: object,
+    follow_redirects: object,
+    max_connections: object,
+    max_keepalive_connections: object,
+) -> None:
+    """TypeError/ValueError naming ``AsyncAPIClient``, the argument and the allowed values."""
+    owner = "AsyncAPIClient"
+    _check_base_url(base_url)
+    if isinstance(timeout, httpx.Timeout):
+        for part in ("connect", "read", "write", "pool"):
+            check_number(owner, f"timeout.{part}", getattr(timeout, part), allow_none=True)
+    else:
+        check_number(owner, "timeout", timeout, allow_none=True)
+    check_type(owner, "client", client, (httpx.AsyncClient, type(None)),
+               "an httpx.AsyncClient or None")  # fmt: skip
+    check_type(owner, "circuit_breaker", circuit_breaker, (CircuitBreaker, type(None)),
+               "a CircuitBreaker or None")  # fmt: skip
+    check_type(owner, "retry_config", retry_config, (RetryConfig, type(None)),
+               "a RetryConfig or None")  # fmt: skip
+    check_number(owner, "max_retries", max_retries, integer=True, allow_none=True)
+    check_number(owner, "retry_delay", retry_delay, allow_none=True)
+    check_bool(owner, "http2", http2, allow_none=True)
+    check_bool(owner, "follow_redirects", follow_redirects)
+    for name, value in (("verify", verify), ("verify_ssl", verify_ssl)):
+        check_type(owner, name, value, (ssl.SSLContext, str, bool, type(None)),
+                   "True, False, a CA bundle path or an ssl.SSLContext")  # fmt: skip
+    check_number(owner, "max_connections", max_connections, minimum=1, integer=True,
+                 allow_none=True)  # fmt: skip
+    check_number(owner, "max_keepalive_connections", max_keepalive_connections, integer=True,
+                 allow_none=True)  # fmt: skip
+
+
+def _check_base_url(base_url: object) -> None:
+    allowed = "an absolute http:// or https:// URL such as 'https://api.example.com/v1'"
+    if not isinstance(base_url, (str, httpx.URL)):
+        raise TypeError(f"AsyncAPIClient.base_url must be {allowed}, got {type(base_url).__name__}")
+    if not base_url:
+        return
+    try:
+        url = httpx.URL(base_url)
+    except httpx.InvalidURL:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        # The value is not echoed whole: a URL may carry a password or a token.
+        shown = "an unparseable URL" if url is None else repr(redact_url(url))
+        raise ValueError(f"AsyncAPIClient.base_url must be {allowed}, got {shown}")

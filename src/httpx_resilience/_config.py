@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 
-from ._validate import check_number, check_statuses
+from ._validate import check_bool, check_hashable_set, check_number, check_statuses
 
 __all__ = ["DEFAULT_RETRY_METHODS", "DEFAULT_RETRY_STATUSES", "RetryConfig"]
 
@@ -51,7 +51,8 @@ class RetryConfig:
         retry_after_cap: The longest ``Retry-After`` honoured, in seconds. A server asking
             for a longer wait gets no retry: its response is returned at once, since
             retrying sooner than asked would defy it and waiting that long would stall the
-            caller. Default 60.0.
+            caller. A value too large to represent (a 400-digit number) is above the cap
+            too. Default 60.0.
         total_timeout: Overall deadline in seconds across all attempts and waits, or None
             for none. An attempt still running at the deadline is cancelled and
             `DeadlineExceeded` raised; a wait that would end past it is not started and the
@@ -108,16 +109,16 @@ class RetryConfig:
         _check_number("budget_ratio", self.budget_ratio, allow_none=True, maximum=1e6)
         _check_number("budget_min_per_second", self.budget_min_per_second)
         _check_number("budget_window", self.budget_window, minimum=0.001, maximum=86400.0)
-        if not isinstance(self.respect_retry_after, bool):
-            raise TypeError(
-                f"RetryConfig.respect_retry_after must be a bool, got {self.respect_retry_after!r}"
-            )
+        check_bool("RetryConfig", "respect_retry_after", self.respect_retry_after)
         statuses = check_statuses("RetryConfig", "retry_on_status", self.retry_on_status)
-        methods = _as_frozenset("retry_methods", self.retry_methods)
+        methods = check_hashable_set(
+            "RetryConfig", "retry_methods", self.retry_methods, "method names such as 'GET'"
+        )
         for method in methods:
             if not isinstance(method, str) or not method.isascii() or not method.isalpha():
                 raise ValueError(
-                    f"RetryConfig.retry_methods must hold method names, got {method!r}"
+                    "RetryConfig.retry_methods must hold method names such as 'GET' "
+                    f"(ASCII letters only), got {method!r:.80}"
                 )
         set_field = object.__setattr__
         set_field(self, "jitter", float(jitter))
@@ -127,9 +128,3 @@ class RetryConfig:
     def replace(self, **changes: object) -> RetryConfig:
         """Return a copy with ``changes`` applied, validated like a new instance."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-
-def _as_frozenset(name: str, values: object) -> frozenset[object]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise TypeError(f"RetryConfig.{name} must be a collection, got {values!r}")
-    return frozenset(values)

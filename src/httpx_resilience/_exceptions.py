@@ -154,7 +154,9 @@ class ResourceNotFoundError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """429 Too Many Requests. ``retry_after``: the seconds the server asked to wait, or None."""
+    """429 Too Many Requests. ``retry_after``: the seconds the server asked to wait, or None
+    if it sent no usable ``Retry-After``; ``math.inf`` if the value was too large to represent
+    (a longer wait than any cap)."""
 
     def __init__(
         self,

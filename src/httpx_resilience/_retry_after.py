@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import calendar
-import math
 import re
 import time
 
@@ -31,15 +30,17 @@ def parse_retry_after(value: str | bytes, now: float) -> float | None:
     """Return the seconds to wait that ``value`` asks for, or None if it is not usable.
 
     ``value`` is delta-seconds or an HTTP-date; ``now`` is the current Unix time. A date in the
-    past means "now" (0.0). Anything unparseable, negative or non-finite gives None, so the
-    caller falls back to its own backoff. Never raises.
+    past means "now" (0.0). Delta-seconds too large to represent as a float (a 400-digit
+    number, say) give ``math.inf``: the server asked for a longer wait than any cap, which is
+    not the same as asking for nothing. Anything unparseable or negative (``nan``, ``inf``,
+    ``-5``, ``1e3``) gives None, so the caller falls back to its own backoff. Never raises.
     """
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     text = value.strip()
     if _SECONDS.fullmatch(text):
-        seconds = float(text)
-        return seconds if math.isfinite(seconds) else None
+        # Only digits got here, so float() cannot fail; it overflows to inf, never raises.
+        return float(text)
     when = _parse_http_date(text, now)
     if when is None:
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
@@ -19,6 +20,7 @@ import httpx
 from httpx._config import DEFAULT_LIMITS
 from httpx._multipart import FileField, MultipartStream
 
+from ._auth import request_secrets, strip_foreign_credentials
 from ._breaker import CircuitBreaker, CircuitState, Origin, Permit, origin_of
 from ._budget import RetryBudget
 from ._classify import FailureKind, classify_error, counts_against_upstream
@@ -28,11 +30,17 @@ from ._exceptions import CircuitOpenError, DeadlineExceeded
 from ._history import Attempt, attach_history
 from ._logging import logger, redact_url
 from ._pool import build_http_transport
+from ._redact import scrub_exception
 from ._testing import is_testing
+from ._validate import (
+    check_bool,
+    check_callable,
+    check_number,
+    check_optional_str,
+    check_type,
+)
 
 if TYPE_CHECKING:
-    import ssl
-
     from httpx._transports.default import SOCKET_OPTION
     from httpx._types import CertTypes, ProxyTypes
 
@@ -120,6 +128,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             retry = RetryConfig()
         elif not isinstance(retry, RetryConfig):
             raise TypeError(f"ResilientTransport.retry must be a RetryConfig, got {retry!r}")
+        _check_arguments(
+            transport=transport, verify=verify, cert=cert, proxy=proxy, trust_env=trust_env,
+            http1=http1, http2=http2, limits=limits, uds=uds, local_address=local_address,
+            retries=retries, socket_options=socket_options, clock=clock, sleep=sleep,
+            random=random,
+        )  # fmt: skip
         options = {
             "verify": verify, "cert": cert, "trust_env": trust_env, "http1": http1,
             "http2": http2, "limits": limits, "proxy": proxy, "uds": uds,
@@ -177,6 +191,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 f'request.extensions["{RETRY_EXTENSION}"] must be a RetryConfig, None or False, '
                 f"got {config!r}"
             )
+        # A redirect to another origin must not carry the credentials set for this one.
+        strip_foreign_credentials(request)
         return await self._send(request, config)
 
     async def _send(self, request: httpx.Request, config: RetryConfig) -> httpx.Response:
@@ -200,6 +216,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                         request, read_body, deadline, len(history) + 1
                     )
             except Exception as exc:
+                # Its message may quote a header value (h11: "Illegal header value b'...'"):
+                # clear the request's credentials from it before it reaches history or a log.
+                scrub_exception(exc, request_secrets(request))
                 if permit is not None:
                     self._record_error(permit, exc)
                 if self._resend_unprocessed(run, exc):
@@ -435,6 +454,59 @@ _DEFAULTS: dict[str, object] = {
     "limits": DEFAULT_LIMITS, "proxy": None, "uds": None, "local_address": None,
     "retries": 0, "socket_options": None,
 }  # fmt: skip
+
+
+def _check_arguments(
+    *,
+    transport: object,
+    verify: object,
+    cert: object,
+    proxy: object,
+    trust_env: object,
+    http1: object,
+    http2: object,
+    limits: object,
+    uds: object,
+    local_address: object,
+    retries: object,
+    socket_options: object,
+    clock: object,
+    sleep: object,
+    random: object,
+) -> None:
+    """TypeError/ValueError naming ``ResilientTransport``, the argument and the allowed values."""
+    owner = "ResilientTransport"
+    check_type(owner, "transport", transport, (httpx.AsyncBaseTransport, type(None)),
+               "an httpx.AsyncBaseTransport or None")  # fmt: skip
+    check_type(owner, "verify", verify, (ssl.SSLContext, str, bool),
+               "True, False, a CA bundle path or an ssl.SSLContext")  # fmt: skip
+    check_type(owner, "cert", cert, (str, tuple, type(None)),
+               "a certificate file path, a (cert, key[, password]) tuple or None")  # fmt: skip
+    check_type(owner, "proxy", proxy, (str, httpx.URL, httpx.Proxy, type(None)),
+               "a proxy URL, an httpx.Proxy or None")  # fmt: skip
+    for name, flag in (("trust_env", trust_env), ("http1", http1), ("http2", http2)):
+        check_bool(owner, name, flag)
+    if http1 is False and http2 is False:
+        raise ValueError("ResilientTransport: http1 and http2 cannot both be False")
+    check_type(owner, "limits", limits, httpx.Limits, "an httpx.Limits")
+    assert isinstance(limits, httpx.Limits)
+    check_number(owner, "limits.max_connections", limits.max_connections, minimum=1,
+                 integer=True, allow_none=True)  # fmt: skip
+    check_number(owner, "limits.max_keepalive_connections", limits.max_keepalive_connections,
+                 integer=True, allow_none=True)  # fmt: skip
+    check_number(owner, "limits.keepalive_expiry", limits.keepalive_expiry, allow_none=True)
+    check_optional_str(owner, "uds", uds)
+    check_optional_str(owner, "local_address", local_address)
+    check_number(owner, "retries", retries, integer=True)
+    if socket_options is not None and (
+        isinstance(socket_options, (str, bytes)) or not isinstance(socket_options, Iterable)
+    ):
+        raise TypeError(
+            f"ResilientTransport.socket_options must be a list of socket options or None, "
+            f"got {type(socket_options).__name__}"
+        )
+    for name, function in (("clock", clock), ("sleep", sleep), ("random", random)):
+        check_callable(owner, name, function)
 
 
 class _Run:
