@@ -20,6 +20,7 @@ from ._auth import (
 from ._breaker import CircuitBreaker, CircuitState, Origin
 from ._client import APIResponse, AsyncAPIClient
 from ._config import DEFAULT_RETRY_METHODS, DEFAULT_RETRY_STATUSES, RetryConfig
+from ._cooldown import CoolDown
 from ._exceptions import (
     APICircuitOpenError,
     APIClientError,
@@ -28,6 +29,7 @@ from ._exceptions import (
     APITimeoutError,
     AuthenticationError,
     CircuitOpenError,
+    CoolDownError,
     DeadlineExceeded,
     PermissionDeniedError,
     RateLimitError,
@@ -73,6 +75,8 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "CircuitState",
+    "CoolDown",
+    "CoolDownError",
     "DeadlineExceeded",
     "LogRedactionFilter",
     "Origin",

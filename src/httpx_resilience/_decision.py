@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ._budget import RetryBudget
 from ._classify import FailureKind, classify_error
 from ._config import RetryConfig
-from ._retry_after import parse_retry_after
+from ._retry_after import parse_retry_after, parse_retry_after_ms
 
 __all__ = ["RETRY_AFTER_STATUSES", "Decision", "backoff_delay", "decide"]
 
@@ -61,6 +61,7 @@ def decide(
     status: int | None = None,
     error: BaseException | None = None,
     retry_after: str | None = None,
+    retry_after_ms: str | None = None,
     method_retryable: bool,
     replayable: bool,
     now: float,
@@ -75,7 +76,8 @@ def decide(
     ``method_retryable`` says whether the request may be repeated after it possibly reached the
     server (idempotent method or ``Idempotency-Key``); ``replayable`` whether its body can be
     sent again. ``now`` and ``deadline`` are on the monotonic clock, ``wall_now`` is Unix time
-    for ``Retry-After`` dates. Spends one unit of ``budget`` if, and only if, it says retry.
+    for ``Retry-After`` dates; a usable ``retry_after_ms`` (the ``retry-after-ms`` header) takes
+    precedence over ``retry_after``. Spends one unit of ``budget`` if, and only if, it says retry.
     """
     if error is not None:
         kind = classify_error(error)
@@ -96,8 +98,11 @@ def decide(
         return Decision(False, 0.0, "retries exhausted")
 
     wait = None
-    if retry_after is not None and config.respect_retry_after and status in RETRY_AFTER_STATUSES:
-        wait = parse_retry_after(retry_after, wall_now)
+    if config.respect_retry_after and status in RETRY_AFTER_STATUSES:
+        if retry_after_ms is not None:
+            wait = parse_retry_after_ms(retry_after_ms)
+        if wait is None and retry_after is not None:
+            wait = parse_retry_after(retry_after, wall_now)
         if wait is not None and wait > config.retry_after_cap:
             return Decision(False, 0.0, "Retry-After above retry_after_cap")
     if wait is None:

@@ -5,6 +5,7 @@ Raised by `ResilientTransport` (errors of the inner transport itself are re-rais
 with their own httpx type and the attempts behind them readable through `get_retry_history`):
 
 * CircuitOpenError ........................ also httpx.TransportError
+* CoolDownError ........................... also httpx.TransportError
 * DeadlineExceeded ........................ also httpx.TimeoutException
 
 Raised by the `AsyncAPIClient` facade, each chained (``__cause__``) to the httpx error behind it:
@@ -38,6 +39,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "CircuitOpenError",
+    "CoolDownError",
     "DeadlineExceeded",
     "PermissionDeniedError",
     "RateLimitError",
@@ -81,6 +83,36 @@ class CircuitOpenError(ResilienceError, httpx.TransportError):
         self.origin = origin
         self.retry_in = retry_in
         self.breaker_name = breaker_name
+
+
+class CoolDownError(ResilienceError, httpx.TransportError):
+    """The origin is cooling down after a ``429``/``503`` with ``Retry-After``, and the wait
+    left is longer than the `CoolDown`'s ``max_wait`` or would pass the request's
+    ``total_timeout``: the request was failed at once and never sent.
+
+    Attributes:
+        origin: The `Origin` (scheme, host, port) that asked clients to wait.
+        retry_in: Seconds until its cool-down window ends.
+        reason: Why the request was not held: ``"max_wait"`` or ``"total_timeout"``.
+    """
+
+    def __init__(
+        self,
+        origin: Origin,
+        retry_in: float,
+        reason: str,
+        *,
+        request: httpx.Request | None = None,
+    ) -> None:
+        limit = "CoolDown.max_wait" if reason == "max_wait" else "the request's total_timeout"
+        super().__init__(
+            f"{origin} asked clients to wait (Retry-After); {retry_in:.1f}s left is more than "
+            f"{limit} allows: failing at once, nothing sent",
+            request=request,
+        )
+        self.origin = origin
+        self.retry_in = retry_in
+        self.reason = reason
 
 
 class APIClientError(ResilienceError, httpx.HTTPError):

@@ -6,7 +6,7 @@ import calendar
 import re
 import time
 
-__all__ = ["parse_retry_after"]
+__all__ = ["parse_retry_after", "parse_retry_after_ms"]
 
 _MONTHS = {
     name: number
@@ -45,6 +45,19 @@ def parse_retry_after(value: str | bytes, now: float) -> float | None:
     if when is None:
         return None
     return max(0.0, when - now)
+
+
+def parse_retry_after_ms(value: str | bytes) -> float | None:
+    """Return the seconds that a ``retry-after-ms`` header asks to wait (the OpenAI and
+    Anthropic APIs send it, in milliseconds, beside ``Retry-After``), or None if it is not a
+    finite non-negative number. Never raises."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    text = value.strip()
+    if not _SECONDS.fullmatch(text):
+        return None
+    seconds = float(text) / 1000.0
+    return seconds if math.isfinite(seconds) else None
 
 
 def _parse_http_date(text: str, now: float) -> float | None:

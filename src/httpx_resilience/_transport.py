@@ -25,8 +25,9 @@ from ._breaker import CircuitBreaker, CircuitState, Origin, Permit, origin_of
 from ._budget import RetryBudget
 from ._classify import FailureKind, classify_error, counts_against_upstream
 from ._config import RetryConfig
+from ._cooldown import CoolDown, Gate, GateKind, server_wait
 from ._decision import RETRY_AFTER_STATUSES, Decision, decide
-from ._exceptions import CircuitOpenError, DeadlineExceeded
+from ._exceptions import CircuitOpenError, CoolDownError, DeadlineExceeded
 from ._history import Attempt, attach_history
 from ._logging import logger, redact_url
 from ._pool import build_http_transport
@@ -85,6 +86,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             ``extensions={"retry": ...}`` overrides it for that request.
         circuit_breaker: Fails requests fast, per origin, while an upstream is down. May be
             shared by several transports (per-host mounts), which then share its state.
+        cool_down: Holds every request to an origin that answered 429 or 503 with
+            ``Retry-After`` (or ``retry-after-ms``) until the wait has passed, or fails it at
+            once with `CoolDownError`. True (the default): a `CoolDown()` of the transport's
+            own; a `CoolDown` to share one between transports; False or None: off. Requests
+            whose `RetryConfig` has ``respect_retry_after=False`` are not held.
         verify: TLS verification: True (the default CA bundle), an `ssl.SSLContext`, or a
             CA bundle path (deprecated by httpx). False turns verification off.
         cert: A client certificate, as httpx takes it.
@@ -109,6 +115,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         *,
         retry: RetryConfig | None = None,
         circuit_breaker: CircuitBreaker | None = None,
+        cool_down: CoolDown | bool | None = True,
         verify: ssl.SSLContext | str | bool = True,
         cert: CertTypes | None = None,
         trust_env: bool = True,
@@ -156,6 +163,16 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 f"got {circuit_breaker!r}"
             )
         self._breaker = circuit_breaker
+        if cool_down is True:
+            cool_down = CoolDown(clock=clock)
+        elif cool_down is False:
+            cool_down = None
+        elif cool_down is not None and not isinstance(cool_down, CoolDown):
+            raise TypeError(
+                "ResilientTransport.cool_down must be a CoolDown, True (a CoolDown of its own), "
+                f"False or None (off), got {cool_down!r}"
+            )
+        self._cool_down: CoolDown | None = cool_down
         self._budget = _make_budget(retry)
         self._clock = clock
         self._sleep = sleep
@@ -171,6 +188,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
     def circuit_breaker(self) -> CircuitBreaker | None:
         """The transport's `CircuitBreaker`, if any."""
         return self._breaker
+
+    @property
+    def cool_down(self) -> CoolDown | None:
+        """The transport's `CoolDown`, if any."""
+        return self._cool_down
 
     @property
     def transport(self) -> httpx.AsyncBaseTransport:
@@ -203,11 +225,26 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             budget.record_request(attempt_start)
         deadline = None if config.total_timeout is None else attempt_start + config.total_timeout
         read_body = request.extensions.get(READ_BODY_EXTENSION) is True
-        origin = None if self._breaker is None else _origin(request)
-        run = _Run(request, config, _ReplayGuard.for_request(request), deadline, budget, origin)
+        cool = self._cool_down if config.respect_retry_after else None
+        target = _origin(request) if self._breaker is not None or cool is not None else None
+        origin = None if self._breaker is None else target
+        run = _Run(
+            request, config, _ReplayGuard.for_request(request), deadline, budget, origin, target
+        )
         history = run.history
+        waited = False  # this retry has waited what the server's cool-down answer asked
         while True:
-            permit = None if origin is None else self._admit(origin, request, history)
+            probe = False  # whether this attempt is the probe of a cool-down window
+            if cool is not None:
+                gate = cool.gate(run.target, waited=waited)
+                if gate.kind is not GateKind.SEND:
+                    probe = await self._hold(cool, run, gate)
+            try:
+                permit = None if origin is None else self._admit(origin, request, history)
+            except BaseException:
+                if probe:
+                    _probe_failed(cool, run)
+                raise
             try:
                 if deadline is None:
                     response = await self._attempt(request, read_body)
@@ -219,6 +256,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 # Its message may quote a header value (h11: "Illegal header value b'...'"):
                 # clear the request's credentials from it before it reaches history or a log.
                 scrub_exception(exc, request_secrets(request))
+                if probe:
+                    _probe_failed(cool, run)
                 if permit is not None:
                     self._record_error(permit, exc)
                 if self._resend_unprocessed(run, exc):
@@ -240,10 +279,14 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                         raise self._circuit_error(run) from exc
                     raise
             except BaseException:  # cancelled: says nothing about the upstream
+                if probe:
+                    _probe_failed(cool, run)
                 if permit is not None:
                     self._breaker.record_ignored(permit)  # type: ignore[union-attr]
                 raise
             else:
+                if cool is not None:
+                    waited = _note_response(cool, run.target, response, probe)
                 try:
                     decision = self._judge(run, response, permit, attempt_start)
                 except BaseException:
@@ -259,6 +302,50 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             self._log_retry(request, history[-1], config)
             await self._sleep(0.0 if is_testing() else decision.wait)
             attempt_start = clock()
+
+    async def _hold(self, cool: CoolDown, run: _Run, gate: Gate) -> bool:
+        """Wait while ``run``'s origin cools down; True if this request goes as the window's
+        probe.
+
+        Raises `CoolDownError` at once when the wait left is above ``cool.max_wait`` or would
+        pass the request's deadline. A wait for the probe's answer ends when it is in (an event
+        the probe sets), or with `CoolDownError` once ``max_wait`` or the deadline is reached.
+        The waits add up to at most ``max_wait`` per hold, so the loop ends even on a clock
+        that does not move."""
+        origin = run.target
+        held = 0.0
+        while True:
+            kind, wait = gate
+            if kind is GateKind.PROBE:
+                return True
+            if kind is GateKind.SEND or is_testing():
+                return False
+            left = cool.max_wait - held
+            reason = "max_wait"
+            if run.deadline is not None and run.deadline - self._clock() < left:
+                left = run.deadline - self._clock()
+                reason = "total_timeout"
+            if kind is GateKind.WAIT_PROBE:
+                signal = cool.probe_signal(origin, anyio.Event)
+                if signal is not None:
+                    started = self._clock()
+                    with anyio.move_on_after(max(0.0, left)) as scope:
+                        await signal.wait()
+                    if scope.cancelled_caught:
+                        raise self._cool_down_error(cool, run, reason)
+                    held += self._clock() - started
+            elif wait >= left:
+                raise self._cool_down_error(cool, run, reason)
+            else:
+                await self._sleep(wait)
+                held += wait
+            gate = cool.gate(origin)
+
+    @staticmethod
+    def _cool_down_error(cool: CoolDown, run: _Run, reason: str) -> CoolDownError:
+        error = CoolDownError(run.target, cool.retry_in(run.target), reason, request=run.request)
+        attach_history(error, tuple(run.history))
+        return error
 
     @staticmethod
     def _resend_unprocessed(run: _Run, exc: Exception) -> bool:
@@ -353,15 +440,17 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             and self._breaker.state(run.origin) is CircuitState.OPEN
         )
         request, config = run.request, run.config
-        retry_after = None
+        retry_after = retry_after_ms = None
         if headers is not None and status in RETRY_AFTER_STATUSES:
             retry_after = headers.get("retry-after")
+            retry_after_ms = headers.get("retry-after-ms")
         decision = decide(
             config,
             attempt=len(run.history) - run.unprocessed + 1,
             status=status,
             error=error,
             retry_after=retry_after,
+            retry_after_ms=retry_after_ms,
             method_retryable=(
                 request.method in config.retry_methods or _IDEMPOTENCY_KEY in request.headers
             ),
@@ -514,7 +603,8 @@ class _Run:
     apart from the (shared, immutable) config."""
 
     __slots__ = (
-        "body", "budget", "config", "deadline", "history", "origin", "request", "unprocessed"
+        "body", "budget", "config", "deadline", "history", "origin", "request", "target",
+        "unprocessed",
     )  # fmt: skip
 
     def __init__(
@@ -525,13 +615,16 @@ class _Run:
         deadline: float | None,
         budget: RetryBudget | None,
         origin: Origin | None,
+        target: Origin | None,
     ) -> None:
         self.request = request
         self.config = config
         self.body = body
         self.deadline = deadline
         self.budget = budget
-        self.origin = origin
+        self.origin = origin  # set when a circuit breaker tracks the request's origin
+        #: The request's origin whenever a breaker or a cool-down needs it.
+        self.target: Origin = target  # type: ignore[assignment]
         self.history: list[Attempt] = []
         #: Attempts the server provably did not process, resent without spending a retry.
         self.unprocessed = 0
@@ -541,6 +634,33 @@ async def _close_quietly(response: httpx.Response) -> None:
     # A connection that fails while closing is no reason to change what we decided.
     with contextlib.suppress(httpx.TransportError):
         await response.aclose()
+
+
+def _probe_failed(cool: CoolDown | None, run: _Run) -> None:
+    # The probe got no answer (an error, cancelled, refused by the breaker): the next waiting
+    # request becomes the probe.
+    assert cool is not None
+    _wake(cool.probe_done(run.target, answered=False))
+
+
+def _wake(signal: anyio.Event | None) -> None:
+    if signal is not None:
+        signal.set()
+
+
+def _note_response(cool: CoolDown, origin: Origin, response: httpx.Response, probe: bool) -> bool:
+    """Start or extend a cool-down if the response asks clients to wait (then True: a retry of
+    this request waits what it asked, in the retry loop); report a probe's answer."""
+    status = response.status_code
+    if status in cool.statuses:
+        headers = response.headers
+        wait = server_wait(headers.get("retry-after"), headers.get("retry-after-ms"), time.time())
+        if wait is not None:
+            _wake(cool.note(origin, wait, status))
+            return True
+    if probe:
+        _wake(cool.probe_done(origin, answered=True))
+    return False
 
 
 def _origin(request: httpx.Request) -> Origin:

@@ -22,7 +22,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -151,6 +153,11 @@ class FaultApp:
     * ``/drop/{key}?fail=N`` -- the first N (default 1) requests are recorded, then
       their connection is cut before any response byte ("the server may have
       acted"); later ones answer 200 ``{"hits": n}``.
+    * ``/throttle/{key}?period=S&ms=M`` -- a rate-limited upstream: the first request
+      starts a throttle of S seconds (default 1.0); until it ends every request answers
+      429 with ``retry-after-ms`` (the smaller of M, default 500, and what is left) and a
+      whole-seconds ``Retry-After``; then 200 ``{"hits": n}``. ``throttled[key]`` counts
+      the 429s sent.
     * anything else -- 404.
 
     Bad query values answer 400 (and are still recorded).
@@ -167,7 +174,10 @@ class FaultApp:
             "midbody": self._midbody,
             "big": self._big,
             "drop": self._drop,
+            "throttle": self._throttle,
         }
+        self._throttle_ends: dict[str, float] = {}
+        self.throttled: dict[str, int] = {}
 
     def hits(self, key: str) -> int:
         """How many requests for ``key`` reached the app (0 if none)."""
@@ -279,6 +289,28 @@ class FaultApp:
         if hits <= fail and await drop_connection(scope, receive):
             return
         await respond_json(send, 200, {"hits": hits})
+
+    async def _throttle(
+        self, scope: Scope, receive: Receive, send: Send, key: str, hits: int
+    ) -> None:
+        params = _query(scope)
+        period = _float_param(params, "period", 1.0)
+        ms = _float_param(params, "ms", 500.0)
+        now = time.monotonic()
+        with self._lock:
+            ends = self._throttle_ends.setdefault(key, now + period)
+            left = ends - now
+            if left > 0:
+                self.throttled[key] = self.throttled.get(key, 0) + 1
+        if left <= 0:
+            await respond_json(send, 200, {"hits": hits})
+            return
+        wait_ms = min(ms, left * 1000.0)
+        headers = [
+            (b"retry-after", str(math.ceil(wait_ms / 1000.0)).encode("ascii")),
+            (b"retry-after-ms", f"{wait_ms:.0f}".encode("ascii")),
+        ]
+        await respond(send, 429, b"slow down\n", headers=headers)
 
     async def _big(self, scope: Scope, receive: Receive, send: Send, key: str, hits: int) -> None:
         size = _int_param(_query(scope), "size", 65536)

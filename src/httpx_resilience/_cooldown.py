@@ -1,0 +1,254 @@
+"""`CoolDown`: after a server says "come back later", hold every request to that origin.
+
+A ``Retry-After`` (or ``retry-after-ms``, which takes precedence) on a 429 or 503 starts a
+cool-down window for the response's origin (scheme, host, port). Until it ends, requests to that
+origin are not sent: the transport holds them, or fails them at once with `CoolDownError` when
+the remaining wait is longer than ``max_wait`` or would pass the request's ``total_timeout``.
+When the window ends, *one* held request goes first (the probe); the others keep waiting until
+its answer is in. Another 429/503 with ``Retry-After`` starts the next window; any other answer
+ends the cool-down and releases them all. So while an origin cools down a process sends at most
+one request per window to it, and collects at most one 429 per window (requests already in
+flight when the first 429 arrives cannot be recalled; their answers only extend the window).
+
+Sans-IO: the table never awaits, sleeps or locks; every method runs to completion without a
+suspension point, and the clock is injectable. The waiting is done by the transport
+(`_transport.py`). Memory is bounded by ``max_origins``; an origin carries state only while it
+cools down.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, NamedTuple
+
+from ._breaker import Origin
+from ._logging import logger
+from ._retry_after import parse_retry_after, parse_retry_after_ms
+from ._validate import check_number, check_statuses
+
+__all__ = ["CoolDown", "Gate", "GateKind", "server_wait"]
+
+CoolDownListener = Callable[[Origin, float], None]
+
+
+class GateKind(enum.Enum):
+    """What the cool-down says about sending a request to an origin now."""
+
+    SEND = "send"  # no cool-down: send
+    PROBE = "probe"  # the window has passed: send this one, as the probe; report its outcome
+    WAIT = "wait"  # the window is still running: wait ``wait`` seconds and ask again
+    WAIT_PROBE = "wait for probe"  # a probe is out: wait for its answer and ask again
+
+
+class Gate(NamedTuple):
+    kind: GateKind
+    wait: float = 0.0
+
+
+_SEND = Gate(GateKind.SEND)
+_PROBE = Gate(GateKind.PROBE)
+_WAIT_PROBE = Gate(GateKind.WAIT_PROBE)
+
+
+class _Entry:
+    __slots__ = ("probing", "signal", "until")
+
+    def __init__(self, until: float) -> None:
+        self.until = until
+        self.probing = False
+        self.signal: Any = None  # the shell's event, set when the probe's answer is in
+
+
+_check = partial(check_number, "CoolDown")
+
+
+def server_wait(
+    retry_after: str | bytes | None, retry_after_ms: str | bytes | None, wall_now: float
+) -> float | None:
+    """The seconds a response asks to wait: ``retry-after-ms`` if usable, else ``Retry-After``
+    (seconds or HTTP-date; ``wall_now`` is Unix time); None if neither is usable."""
+    if retry_after_ms is not None:
+        wait = parse_retry_after_ms(retry_after_ms)
+        if wait is not None:
+            return wait
+    if retry_after is not None:
+        return parse_retry_after(retry_after, wall_now)
+    return None
+
+
+class CoolDown:
+    """Per-origin cool-downs after ``429``/``503`` with ``Retry-After``, shared by every
+    transport it is given to. `ResilientTransport` makes one of its own unless given one or
+    ``cool_down=None``.
+
+    Args:
+        max_wait: The longest a request is held, in seconds. A request that would have to wait
+            longer (or past its ``total_timeout``) fails at once with `CoolDownError`.
+            Default 60 (the same as ``RetryConfig.retry_after_cap``).
+        max_cool_down: The longest window one response can start, in seconds; longer
+            ``Retry-After`` values are cut to it, so an absurd value cannot silence an origin
+            for hours (its probe then finds out). Default 300 (Envoy's cap).
+        statuses: Statuses whose ``Retry-After`` starts a window. Default 429 and 503.
+        name: A label for logs and reprs, and the key prefix in a shared store.
+        on_cool_down: Called as ``(origin, seconds)`` when a window starts.
+        max_origins: Origins tracked at most; the oldest entry is dropped first. Default 10,000.
+        clock: Monotonic seconds. For tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_wait: float = 60.0,
+        max_cool_down: float = 300.0,
+        statuses: Iterable[int] = (429, 503),
+        name: str | None = None,
+        on_cool_down: CoolDownListener | None = None,
+        max_origins: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        _check("max_wait", max_wait, maximum=86400.0)
+        _check("max_cool_down", max_cool_down, minimum=0.001, maximum=86400.0)
+        _check("max_origins", max_origins, minimum=1, integer=True)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"CoolDown.name must be a str, got {name!r}")
+        self.max_wait = float(max_wait)
+        self.max_cool_down = float(max_cool_down)
+        self.statuses = check_statuses("CoolDown", "statuses", statuses)
+        self.name = name
+        self.on_cool_down = on_cool_down
+        self.max_origins = max_origins
+        self._clock = clock
+        self._entries: OrderedDict[Origin, _Entry] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return (
+            f"CoolDown(name={self.name!r}, max_wait={self.max_wait}, "
+            f"max_cool_down={self.max_cool_down})"
+        )
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def retry_in(self, origin: Origin) -> float:
+        """Seconds until ``origin``'s cool-down window ends (0.0 if it has none or it ended)."""
+        entry = self._entries.get(origin)
+        if entry is None:
+            return 0.0
+        return max(0.0, entry.until - self._clock())
+
+    def cooling(self) -> dict[Origin, float]:
+        """Every origin under a cool-down, with the seconds left in its window."""
+        now = self._clock()
+        return {origin: max(0.0, e.until - now) for origin, e in self._entries.items()}
+
+    # --- the protocol a transport follows -----------------------------------------------------
+
+    def gate(self, origin: Origin, *, waited: bool = False) -> Gate:
+        """Whether a request to ``origin`` may be sent now. A `GateKind.PROBE` answer must be
+        followed by exactly one `probe_done`.
+
+        ``waited``: the request is the retry of one whose own answer started or extended the
+        window, and it has already waited the time that answer asked for; it goes as the
+        probe unless another probe is out."""
+        entry = self._entries.get(origin)
+        if entry is None:
+            return _SEND
+        if waited and not entry.probing:
+            entry.probing = True
+            return _PROBE
+        wait = entry.until - self._clock()
+        if wait > 0:
+            return Gate(GateKind.WAIT, wait)
+        if entry.probing:
+            return _WAIT_PROBE
+        entry.probing = True
+        return _PROBE
+
+    def probe_signal(self, origin: Origin, factory: Callable[[], Any]) -> Any:
+        """The object a request waiting for ``origin``'s probe waits on (made by ``factory``
+        on first use; the shell's event): `note` and `probe_done` hand it back, to be set,
+        once the probe's answer is in. None if no probe is out."""
+        entry = self._entries.get(origin)
+        if entry is None or not entry.probing:
+            return None
+        if entry.signal is None:
+            entry.signal = factory()
+        return entry.signal
+
+    def note(self, origin: Origin, seconds: float, status: int) -> Any:
+        """A ``status`` response from ``origin`` asked to wait ``seconds``: start a window, or
+        extend the running one. Returns the probe's signal to set, if this was the probe's
+        answer and a request waits on it."""
+        seconds = min(max(0.0, seconds), self.max_cool_down)
+        now = self._clock()
+        until = now + seconds
+        entry = self._entries.get(origin)
+        signal = None
+        if entry is not None and (entry.until > now or entry.probing):
+            # A window is running (answers of requests in flight extend it), or this is the
+            # probe's answer: a new window either way only if the probe asked again.
+            started = entry.probing or entry.until <= now
+            entry.until = max(entry.until, until)
+            entry.probing = False
+            signal, entry.signal = entry.signal, None
+        else:
+            if entry is None:
+                if len(self._entries) >= self.max_origins:
+                    self._entries.popitem(last=False)
+                entry = self._entries[origin] = _Entry(until)
+            else:
+                entry.until = until
+            started = True
+        self._entries.move_to_end(origin)
+        if started:
+            self._started(origin, seconds, status)
+        return signal
+
+    def probe_done(self, origin: Origin, *, answered: bool) -> Any:
+        """The probe's outcome, unless its answer was another cool-down (then `note` was
+        called instead): ``answered`` (any other response) ends the cool-down and releases
+        every waiting request; otherwise (an error, cancelled) the next waiting request
+        becomes the probe. Returns the probe's signal to set, if a request waits on it."""
+        entry = self._entries.get(origin)
+        if entry is None or not entry.probing:
+            return None
+        if answered:
+            del self._entries[origin]
+            logger.info("Cool-down %sended for %s", self._label(), origin)
+        else:
+            entry.probing = False
+        signal, entry.signal = entry.signal, None
+        return signal
+
+    def hold(self, origin: Origin, seconds: float) -> None:
+        """Start or extend ``origin``'s window to end ``seconds`` from now without a response of
+        our own: what a shared store reports from the rest of the fleet."""
+        now = self._clock()
+        entry = self._entries.get(origin)
+        if entry is None:
+            if len(self._entries) >= self.max_origins:
+                self._entries.popitem(last=False)
+            self._entries[origin] = _Entry(now + seconds)
+        elif now + seconds > entry.until:
+            entry.until = now + seconds
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _label(self) -> str:
+        return f"{self.name!r} " if self.name else ""
+
+    def _started(self, origin: Origin, seconds: float, status: int) -> None:
+        if logger.isEnabledFor(logging.WARNING):
+            logger.warning(
+                "Cool-down %sfor %s: %d with Retry-After; holding its requests for %.3fs",
+                self._label(), origin, status, seconds,
+            )  # fmt: skip
+        if self.on_cool_down is not None:
+            try:
+                self.on_cool_down(origin, seconds)
+            except Exception:  # a broken hook must not break requests
+                logger.exception("CoolDown on_cool_down hook raised")

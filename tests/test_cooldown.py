@@ -1,0 +1,281 @@
+"""Per-origin cool-downs after 429/503 with Retry-After: the pure table (fake clock), header
+parsing, and 50 concurrent callers against a real rate-limiting Hypercorn upstream."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import httpx
+import pytest
+
+from httpx_resilience import (
+    CoolDown,
+    CoolDownError,
+    Origin,
+    ResilienceError,
+    ResilientTransport,
+    RetryConfig,
+    get_retry_history,
+)
+from httpx_resilience._cooldown import GateKind, server_wait
+from httpx_resilience._decision import decide
+from httpx_resilience._retry_after import parse_retry_after_ms
+from tests.support.server import ServerThread
+
+ORIGIN = Origin("https", "api.example", 443)
+OTHER = Origin("https", "other.example", 443)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- the pure table ----------------------------------------------------------------------------
+
+
+def test_no_state_means_send() -> None:
+    cool = CoolDown(clock=Clock())
+    assert cool.gate(ORIGIN).kind is GateKind.SEND
+    assert cool.retry_in(ORIGIN) == 0.0
+    assert cool.cooling() == {}
+
+
+def test_window_holds_then_one_probe_then_release() -> None:
+    clock = Clock()
+    started: list[tuple[Origin, float]] = []
+    cool = CoolDown(clock=clock, on_cool_down=lambda o, s: started.append((o, s)))
+    cool.note(ORIGIN, 2.0, 429)
+    assert started == [(ORIGIN, 2.0)]
+    assert cool.gate(ORIGIN) == (GateKind.WAIT, 2.0)
+    assert cool.gate(OTHER).kind is GateKind.SEND  # per origin
+    clock.now += 2.0
+    assert cool.gate(ORIGIN).kind is GateKind.PROBE
+    assert cool.gate(ORIGIN).kind is GateKind.WAIT_PROBE  # only one probe per window
+    cool.probe_done(ORIGIN, answered=True)
+    assert cool.gate(ORIGIN).kind is GateKind.SEND
+    assert cool.cooling() == {}
+
+
+def test_probe_asked_again_starts_a_new_window() -> None:
+    clock = Clock()
+    started: list[float] = []
+    cool = CoolDown(clock=clock, on_cool_down=lambda o, s: started.append(s))
+    cool.note(ORIGIN, 1.0, 503)
+    clock.now += 1.0
+    assert cool.gate(ORIGIN).kind is GateKind.PROBE
+    cool.note(ORIGIN, 3.0, 429)
+    assert started == [1.0, 3.0]
+    assert cool.gate(ORIGIN) == (GateKind.WAIT, 3.0)
+
+
+def test_answers_in_flight_extend_but_start_no_window() -> None:
+    clock = Clock()
+    started: list[float] = []
+    cool = CoolDown(clock=clock, on_cool_down=lambda o, s: started.append(s))
+    cool.note(ORIGIN, 2.0, 429)
+    clock.now += 1.0
+    cool.note(ORIGIN, 5.0, 429)  # extends to now + 5
+    cool.note(ORIGIN, 0.5, 429)  # never shortens
+    assert started == [2.0]
+    assert cool.retry_in(ORIGIN) == 5.0
+
+
+def test_failed_probe_hands_the_probe_to_the_next_request() -> None:
+    clock = Clock()
+    cool = CoolDown(clock=clock)
+    cool.note(ORIGIN, 1.0, 429)
+    clock.now += 1.0
+    assert cool.gate(ORIGIN).kind is GateKind.PROBE
+    signal = cool.probe_signal(ORIGIN, list)
+    assert signal == []
+    assert cool.probe_done(ORIGIN, answered=False) is signal  # the shell sets it
+    assert cool.gate(ORIGIN).kind is GateKind.PROBE
+
+
+def test_a_retry_that_waited_goes_as_the_probe() -> None:
+    clock = Clock()
+    cool = CoolDown(clock=clock)
+    cool.note(ORIGIN, 10.0, 429)
+    assert cool.gate(ORIGIN, waited=True).kind is GateKind.PROBE
+    assert cool.gate(ORIGIN, waited=True).kind is GateKind.WAIT  # not a second probe
+
+
+def test_window_is_capped_and_origins_are_bounded() -> None:
+    clock = Clock()
+    cool = CoolDown(clock=clock, max_cool_down=30.0, max_origins=2)
+    cool.note(ORIGIN, 3600.0, 429)
+    assert cool.retry_in(ORIGIN) == 30.0
+    cool.note(OTHER, 1.0, 429)
+    third = Origin("http", "third.example", 80)
+    cool.note(third, 1.0, 429)
+    assert set(cool.cooling()) == {OTHER, third}
+
+
+def test_a_broken_hook_does_not_break_requests() -> None:
+    def hook(origin: Origin, seconds: float) -> None:
+        raise RuntimeError("boom")
+
+    cool = CoolDown(clock=Clock(), on_cool_down=hook)
+    cool.note(ORIGIN, 1.0, 429)
+    assert cool.retry_in(ORIGIN) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_wait": -1}, r"CoolDown\.max_wait must be >= 0\.0"),
+        ({"max_cool_down": 0}, r"CoolDown\.max_cool_down must be >= 0\.001"),
+        ({"max_origins": 0}, r"CoolDown\.max_origins must be >= 1"),
+        ({"statuses": [99]}, r"CoolDown\.statuses must hold status codes 100-599"),
+    ],
+)
+def test_invalid_configuration_names_the_field(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CoolDown(**kwargs)  # type: ignore[arg-type]
+
+
+def test_transport_rejects_a_wrong_cool_down_type() -> None:
+    with pytest.raises(TypeError, match=r"ResilientTransport\.cool_down must be a CoolDown, True"):
+        ResilientTransport(cool_down=5)
+
+
+# --- headers -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1500", 1.5), (b"250.5", 0.2505), ("0", 0.0), ("-1", None), ("soon", None),
+     ("9" * 400, None), ("", None)],
+)  # fmt: skip
+def test_parse_retry_after_ms(value: str | bytes, expected: float | None) -> None:
+    assert parse_retry_after_ms(value) == expected
+
+
+def test_retry_after_ms_takes_precedence() -> None:
+    assert server_wait("30", "1500", 0.0) == 1.5
+    assert server_wait("30", "junk", 0.0) == 30.0
+    assert server_wait(None, None, 0.0) is None
+    config = RetryConfig(jitter=False)
+    decision = decide(
+        config, attempt=1, status=429, retry_after="30", retry_after_ms="1500",
+        method_retryable=True, replayable=True, now=0.0, wall_now=0.0, deadline=None,
+        random=lambda: 0.0, budget=None,
+    )  # fmt: skip
+    assert (decision.retry, decision.wait) == (True, 1.5)
+
+
+# --- against a real rate-limiting upstream -----------------------------------------------------
+
+
+async def _fifty_callers(client: httpx.AsyncClient, url: str) -> list[int]:
+    statuses: list[int] = []
+
+    async def caller() -> None:
+        response = await client.get(url)
+        statuses.append(response.status_code)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as group:
+            for _ in range(50):
+                group.start_soon(caller)
+    return statuses
+
+
+@pytest.mark.anyio
+async def test_fifty_callers_collect_one_429_per_window(h1_server: ServerThread, key: str) -> None:
+    """One run, two phases against the same throttled upstream: 50 concurrent callers with and
+    without cool-down. A first request alone gets the first 429 (so no caller is already in
+    flight when the window starts: those could not be recalled)."""
+    app = h1_server.app
+    retry = RetryConfig(max_retries=20, budget_ratio=None)
+    counts: dict[str, int] = {}
+    for mode in ("without", "with"):
+        windows: list[float] = []
+        cool = CoolDown(on_cool_down=lambda origin, seconds: windows.append(seconds))
+        transport = ResilientTransport(retry=retry, cool_down=cool if mode == "with" else None)
+        url = f"{h1_server.url}/throttle/{key}-{mode}?period=2.0&ms=400"
+        async with httpx.AsyncClient(transport=transport, timeout=10.0) as client:
+            first = await client.get(url, extensions={"retry": None})
+            assert first.status_code == 429
+            statuses = await _fifty_callers(client, url)
+        assert statuses == [200] * 50
+        counts[mode] = app.throttled[f"{key}-{mode}"]  # type: ignore[attr-defined]
+        if mode == "with":
+            # Every 429 the upstream sent started a window of its own: one per window.
+            assert counts[mode] == len(windows)
+            assert len(windows) >= 2  # the first request's window, then at least one probe's
+    # Without: every caller collects its own 429s.
+    assert counts["without"] >= 51
+    assert counts["without"] > counts["with"]
+
+
+@pytest.mark.anyio
+async def test_wait_above_max_wait_fails_at_once(h1_server: ServerThread, key: str) -> None:
+    cool = CoolDown(max_wait=5.0)
+    transport = ResilientTransport(retry=RetryConfig(max_retries=0), cool_down=cool)
+    url = f"{h1_server.url}/throttle/{key}?period=60&ms=30000"
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.get(url)
+        assert response.status_code == 429
+        with pytest.raises(CoolDownError) as caught:
+            await client.get(f"{h1_server.url}/ok/{key}")
+    error = caught.value
+    assert isinstance(error, httpx.TransportError)
+    assert isinstance(error, ResilienceError)
+    assert error.reason == "max_wait"
+    assert error.origin == Origin("http", "127.0.0.1", h1_server.port)
+    assert 0 < error.retry_in <= 30.0
+    assert "CoolDown.max_wait" in str(error)
+    assert get_retry_history(error) == ()
+    assert h1_server.app.hits(key) == 1  # type: ignore[attr-defined]  # nothing more was sent
+
+
+@pytest.mark.anyio
+async def test_wait_past_the_deadline_fails_at_once(h1_server: ServerThread, key: str) -> None:
+    retry = RetryConfig(max_retries=0, total_timeout=1.0)
+    transport = ResilientTransport(retry=retry)  # the default cool-down
+    assert isinstance(transport.cool_down, CoolDown)
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.get(f"{h1_server.url}/throttle/{key}?period=60&ms=5000")
+        assert response.status_code == 429
+        with pytest.raises(CoolDownError, match="total_timeout") as caught:
+            await client.get(f"{h1_server.url}/ok/{key}")
+    assert caught.value.reason == "total_timeout"
+    assert h1_server.app.hits(key) == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_off_and_respect_retry_after_false_send_anyway(
+    h1_server: ServerThread, key: str
+) -> None:
+    url = f"{h1_server.url}/throttle/{key}?period=60&ms=30000"
+    no_retry = RetryConfig(max_retries=0)
+    ignoring = RetryConfig(max_retries=0, respect_retry_after=False)
+    async with httpx.AsyncClient(transport=ResilientTransport(retry=no_retry)) as client:
+        assert (await client.get(url)).status_code == 429
+        response = await client.get(url, extensions={"retry": ignoring})
+        assert response.status_code == 429  # sent: this request ignores Retry-After
+    transport = ResilientTransport(retry=no_retry, cool_down=None)
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get(url)).status_code == 429
+        assert (await client.get(url)).status_code == 429
+    assert h1_server.app.throttled[key] == 4  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_retry_waits_retry_after_ms(h1_server: ServerThread, key: str) -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await anyio.lowlevel.checkpoint()
+
+    transport = ResilientTransport(retry=RetryConfig(max_retries=2), sleep=sleep)
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.get(f"{h1_server.url}/throttle/{key}?period=60&ms=300")
+    assert response.status_code == 429
+    assert waits == [0.3, 0.3]  # retry-after-ms, not Retry-After: 1
