@@ -3,6 +3,8 @@ parsing, and 50 concurrent callers against a real rate-limiting Hypercorn upstre
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 import anyio.lowlevel
 import httpx
@@ -100,8 +102,14 @@ def test_a_retry_that_waited_goes_as_the_probe() -> None:
     clock = Clock()
     cool = CoolDown(clock=clock)
     cool.note(ORIGIN, 10.0, 429)
-    assert cool.gate(ORIGIN, waited=True).kind is GateKind.PROBE
-    assert cool.gate(ORIGIN, waited=True).kind is GateKind.WAIT  # not a second probe
+    window = cool.window(ORIGIN)
+    assert window > 0
+    assert cool.gate(ORIGIN, waited_for=window).kind is GateKind.PROBE
+    assert cool.gate(ORIGIN, waited_for=window).kind is GateKind.WAIT  # not a second probe
+    cool.note(ORIGIN, 10.0, 429)  # the probe asked again: a new window
+    assert cool.window(ORIGIN) != window
+    # A request that waited for the old window does not probe the new one early.
+    assert cool.gate(ORIGIN, waited_for=window) == (GateKind.WAIT, 10.0)
 
 
 def test_window_is_capped_and_origins_are_bounded() -> None:
@@ -185,6 +193,13 @@ async def _fifty_callers(client: httpx.AsyncClient, url: str) -> list[int]:
     return statuses
 
 
+def _recorder(windows: list[float]) -> Callable[[Origin, float], None]:
+    def record(origin: Origin, seconds: float) -> None:
+        windows.append(seconds)
+
+    return record
+
+
 @pytest.mark.anyio
 async def test_fifty_callers_collect_one_429_per_window(h1_server: ServerThread, key: str) -> None:
     """One run, two phases against the same throttled upstream: 50 concurrent callers with and
@@ -195,7 +210,7 @@ async def test_fifty_callers_collect_one_429_per_window(h1_server: ServerThread,
     counts: dict[str, int] = {}
     for mode in ("without", "with"):
         windows: list[float] = []
-        cool = CoolDown(on_cool_down=lambda origin, seconds: windows.append(seconds))
+        cool = CoolDown(on_cool_down=_recorder(windows))
         transport = ResilientTransport(retry=retry, cool_down=cool if mode == "with" else None)
         url = f"{h1_server.url}/throttle/{key}-{mode}?period=2.0&ms=400"
         async with httpx.AsyncClient(transport=transport, timeout=10.0) as client:

@@ -56,11 +56,12 @@ _WAIT_PROBE = Gate(GateKind.WAIT_PROBE)
 
 
 class _Entry:
-    __slots__ = ("probing", "signal", "until")
+    __slots__ = ("probing", "signal", "until", "window")
 
     def __init__(self, until: float) -> None:
         self.until = until
         self.probing = False
+        self.window = 0  # which window runs: an id unique within the CoolDown
         self.signal: Any = None  # the shell's event, set when the probe's answer is in
 
 
@@ -124,6 +125,7 @@ class CoolDown:
         self.max_origins = max_origins
         self._clock = clock
         self._entries: OrderedDict[Origin, _Entry] = OrderedDict()
+        self._windows = 0
 
     def __repr__(self) -> str:
         return (
@@ -147,17 +149,17 @@ class CoolDown:
 
     # --- the protocol a transport follows -----------------------------------------------------
 
-    def gate(self, origin: Origin, *, waited: bool = False) -> Gate:
+    def gate(self, origin: Origin, *, waited_for: int = 0) -> Gate:
         """Whether a request to ``origin`` may be sent now. A `GateKind.PROBE` answer must be
         followed by exactly one `probe_done`.
 
-        ``waited``: the request is the retry of one whose own answer started or extended the
-        window, and it has already waited the time that answer asked for; it goes as the
-        probe unless another probe is out."""
+        ``waited_for``: the `window` that the request's own last answer started or extended,
+        when it has already waited what that answer asked for (the retry loop's wait). If that
+        window still runs, the request goes as its probe unless another probe is out."""
         entry = self._entries.get(origin)
         if entry is None:
             return _SEND
-        if waited and not entry.probing:
+        if waited_for and waited_for == entry.window and not entry.probing:
             entry.probing = True
             return _PROBE
         wait = entry.until - self._clock()
@@ -167,6 +169,11 @@ class CoolDown:
             return _WAIT_PROBE
         entry.probing = True
         return _PROBE
+
+    def window(self, origin: Origin) -> int:
+        """The id of ``origin``'s current window (0 if it has none)."""
+        entry = self._entries.get(origin)
+        return 0 if entry is None else entry.window
 
     def probe_signal(self, origin: Origin, factory: Callable[[], Any]) -> Any:
         """The object a request waiting for ``origin``'s probe waits on (made by ``factory``
@@ -205,6 +212,8 @@ class CoolDown:
             started = True
         self._entries.move_to_end(origin)
         if started:
+            self._windows += 1
+            entry.window = self._windows
             self._started(origin, seconds, status)
         return signal
 
@@ -232,7 +241,9 @@ class CoolDown:
         if entry is None:
             if len(self._entries) >= self.max_origins:
                 self._entries.popitem(last=False)
-            self._entries[origin] = _Entry(now + seconds)
+            entry = self._entries[origin] = _Entry(now + seconds)
+            self._windows += 1
+            entry.window = self._windows
         elif now + seconds > entry.until:
             entry.until = now + seconds
 

@@ -232,11 +232,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             request, config, _ReplayGuard.for_request(request), deadline, budget, origin, target
         )
         history = run.history
-        waited = False  # this retry has waited what the server's cool-down answer asked
+        waited_for = 0  # the cool-down window this retry has waited for in the retry loop
         while True:
             probe = False  # whether this attempt is the probe of a cool-down window
             if cool is not None:
-                gate = cool.gate(run.target, waited=waited)
+                gate = cool.gate(run.target, waited_for=waited_for)
                 if gate.kind is not GateKind.SEND:
                     probe = await self._hold(cool, run, gate)
             try:
@@ -286,7 +286,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 raise
             else:
                 if cool is not None:
-                    waited = _note_response(cool, run.target, response, probe)
+                    waited_for = _note_response(cool, run.target, response, probe)
                 try:
                     decision = self._judge(run, response, permit, attempt_start)
                 except BaseException:
@@ -648,19 +648,20 @@ def _wake(signal: anyio.Event | None) -> None:
         signal.set()
 
 
-def _note_response(cool: CoolDown, origin: Origin, response: httpx.Response, probe: bool) -> bool:
-    """Start or extend a cool-down if the response asks clients to wait (then True: a retry of
-    this request waits what it asked, in the retry loop); report a probe's answer."""
+def _note_response(cool: CoolDown, origin: Origin, response: httpx.Response, probe: bool) -> int:
+    """Start or extend a cool-down if the response asks clients to wait, and return its window
+    (a retry of this request waits what the answer asked, in the retry loop); else 0. Report a
+    probe's answer."""
     status = response.status_code
     if status in cool.statuses:
         headers = response.headers
         wait = server_wait(headers.get("retry-after"), headers.get("retry-after-ms"), time.time())
         if wait is not None:
             _wake(cool.note(origin, wait, status))
-            return True
+            return cool.window(origin)
     if probe:
         _wake(cool.probe_done(origin, answered=True))
-    return False
+    return 0
 
 
 def _origin(request: httpx.Request) -> Origin:
