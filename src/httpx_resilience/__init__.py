@@ -47,6 +47,7 @@ from ._redact import (
     redact_url,
     uninstall_log_redaction,
 )
+from ._stores import MemoryStore, RedisStore, StateStore
 from ._testing import is_testing, set_testing
 from ._transport import READ_BODY_EXTENSION, RETRY_EXTENSION, ResilientTransport
 
@@ -79,14 +80,17 @@ __all__ = [
     "CoolDownError",
     "DeadlineExceeded",
     "LogRedactionFilter",
+    "MemoryStore",
     "Origin",
     "PermissionDeniedError",
     "RateLimitError",
+    "RedisStore",
     "ResilienceError",
     "ResilientTransport",
     "ResourceNotFoundError",
     "RetryConfig",
     "ServerError",
+    "StateStore",
     "__version__",
     "add_secret_names",
     "api_key_auth",

@@ -262,6 +262,21 @@ class CircuitBreaker:
         if circuit is not None and self._is_probe(circuit, permit):
             circuit.in_flight -= 1
 
+    def _open_from_fleet(self, origin: Origin, retry_in: float) -> None:
+        """The fleet's shared state (`_fleet.py`) says ``origin``'s circuit is open for
+        ``retry_in`` more seconds: open it here too (or keep it open at least that long). A
+        local probe in flight loses its say."""
+        circuit = self._circuits.get(origin)
+        if circuit is None:
+            circuit = self._new_circuit(origin)
+        opened_at = self._clock() + retry_in - self.recovery_time
+        if circuit.state is CircuitState.OPEN:
+            circuit.opened_at = max(circuit.opened_at, opened_at)
+            return
+        circuit.consecutive = 0
+        circuit.opened_at = opened_at
+        self._transition(origin, circuit, CircuitState.OPEN)
+
     # --- internals --------------------------------------------------------------------------
 
     @staticmethod

@@ -28,10 +28,12 @@ from ._config import RetryConfig
 from ._cooldown import CoolDown, Gate, GateKind, server_wait
 from ._decision import RETRY_AFTER_STATUSES, Decision, decide
 from ._exceptions import CircuitOpenError, CoolDownError, DeadlineExceeded
+from ._fleet import Fleet, SharedBudget
 from ._history import Attempt, attach_history
 from ._logging import logger, redact_url
 from ._pool import build_http_transport
 from ._redact import scrub_exception
+from ._stores import StateStore
 from ._testing import is_testing
 from ._validate import (
     check_bool,
@@ -91,6 +93,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             once with `CoolDownError`. True (the default): a `CoolDown()` of the transport's
             own; a `CoolDown` to share one between transports; False or None: off. Requests
             whose `RetryConfig` has ``respect_retry_after=False`` are not held.
+        state_store: Shares the circuit breaker's state, the retry budget and cool-downs with
+            every other transport (process, worker, host) using the same store, such as a
+            `RedisStore`. None (the default): this transport's own state only. The store is
+            not closed by `aclose` (it may be shared).
         verify: TLS verification: True (the default CA bundle), an `ssl.SSLContext`, or a
             CA bundle path (deprecated by httpx). False turns verification off.
         cert: A client certificate, as httpx takes it.
@@ -116,6 +122,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         retry: RetryConfig | None = None,
         circuit_breaker: CircuitBreaker | None = None,
         cool_down: CoolDown | bool | None = True,
+        state_store: StateStore | None = None,
         verify: ssl.SSLContext | str | bool = True,
         cert: CertTypes | None = None,
         trust_env: bool = True,
@@ -174,6 +181,19 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             )
         self._cool_down: CoolDown | None = cool_down
         self._budget = _make_budget(retry)
+        self._fleet: Fleet | None = None
+        if state_store is not None:
+            if not isinstance(state_store, StateStore):
+                raise TypeError(
+                    "ResilientTransport.state_store must be a StateStore (MemoryStore, "
+                    f"RedisStore) or None, got {state_store!r}"
+                )
+            self._fleet = Fleet(
+                state_store, breaker=circuit_breaker, cool_down=self._cool_down, retry=retry,
+                clock=clock,
+            )  # fmt: skip
+            if self._budget is not None:
+                self._budget = SharedBudget(self._fleet, retry)
         self._clock = clock
         self._sleep = sleep
         self._random = random
@@ -226,7 +246,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         deadline = None if config.total_timeout is None else attempt_start + config.total_timeout
         read_body = request.extensions.get(READ_BODY_EXTENSION) is True
         cool = self._cool_down if config.respect_retry_after else None
+        fleet = self._fleet
         target = _origin(request) if self._breaker is not None or cool is not None else None
+        if fleet is not None:
+            fleet.started(target)
         origin = None if self._breaker is None else target
         run = _Run(
             request, config, _ReplayGuard.for_request(request), deadline, budget, origin, target
@@ -241,6 +264,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     probe = await self._hold(cool, run, gate)
             try:
                 permit = None if origin is None else self._admit(origin, request, history)
+                if fleet is not None and permit is not None and permit.generation:
+                    await self._claim_probe(fleet, permit, run)
             except BaseException:
                 if probe:
                     _probe_failed(cool, run)
@@ -259,7 +284,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 if probe:
                     _probe_failed(cool, run)
                 if permit is not None:
-                    self._record_error(permit, exc)
+                    failed = self._record_error(permit, exc)
+                    if fleet is not None:
+                        if failed is None:
+                            fleet.ignored(permit)
+                        else:
+                            await fleet.outcome(permit, failed)
                 if self._resend_unprocessed(run, exc):
                     elapsed = clock() - attempt_start
                     history.append(
@@ -271,6 +301,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                         )
                     attempt_start = clock()
                     continue
+                if fleet is not None and run.budget is not None:
+                    await fleet.reserve_retry()
                 decision = self._decide(run, error=exc)
                 history.append(_record(history, None, exc, attempt_start, clock, decision))
                 if not decision.retry:
@@ -283,11 +315,18 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     _probe_failed(cool, run)
                 if permit is not None:
                     self._breaker.record_ignored(permit)  # type: ignore[union-attr]
+                    if fleet is not None:
+                        fleet.ignored(permit)
                 raise
             else:
                 if cool is not None:
                     waited_for = _note_response(cool, run.target, response, probe)
+                    if waited_for and fleet is not None:
+                        fleet.share_cool_down(run.target, cool.retry_in(run.target))
                 try:
+                    if fleet is not None:
+                        await self._share_response(fleet, run, response, permit)
+                        permit = None  # recorded
                     decision = self._judge(run, response, permit, attempt_start)
                 except BaseException:
                     await _close_quietly(response)
@@ -302,6 +341,32 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             self._log_retry(request, history[-1], config)
             await self._sleep(0.0 if is_testing() else decision.wait)
             attempt_start = clock()
+
+    async def _claim_probe(self, fleet: Fleet, permit: Permit, run: _Run) -> None:
+        """A local half-open probe must also be the fleet's one probe: else fail it fast."""
+        breaker = self._breaker
+        assert breaker is not None
+        try:
+            retry_in = await fleet.claim_probe(permit)
+        except BaseException:
+            breaker.record_ignored(permit)
+            raise
+        if retry_in is not None:
+            breaker.record_ignored(permit)
+            error = CircuitOpenError(permit.origin, retry_in, breaker.name, request=run.request)
+            attach_history(error, tuple(run.history))
+            last = run.history[-1].error if run.history else None
+            raise error from last
+
+    async def _share_response(
+        self, fleet: Fleet, run: _Run, response: httpx.Response, permit: Permit | None
+    ) -> None:
+        """Record a response's outcome in the breaker and share it (failures and probes wait
+        for the store); before a retry decision, have a retry token from the fleet at hand."""
+        if permit is not None:
+            await fleet.outcome(permit, self._record_status(permit, response.status_code))
+        if run.budget is not None and response.status_code in run.config.retry_on_status:
+            await fleet.reserve_retry()
 
     async def _hold(self, cool: CoolDown, run: _Run, gate: Gate) -> bool:
         """Wait while ``run``'s origin cools down; True if this request goes as the window's
@@ -405,22 +470,26 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         attach_history(error, tuple(run.history))
         return error
 
-    def _record_error(self, permit: Permit, exc: Exception) -> None:
+    def _record_error(self, permit: Permit, exc: Exception) -> bool | None:
+        """Record an error's outcome: True (a failure) or None (ignored)."""
         breaker = self._breaker
         assert breaker is not None
         if counts_against_upstream(exc):
             breaker.record_failure(permit)
-        else:
-            breaker.record_ignored(permit)
+            return True
+        breaker.record_ignored(permit)
+        return None
 
-    def _record_status(self, permit: Permit, status: int) -> None:
+    def _record_status(self, permit: Permit, status: int) -> bool:
+        """Record a response's outcome; True if it counts as a failure."""
         breaker = self._breaker
         assert breaker is not None
         # Any other answer, a 4xx included, shows the upstream is up and answering.
         if status in breaker.failure_statuses:
             breaker.record_failure(permit)
-        else:
-            breaker.record_success(permit)
+            return True
+        breaker.record_success(permit)
+        return False
 
     def _decide(
         self,
@@ -523,6 +592,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         """Close the inner transport. Closing twice is harmless."""
         if not self._closed:
             self._closed = True
+            if self._fleet is not None:
+                await self._fleet.aclose()
             await self._transport.aclose()
 
     async def __aenter__(self) -> ResilientTransport:

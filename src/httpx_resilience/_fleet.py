@@ -1,0 +1,372 @@
+"""`Fleet`: one transport's link to a `StateStore` shared with the rest of its fleet.
+
+The transport keeps its local state (breaker, budget, cool-down) exactly as without a store and
+asks this class to share it:
+
+* Happy path: nothing waits on the store. A request is counted locally (for the fleet's retry
+  budget) and a success is noted locally; a background task flushes the counts and reads the
+  fleet's view of the origins in use every ``sync_interval`` seconds, and the transport starts
+  one only when requests flow. So the happy path's view of the fleet is at most
+  ``sync_interval + timeout`` old.
+* Failure paths wait for the store (each call at most ``timeout`` seconds): a failed request is
+  reported at once and the answer applied (the fleet opened the circuit: open it here too); a
+  half-open probe must claim the fleet's one probe first; a retry must be granted by the
+  fleet's budget; a 429/503 with ``Retry-After`` is shared (in the background).
+* The store fails (down, slow, restarted, or an event loop it does not support): the call is
+  given up after ``timeout``, one warning is logged and ``on_availability`` called, and for
+  ``retry_interval`` seconds every decision is local. Then the next call tries again; the first
+  that works logs that sharing resumed. No caller ever sees the store's exception.
+
+Calls are cancel-safe: a cancelled request cancels its store call, and redis-py (>= 5.0.1)
+drops that connection rather than reusing it with an answer in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import anyio
+import sniffio
+
+from ._breaker import CircuitBreaker, CircuitState, Origin, Permit
+from ._budget import RetryBudget
+from ._config import RetryConfig
+from ._cooldown import CoolDown
+from ._logging import logger
+from ._stores._protocol import BudgetPolicy, CircuitPolicy, CircuitView, StateStore
+
+__all__ = ["Fleet", "SharedBudget"]
+
+_T = TypeVar("_T")
+_MAX_ORIGINS = 1_000  # origins whose fleet view is read in the background, at most
+
+
+class _Origin:
+    """What this process has not told the fleet yet about one origin."""
+
+    __slots__ = ("fleet_failures", "saw_success", "successes", "token")
+
+    def __init__(self) -> None:
+        self.successes = 0  # since the last flush
+        self.saw_success = False  # a success since the last report: the run is broken
+        self.fleet_failures = 0  # the fleet's count-mode failures, as last read
+        self.token = ""  # the claim of the fleet's probe this process holds
+
+
+class SharedBudget(RetryBudget):
+    """The transport's retry budget when a store shares it: a retry is spent from a token the
+    fleet granted (`Fleet.reserve_retry`, awaited before each retry decision), or from the
+    local budget while the store is unavailable. Requests are counted in both."""
+
+    __slots__ = ("_fleet",)
+
+    def __init__(self, fleet: Fleet, config: RetryConfig) -> None:
+        assert config.budget_ratio is not None
+        super().__init__(config.budget_ratio, config.budget_min_per_second, config.budget_window)
+        self._fleet = fleet
+
+    def try_spend(self, now: float) -> bool:
+        fleet = self._fleet
+        if not fleet.sharing:
+            return super().try_spend(now)
+        if fleet.retry_tokens > 0:
+            fleet.retry_tokens -= 1
+            return True
+        return False
+
+
+class Fleet:
+    """Shares one transport's circuit, budget and cool-down state through ``store``."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        breaker: CircuitBreaker | None,
+        cool_down: CoolDown | None,
+        retry: RetryConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self._breaker = breaker
+        self._cool_down = cool_down
+        self._clock = clock
+        self.scope = (breaker.name if breaker is not None else None) or "default"
+        self._circuit_policy = None
+        if breaker is not None:
+            self._circuit_policy = CircuitPolicy(
+                breaker.failure_threshold,
+                breaker.recovery_time,
+                breaker.failure_rate_threshold,
+                breaker.minimum_calls,
+                breaker.window,
+                store.probe_lease,
+            )
+        self._budget_policy = None
+        if retry.budget_ratio is not None:
+            self._budget_policy = BudgetPolicy(
+                retry.budget_ratio,
+                retry.budget_min_per_second * retry.budget_window,
+                retry.budget_window,
+            )
+        self._origins: OrderedDict[Origin, _Origin] = OrderedDict()
+        self._requests = 0  # counted since the last flush
+        self.retry_tokens = 0  # retries the fleet's budget granted this process, unspent
+        self._next_sync = 0.0
+        self._sync_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._down_until = 0.0  # while the store is unavailable: use local state until then
+        self._available = True
+        self._supported: bool | None = None  # the event loop, checked on first use
+
+    def __repr__(self) -> str:
+        return f"Fleet(store={self.store!r}, scope={self.scope!r})"
+
+    # --- availability -----------------------------------------------------------------------
+
+    @property
+    def sharing(self) -> bool:
+        """Whether decisions go through the store now (else local state)."""
+        if self._supported is None:
+            library = _current_library()
+            self._supported = library in self.store.async_libraries
+            if not self._supported:
+                logger.warning(
+                    "%r does not work on %s: this transport keeps to local state",
+                    self.store, library,
+                )  # fmt: skip
+        return self._supported and self._clock() >= self._down_until
+
+    async def _call(self, call: Callable[[], Awaitable[_T]]) -> _T | None:
+        """``call()`` within the store's timeout; None (and local state for a while) if it
+        fails or times out."""
+        if not self.sharing:
+            return None
+        try:
+            with anyio.fail_after(self.store.timeout):
+                result = await call()
+        except Exception as error:
+            self._unavailable(error)
+            return None
+        if not self._available:
+            self._available = True
+            logger.warning("%r answers again: sharing state with the fleet resumed", self.store)
+            self._notify(True, None)
+        return result
+
+    def _unavailable(self, error: BaseException) -> None:
+        self._down_until = self._clock() + self.store.retry_interval
+        self.retry_tokens = 0
+        for local in self._origins.values():
+            local.token = ""
+        if self._available:
+            self._available = False
+            logger.warning(
+                "%r failed (%s: %s): using local state, trying again in %.1fs",
+                self.store, type(error).__name__, error or "timed out",
+                self.store.retry_interval,
+            )  # fmt: skip
+            self._notify(False, error)
+
+    def _notify(self, available: bool, error: BaseException | None) -> None:
+        hook = getattr(self.store, "on_availability", None)
+        if hook is not None:
+            try:
+                hook(available, error)
+            except Exception:  # a broken hook must not break requests
+                logger.exception("on_availability hook raised")
+
+    # --- the happy path: no waiting ---------------------------------------------------------
+
+    def started(self, origin: Origin | None) -> None:
+        """A request (not a retry) starts: count it; start a background sync if one is due."""
+        self._requests += 1
+        if origin is not None:
+            self._local(origin)
+        now = self._clock()
+        if now >= self._next_sync and self._sync_task is None and self.sharing:
+            self._next_sync = now + self.store.sync_interval
+            self._sync_task = self._spawn(self._sync())
+
+    def _local(self, origin: Origin) -> _Origin:
+        local = self._origins.get(origin)
+        if local is None:
+            if len(self._origins) >= _MAX_ORIGINS:
+                self._origins.popitem(last=False)
+            local = self._origins[origin] = _Origin()
+        return local
+
+    async def _sync(self) -> None:
+        try:
+            requests, self._requests = self._requests, 0
+            budget = self._budget_policy
+            if requests and budget is not None:
+                store = self.store
+                await self._call(lambda: store.budget(self.scope, requests, False, budget))
+            await self._flush_successes()
+            await self._read()
+        finally:
+            self._sync_task = None
+
+    async def _flush_successes(self) -> None:
+        policy = self._circuit_policy
+        if policy is None:
+            return
+        rate_mode = policy.failure_rate_threshold is not None
+        for origin, local in list(self._origins.items()):
+            successes, local.successes = local.successes, 0
+            # Count mode: a success matters to the fleet only to break a run of failures.
+            if successes and (rate_mode or local.fleet_failures):
+                local.saw_success = False
+                await self._report(origin, local, successes=successes, reset=True)
+
+    async def _read(self) -> None:
+        if not self._origins:
+            return
+        origins = list(self._origins)
+        names = [str(origin) for origin in origins]
+        store, policy = self.store, self._circuit_policy
+        views = await self._call(lambda: store.read(self.scope, names, policy))
+        if views is None:
+            return
+        for origin, name in zip(origins, names, strict=True):
+            view, cool_down_left = views.get(name, (None, 0.0))
+            if view is not None:
+                self._apply(origin, view)
+            if cool_down_left > 0 and self._cool_down is not None:
+                self._cool_down.hold(origin, cool_down_left)
+
+    def _apply(self, origin: Origin, view: CircuitView) -> None:
+        """Make the local breaker agree with the fleet's view where the fleet is stricter."""
+        breaker = self._breaker
+        if breaker is None:
+            return
+        local = self._origins.get(origin)
+        if local is not None:
+            local.fleet_failures = view.failures
+        if view.state is CircuitState.OPEN:
+            breaker._open_from_fleet(origin, view.retry_in)
+        elif view.state is CircuitState.HALF_OPEN and breaker.state(origin) is CircuitState.CLOSED:
+            breaker._open_from_fleet(origin, 0.0)  # the fleet waits for its one probe
+
+    # --- failure paths: wait for the store (within its timeout) ----------------------------
+
+    async def claim_probe(self, permit: Permit) -> float | None:
+        """``permit`` is a local half-open probe: claim the fleet's one probe. None if it may
+        go (granted, or the store unavailable); else the seconds until the fleet's circuit
+        admits a probe (0.0 while another worker's probe is out)."""
+        policy = self._circuit_policy
+        assert policy is not None
+        local = self._local(permit.origin)
+        token = secrets.token_hex(8)
+        store, name = self.store, str(permit.origin)
+        answer = await self._call(lambda: store.circuit(self.scope, name, "probe", policy,
+                                                        token=token))  # fmt: skip
+        if answer is None:
+            return None
+        view, granted = answer
+        if granted:
+            local.token = token if view.state is not CircuitState.CLOSED else ""
+            return None
+        if view.state is CircuitState.OPEN:
+            self._apply(permit.origin, view)
+        return view.retry_in
+
+    def ignored(self, permit: Permit) -> None:
+        """The request admitted with ``permit`` ended saying nothing about the upstream
+        (cancelled, a local error): give the fleet's probe back if it held it (in the
+        background: this runs while a cancellation unwinds)."""
+        local = self._origins.get(permit.origin)
+        if local is None or not local.token:
+            return
+        token, local.token = local.token, ""
+        policy, store, name = self._circuit_policy, self.store, str(permit.origin)
+        assert policy is not None
+        self._spawn(self._call_quietly(
+            lambda: store.circuit(self.scope, name, "release", policy, token=token)
+        ))  # fmt: skip
+
+    async def outcome(self, permit: Permit, failed: bool) -> None:
+        """Share the outcome of a request the local breaker admitted with ``permit``. Waits
+        for the store only on failures and probes."""
+        local = self._local(permit.origin)
+        if local.token:
+            token, local.token = local.token, ""
+            policy, store, name = self._circuit_policy, self.store, str(permit.origin)
+            assert policy is not None
+            answer = await self._call(
+                lambda: store.circuit(
+                    self.scope, name, "result", policy, failures=int(failed), token=token
+                )
+            )
+            if answer is not None:
+                self._apply(permit.origin, answer[0])
+        elif not failed:
+            local.successes += 1
+            local.saw_success = True
+        else:
+            reset, local.saw_success = local.saw_success, False
+            await self._report(permit.origin, local, failures=1, reset=reset)
+
+    async def _report(
+        self, origin: Origin, local: _Origin, *, failures: int = 0, successes: int = 0,
+        reset: bool = False,
+    ) -> None:  # fmt: skip
+        policy, store, name = self._circuit_policy, self.store, str(origin)
+        assert policy is not None
+        answer = await self._call(
+            lambda: store.circuit(self.scope, name, "report", policy, failures=failures,
+                                  successes=successes, reset=reset)
+        )  # fmt: skip
+        if answer is not None:
+            self._apply(origin, answer[0])
+
+    async def reserve_retry(self) -> None:
+        """Before a retry decision: make sure a retry token from the fleet's budget is at
+        hand (one call to the store when none is)."""
+        budget = self._budget_policy
+        if budget is None or self.retry_tokens > 0 or not self.sharing:
+            return
+        requests, self._requests = self._requests, 0
+        store = self.store
+        granted = await self._call(lambda: store.budget(self.scope, requests, True, budget))
+        if granted:
+            self.retry_tokens += 1
+
+    def share_cool_down(self, origin: Origin, seconds: float) -> None:
+        """A 429/503 with ``Retry-After`` started or extended ``origin``'s cool-down: tell the
+        fleet, in the background."""
+        if seconds <= 0 or not self.sharing:
+            return
+        store, name = self.store, str(origin)
+        self._spawn(self._call_quietly(lambda: store.note_cool_down(self.scope, name, seconds)))
+
+    async def _call_quietly(self, call: Callable[[], Awaitable[Any]]) -> None:
+        await self._call(call)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def aclose(self) -> None:
+        """Cancel the background calls still running (the store stays open: it may be
+        shared; close it with its own ``aclose``)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+def _current_library() -> str:
+    try:
+        return sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return "none"

@@ -1,0 +1,164 @@
+"""The `StateStore` protocol: the few atomic operations a fleet's shared state needs.
+
+Every operation is one atomic step on the store's side, timed by the store's own clock (for
+Redis, the server's ``TIME``; never a client's clock), and every key it writes expires. Callers
+(`_fleet.py`) never call a store on a request's happy path: they aggregate locally and flush
+from a background task, and only failure paths (a failed request, a half-open probe, a retry,
+a 429) wait for an answer, within a short timeout.
+
+Circuits, per ``scope`` (the breaker's name) and origin:
+
+* ``report``: outcomes of requests admitted while the circuit was closed: ``failures``
+  and ``successes`` since the last report, ``reset`` if a success came before the failures
+  (count mode: a success breaks the run). Opens the circuit for ``recovery_time`` when the
+  count reaches ``failure_threshold`` (or, in rate mode, the failure ratio over ``window`` its
+  threshold with at least ``minimum_calls`` calls). Ignored while the circuit is open.
+* ``probe``: claim the one probe of a half-open circuit; granted to exactly one claimant
+  until its result comes in or its lease (``probe_lease`` seconds) runs out. Granted at once
+  when the circuit is closed.
+* ``result``: the probe's outcome, with the token of its claim: success closes the circuit,
+  failure opens it for another ``recovery_time``.
+* ``release``: give the probe's claim back unused (the probe was cancelled).
+* ``read``: the state only.
+
+The retry budget, per ``scope``: ``budget`` adds ``requests`` and, if ``want``, spends one
+retry when ``retries + 1 <= floor + ratio * requests`` over the last ``window`` seconds.
+
+Cool-downs, per ``scope`` and origin: ``note_cool_down`` extends the window to at least
+``seconds`` from now; ``read`` reports what is left of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
+
+from .._breaker import CircuitState
+from .._validate import check_number
+
+__all__ = [
+    "BudgetPolicy",
+    "CircuitOp",
+    "CircuitPolicy",
+    "CircuitView",
+    "StateStore",
+    "StoreSettings",
+    "check_settings",
+]
+
+#: Called as ``(available, error)`` when a store becomes unavailable (with the error) or
+#: available again (with None).
+AvailabilityListener = Callable[[bool, "BaseException | None"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """How callers use a store: timeouts, staleness, back-off (shared by the stores)."""
+
+    timeout: float = 0.1
+    sync_interval: float = 0.1
+    retry_interval: float = 1.0
+    probe_lease: float = 10.0
+
+
+def check_settings(owner: str, settings: StoreSettings) -> None:
+    """Raise naming ``owner`` and the field unless every setting is in range."""
+    check = partial(check_number, owner)
+    check("timeout", settings.timeout, minimum=0.001, maximum=60.0)
+    check("sync_interval", settings.sync_interval, minimum=0.001, maximum=3600.0)
+    check("retry_interval", settings.retry_interval, minimum=0.0, maximum=3600.0)
+    check("probe_lease", settings.probe_lease, minimum=0.001, maximum=86400.0)
+
+
+CircuitOp = Literal["report", "probe", "result", "release", "read"]
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitPolicy:
+    """A breaker's settings, as the store applies them."""
+
+    failure_threshold: int
+    recovery_time: float
+    failure_rate_threshold: float | None
+    minimum_calls: int
+    window: float
+    probe_lease: float
+
+    @property
+    def ttl(self) -> float:
+        """Seconds every circuit key lives after its last write."""
+        return 2 * max(self.recovery_time, self.window, self.probe_lease) + 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPolicy:
+    """A retry budget's settings, as the store applies them."""
+
+    ratio: float
+    floor: float  # retries always allowed per window: min_per_second * window
+    window: float
+
+
+class CircuitView(NamedTuple):
+    """One origin's circuit as the store sees it."""
+
+    state: CircuitState
+    retry_in: float  # seconds until an open circuit admits a probe
+    failures: int  # count mode: failures in the current run
+
+
+CLOSED_VIEW = CircuitView(CircuitState.CLOSED, 0.0, 0)
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Shared state for circuits, the retry budget and cool-downs (see the module docstring).
+
+    Implementations raise on failure (any exception); the caller falls back to local state.
+    """
+
+    #: Event loops the store works on: ``"asyncio"``, ``"trio"``.
+    async_libraries: frozenset[str]
+    #: Seconds any one call may take before the caller gives up and uses local state.
+    timeout: float
+    #: Seconds between background flushes and reads: the staleness bound of the happy path.
+    sync_interval: float
+    #: Seconds the caller keeps to local state after a failed call before trying again.
+    retry_interval: float
+    #: Seconds a half-open probe's claim lasts if its result never comes.
+    probe_lease: float
+
+    async def circuit(
+        self,
+        scope: str,
+        origin: str,
+        op: CircuitOp,
+        policy: CircuitPolicy,
+        *,
+        failures: int = 0,
+        successes: int = 0,
+        reset: bool = False,
+        token: str = "",
+    ) -> tuple[CircuitView, bool]:
+        """Apply ``op``; return the circuit's view after it and whether a probe was granted."""
+        ...
+
+    async def budget(self, scope: str, requests: int, want: bool, policy: BudgetPolicy) -> bool:
+        """Count ``requests``; if ``want``, spend one retry if the budget allows (True)."""
+        ...
+
+    async def note_cool_down(self, scope: str, origin: str, seconds: float) -> None:
+        """Extend ``origin``'s cool-down to end at least ``seconds`` from now."""
+        ...
+
+    async def read(
+        self, scope: str, origins: list[str], policy: CircuitPolicy | None
+    ) -> dict[str, tuple[CircuitView, float]]:
+        """Each origin's circuit view (closed if ``policy`` is None) and cool-down left."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's connections."""
+        ...

@@ -1,0 +1,335 @@
+"""`RedisStore`: the `StateStore` operations as Lua scripts on a Redis server.
+
+Each operation is one script, so it is atomic on the server (no read-modify-write race between
+workers), and reads the time from the server's ``TIME``, so workers' clocks never meet. Every
+key gets a TTL on every write. Keys, for a ``prefix`` and a ``scope`` (the breaker's name):
+
+* ``{prefix}:{scope}:cb:{origin}`` -- a hash: one origin's circuit (count, or 10 buckets of
+  calls and failures in rate mode; the open-until time; the probe's lease);
+* ``{prefix}:{scope}:cd:{origin}`` -- a string whose TTL is what is left of the cool-down;
+* ``{prefix}:{scope}:budget`` -- a hash: 10 buckets of requests and retries.
+
+So an origin has at most two keys, and a scope one more. The client is redis-py's asyncio
+client (``pip install 'httpx-resilience[redis]'``), which works on asyncio only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .._breaker import CircuitState
+from ._protocol import (
+    AvailabilityListener,
+    BudgetPolicy,
+    CircuitOp,
+    CircuitPolicy,
+    CircuitView,
+    StoreSettings,
+    check_settings,
+)
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+__all__ = ["RedisStore"]
+
+_STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN)
+
+# KEYS[1]: the circuit hash. ARGV: op, mode (count|rate), threshold, recovery ms, rate,
+# minimum calls, window ms, failures, successes, reset (0|1), lease ms, token, ttl ms.
+# Returns {state (0 closed, 1 open, 2 half-open), ms until a probe, failures, granted}.
+_CIRCUIT = """
+local key = KEYS[1]
+local op, mode = ARGV[1], ARGV[2]
+local threshold, recovery = tonumber(ARGV[3]), tonumber(ARGV[4])
+local rate, min_calls, window = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local failures, successes = tonumber(ARGV[8]), tonumber(ARGV[9])
+local reset, lease, token, ttl = ARGV[10] == '1', tonumber(ARGV[11]), ARGV[12], tonumber(ARGV[13])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local open_until = tonumber(redis.call('HGET', key, 'open_until') or '0')
+
+local function view(granted)
+  if open_until == 0 then
+    return {0, 0, tonumber(redis.call('HGET', key, 'fails') or '0'), granted}
+  end
+  if open_until > now then return {1, open_until - now, 0, granted} end
+  return {2, 0, 0, granted}
+end
+local function open()
+  open_until = now + recovery
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'open_until', open_until)
+end
+
+if op == 'read' then return view(0) end
+if op == 'probe' then
+  if open_until == 0 then return view(1) end
+  if open_until > now then return view(0) end
+  if tonumber(redis.call('HGET', key, 'probe_until') or '0') > now then return view(0) end
+  redis.call('HSET', key, 'probe', token, 'probe_until', now + lease)
+  redis.call('PEXPIRE', key, ttl)
+  return view(1)
+end
+if op == 'release' then
+  if token ~= '' and redis.call('HGET', key, 'probe') == token then
+    redis.call('HDEL', key, 'probe', 'probe_until')
+  end
+  return view(0)
+end
+if op == 'result' then
+  if token == '' or redis.call('HGET', key, 'probe') ~= token then return view(0) end
+  if failures > 0 then
+    open()
+    redis.call('PEXPIRE', key, ttl)
+  else
+    redis.call('DEL', key)
+    open_until = 0
+  end
+  return view(0)
+end
+-- report: outcomes of requests admitted while closed; stragglers have no say while open
+if open_until ~= 0 then return view(0) end
+if mode == 'count' then
+  local fails = failures
+  if not reset then fails = fails + tonumber(redis.call('HGET', key, 'fails') or '0') end
+  if fails >= threshold then
+    open()
+  elseif fails == 0 then
+    redis.call('DEL', key)
+    return view(0)
+  else
+    redis.call('HSET', key, 'fails', fails)
+  end
+else
+  local width = window / 10
+  local bucket = math.floor(now / width)
+  local slot = bucket % 10
+  if tonumber(redis.call('HGET', key, 'e' .. slot) or '-1') ~= bucket then
+    redis.call('HSET', key, 'e' .. slot, bucket, 'c' .. slot, 0, 'f' .. slot, 0)
+  end
+  redis.call('HINCRBY', key, 'c' .. slot, failures + successes)
+  redis.call('HINCRBY', key, 'f' .. slot, failures)
+  local calls, fails = 0, 0
+  for i = 0, 9 do
+    if tonumber(redis.call('HGET', key, 'e' .. i) or '-1') > bucket - 10 then
+      calls = calls + tonumber(redis.call('HGET', key, 'c' .. i) or '0')
+      fails = fails + tonumber(redis.call('HGET', key, 'f' .. i) or '0')
+    end
+  end
+  if failures > 0 and calls >= min_calls and fails >= rate * calls then open() end
+end
+redis.call('PEXPIRE', key, ttl)
+return view(0)
+"""
+
+# KEYS[1]: the budget hash. ARGV: requests, want (0|1), ratio, floor, window ms.
+# Returns 1 if a retry was spent.
+_BUDGET = """
+local key = KEYS[1]
+local requests, want = tonumber(ARGV[1]), ARGV[2] == '1'
+local ratio, floor, window = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local width = window / 10
+local bucket = math.floor(now / width)
+local slot = bucket % 10
+if tonumber(redis.call('HGET', key, 'e' .. slot) or '-1') ~= bucket then
+  redis.call('HSET', key, 'e' .. slot, bucket, 'r' .. slot, 0, 't' .. slot, 0)
+end
+if requests > 0 then redis.call('HINCRBY', key, 'r' .. slot, requests) end
+local granted = 0
+if want then
+  local seen, spent = 0, 0
+  for i = 0, 9 do
+    if tonumber(redis.call('HGET', key, 'e' .. i) or '-1') > bucket - 10 then
+      seen = seen + tonumber(redis.call('HGET', key, 'r' .. i) or '0')
+      spent = spent + tonumber(redis.call('HGET', key, 't' .. i) or '0')
+    end
+  end
+  if spent + 1 <= floor + ratio * seen then
+    redis.call('HINCRBY', key, 't' .. slot, 1)
+    granted = 1
+  end
+end
+redis.call('PEXPIRE', key, 2 * window)
+return granted
+"""
+
+# KEYS[1]: the cool-down key. ARGV: ms. The key's TTL is the cool-down left; only extended.
+_COOL_DOWN = """
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 0
+"""
+
+
+class RedisStore:
+    """Circuits, retry budget and cool-downs shared through a Redis server (see `StateStore`).
+
+    Args:
+        client: A ``redis.asyncio.Redis`` client. Give it short ``socket_timeout`` and
+            ``socket_connect_timeout`` values; `RedisStore.from_url` does. Closed by
+            `aclose` only if the store made it.
+        prefix: The first part of every key. Default ``"httpx-resilience"``.
+        timeout: Seconds one call may take before the transport gives up on it and uses local
+            state. Default 0.1.
+        sync_interval: Seconds between the transport's background flushes and reads: how
+            stale its view of the fleet may be on the happy path. Default 0.1.
+        retry_interval: Seconds the transport keeps to local state after a failed call
+            before it tries the store again. Default 1.0.
+        probe_lease: Seconds a half-open probe's claim lasts if its result never comes (its
+            worker died). Default 10.
+        on_availability: Called as ``(available, error)`` when the store stops answering
+            (with the error) and when it answers again (with None).
+
+    Works on asyncio only (redis-py's asyncio client). On trio the transport logs it once
+    and keeps to local state.
+    """
+
+    async_libraries = frozenset({"asyncio"})
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str = "httpx-resilience",
+        timeout: float = 0.1,
+        sync_interval: float = 0.1,
+        retry_interval: float = 1.0,
+        probe_lease: float = 10.0,
+        on_availability: AvailabilityListener | None = None,
+    ) -> None:
+        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in " \r\n"):
+            raise ValueError(f"RedisStore.prefix must be a non-empty word, got {prefix!r}")
+        settings = StoreSettings(timeout, sync_interval, retry_interval, probe_lease)
+        check_settings("RedisStore", settings)
+        self.timeout = float(timeout)
+        self.sync_interval = float(sync_interval)
+        self.retry_interval = float(retry_interval)
+        self.probe_lease = float(probe_lease)
+        self.on_availability = on_availability
+        self.prefix = prefix
+        self._client = client
+        self._owns_client = False
+        self._circuit_script: Any = client.register_script(_CIRCUIT)
+        self._budget_script: Any = client.register_script(_BUDGET)
+        self._cool_down_script: Any = client.register_script(_COOL_DOWN)
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 0.1, **kwargs: Any) -> RedisStore:
+        """A store with a client of its own for ``url`` (``redis://host:port/db``), whose
+        sockets time out after ``timeout`` seconds (connecting too); ``kwargs`` as for the
+        constructor."""
+        try:
+            import redis.asyncio as aioredis
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "RedisStore needs redis-py: pip install 'httpx-resilience[redis]'"
+            ) from exc
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        store = cls(client, timeout=timeout, **kwargs)
+        store._owns_client = True
+        return store
+
+    def __repr__(self) -> str:
+        return f"RedisStore(prefix={self.prefix!r})"
+
+    def _key(self, scope: str, kind: str, origin: str = "") -> str:
+        return (
+            f"{self.prefix}:{scope}:{kind}:{origin}" if origin else f"{self.prefix}:{scope}:{kind}"
+        )
+
+    async def circuit(
+        self,
+        scope: str,
+        origin: str,
+        op: CircuitOp,
+        policy: CircuitPolicy,
+        *,
+        failures: int = 0,
+        successes: int = 0,
+        reset: bool = False,
+        token: str = "",
+    ) -> tuple[CircuitView, bool]:
+        result = await self._circuit_script(
+            keys=[self._key(scope, "cb", origin)],
+            args=_circuit_args(op, policy, failures, successes, reset, token),
+        )
+        return _circuit_view(result)
+
+    async def budget(self, scope: str, requests: int, want: bool, policy: BudgetPolicy) -> bool:
+        granted = await self._budget_script(
+            keys=[self._key(scope, "budget")],
+            args=[requests, 1 if want else 0, repr(policy.ratio), repr(policy.floor),
+                  int(policy.window * 1000)],
+        )  # fmt: skip
+        return bool(granted)
+
+    async def note_cool_down(self, scope: str, origin: str, seconds: float) -> None:
+        ms = max(1, int(seconds * 1000))
+        await self._cool_down_script(keys=[self._key(scope, "cd", origin)], args=[ms])
+
+    async def read(
+        self, scope: str, origins: list[str], policy: CircuitPolicy | None
+    ) -> dict[str, tuple[CircuitView, float]]:
+        if not origins:
+            return {}
+        pipe = self._client.pipeline(transaction=False)
+        for origin in origins:
+            if policy is not None:
+                await self._circuit_script(
+                    keys=[self._key(scope, "cb", origin)],
+                    args=_circuit_args("read", policy, 0, 0, False, ""),
+                    client=pipe,
+                )
+            pipe.pttl(self._key(scope, "cd", origin))
+        results = await pipe.execute()
+        views: dict[str, tuple[CircuitView, float]] = {}
+        step = 2 if policy is not None else 1
+        for index, origin in enumerate(origins):
+            row = results[index * step : index * step + step]
+            view = _circuit_view(row[0])[0] if policy is not None else _CLOSED
+            ttl = int(row[-1])
+            views[origin] = (view, max(0.0, ttl / 1000.0) if ttl > 0 else 0.0)
+        return views
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+
+_CLOSED = CircuitView(CircuitState.CLOSED, 0.0, 0)
+
+
+def _circuit_args(
+    op: str, policy: CircuitPolicy, failures: int, successes: int, reset: bool, token: str
+) -> list[object]:
+    rate = policy.failure_rate_threshold
+    return [
+        op,
+        "count" if rate is None else "rate",
+        policy.failure_threshold,
+        int(policy.recovery_time * 1000),
+        repr(rate or 0.0),
+        policy.minimum_calls,
+        max(10, int(policy.window * 1000)),
+        failures,
+        successes,
+        1 if reset else 0,
+        max(1, int(policy.probe_lease * 1000)),
+        token,
+        max(1000, int(policy.ttl * 1000)),
+    ]
+
+
+def _circuit_view(result: Any) -> tuple[CircuitView, bool]:
+    state, ms, fails, granted = (int(x) for x in result)
+    return CircuitView(_STATES[state], ms / 1000.0, fails), bool(granted)
