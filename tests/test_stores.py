@@ -1,0 +1,190 @@
+"""The `StateStore` contract, run against `MemoryStore` and against `RedisStore` on a real
+redis-server of the tests' own (127.0.0.1, a free port): the two must agree.
+
+Time passes for real here (Redis reads its own clock), so recovery times are short and the
+tests wait for a state with a bounded loop; nothing asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from httpx_resilience import CircuitState, MemoryStore, RedisStore, StateStore
+from httpx_resilience._stores._protocol import BudgetPolicy, CircuitPolicy
+from tests.support.redis import RedisServer, redis_server_or_skip
+
+pytestmark = pytest.mark.anyio
+
+COUNT = CircuitPolicy(3, 0.2, None, 10, 30.0, 5.0)
+RATE = CircuitPolicy(3, 0.2, 0.5, 4, 30.0, 5.0)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # redis-py's client is asyncio-only
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer(redis_server_or_skip()) as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, key: str) -> AsyncIterator[StateStore]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    redis_store = RedisStore.from_url(server.url, prefix=f"t{key}")
+    try:
+        yield redis_store
+    finally:
+        await redis_store.aclose()
+
+
+async def wait_for_state(store: StateStore, state: CircuitState, origin: str = "o") -> None:
+    for _ in range(200):
+        view, _ = await store.circuit("s", origin, "read", COUNT)
+        if view.state is state:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never reached {state}")
+
+
+async def test_count_mode_opens_at_the_threshold(store: StateStore) -> None:
+    view, _ = await store.circuit("s", "o", "report", COUNT, failures=2)
+    assert (view.state, view.failures) == (CircuitState.CLOSED, 2)
+    view, _ = await store.circuit("s", "o", "report", COUNT, failures=1)
+    assert view.state is CircuitState.OPEN
+    assert 0 < view.retry_in <= 0.2 + 1e-9
+    # Stragglers have no say while it is open.
+    view, _ = await store.circuit("s", "o", "report", COUNT, successes=5, reset=True)
+    assert view.state is CircuitState.OPEN
+
+
+async def test_a_success_breaks_the_run(store: StateStore) -> None:
+    await store.circuit("s", "o", "report", COUNT, failures=2)
+    view, _ = await store.circuit("s", "o", "report", COUNT, failures=1, reset=True)
+    assert (view.state, view.failures) == (CircuitState.CLOSED, 1)
+    view, _ = await store.circuit("s", "o", "report", COUNT, successes=1, reset=True)
+    assert (view.state, view.failures) == (CircuitState.CLOSED, 0)
+
+
+async def test_origins_and_scopes_are_apart(store: StateStore) -> None:
+    await store.circuit("s", "o", "report", COUNT, failures=3)
+    assert (await store.circuit("s", "other", "read", COUNT))[0].state is CircuitState.CLOSED
+    assert (await store.circuit("t", "o", "read", COUNT))[0].state is CircuitState.CLOSED
+
+
+async def test_exactly_one_probe_per_half_open_period(store: StateStore) -> None:
+    await store.circuit("s", "o", "report", COUNT, failures=3)
+    _, granted = await store.circuit("s", "o", "probe", COUNT, token="early")
+    assert not granted  # still open
+    await wait_for_state(store, CircuitState.HALF_OPEN)
+    claims = await asyncio.gather(
+        *(store.circuit("s", "o", "probe", COUNT, token=f"w{n}") for n in range(20))
+    )
+    winners = [n for n, (_, granted) in enumerate(claims) if granted]
+    assert len(winners) == 1
+    # A result with another token has no say; the winner's failure re-opens.
+    view, _ = await store.circuit("s", "o", "result", COUNT, failures=1, token="nobody")
+    assert view.state is CircuitState.HALF_OPEN
+    view, _ = await store.circuit("s", "o", "result", COUNT, failures=1, token=f"w{winners[0]}")
+    assert view.state is CircuitState.OPEN
+    await wait_for_state(store, CircuitState.HALF_OPEN)
+    _, granted = await store.circuit("s", "o", "probe", COUNT, token="second")
+    assert granted
+    view, _ = await store.circuit("s", "o", "result", COUNT, token="second")
+    assert view.state is CircuitState.CLOSED
+    _, granted = await store.circuit("s", "o", "probe", COUNT, token="closed")
+    assert granted  # closed: no probe needed, go
+
+
+async def test_a_released_probe_can_be_claimed_again(store: StateStore) -> None:
+    await store.circuit("s", "o", "report", COUNT, failures=3)
+    await wait_for_state(store, CircuitState.HALF_OPEN)
+    assert (await store.circuit("s", "o", "probe", COUNT, token="a"))[1]
+    assert not (await store.circuit("s", "o", "probe", COUNT, token="b"))[1]
+    await store.circuit("s", "o", "release", COUNT, token="a")
+    assert (await store.circuit("s", "o", "probe", COUNT, token="b"))[1]
+
+
+async def test_rate_mode_opens_on_the_ratio(store: StateStore) -> None:
+    view, _ = await store.circuit("s", "r", "report", RATE, successes=3)
+    assert view.state is CircuitState.CLOSED
+    view, _ = await store.circuit("s", "r", "report", RATE, failures=2)
+    assert view.state is CircuitState.CLOSED  # 2 of 5
+    view, _ = await store.circuit("s", "r", "report", RATE, failures=1)
+    assert view.state is CircuitState.OPEN  # 3 of 6
+
+
+async def test_budget_is_floor_plus_ratio_of_requests(store: StateStore) -> None:
+    policy = BudgetPolicy(ratio=0.2, floor=2.0, window=30.0)
+    assert await store.budget("s", 10, False, policy) is False  # counting only
+    granted = [await store.budget("s", 0, True, policy) for _ in range(6)]
+    assert granted == [True, True, True, True, False, False]  # 2 + 0.2 * 10
+    assert await store.budget("s", 5, True, policy) is True  # 2 + 0.2 * 15 = 5
+    assert await store.budget("s", 0, True, policy) is False
+
+
+async def test_cool_downs_only_grow(store: StateStore) -> None:
+    await store.note_cool_down("s", "o", 5.0)
+    await store.note_cool_down("s", "o", 1.0)
+    views = await store.read("s", ["o", "idle"], COUNT)
+    assert 1.0 < views["o"][1] <= 5.0
+    assert views["idle"] == (views["idle"][0], 0.0)
+    assert views["idle"][0].state is CircuitState.CLOSED
+
+
+async def test_redis_keys_all_expire_and_stay_few_per_origin(
+    redis_server: RedisServer, key: str
+) -> None:
+    store = RedisStore.from_url(redis_server.url, prefix=f"k{key}")
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        for origin in ("a", "b"):
+            await store.circuit("payments", origin, "report", COUNT, failures=1)
+            await store.circuit("payments", origin, "report", RATE, failures=1, successes=9)
+            await store.note_cool_down("payments", origin, 30.0)
+        await store.budget("payments", 10, True, BudgetPolicy(0.2, 1.0, 10.0))
+        keys = sorted([k.decode() async for k in client.scan_iter(match=f"k{key}:*")])
+        assert keys == [
+            f"k{key}:payments:budget",
+            f"k{key}:payments:cb:a",
+            f"k{key}:payments:cb:b",
+            f"k{key}:payments:cd:a",
+            f"k{key}:payments:cd:b",
+        ]
+        for name in keys:
+            assert await client.pttl(name) > 0, name
+    finally:
+        await store.aclose()
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"timeout": 0}, r"RedisStore\.timeout must be >= 0\.001"),
+        ({"sync_interval": -1}, r"RedisStore\.sync_interval must be >= 0\.001"),
+        ({"prefix": ""}, r"RedisStore\.prefix must be a non-empty word"),
+    ],
+)
+def test_invalid_redis_settings_name_the_field(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RedisStore(aioredis.Redis(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_invalid_memory_settings_name_the_field() -> None:
+    with pytest.raises(ValueError, match=r"MemoryStore\.probe_lease must be >= 0\.001"):
+        MemoryStore(probe_lease=0)
+
+
+def test_stores_satisfy_the_protocol() -> None:
+    assert isinstance(MemoryStore(), StateStore)
+    assert isinstance(RedisStore(aioredis.Redis()), StateStore)
