@@ -248,13 +248,36 @@ class Fleet:
             return
         local = self._origins.get(origin)
         if local is not None:
-            local.fleet_failures = view.failures
+            # Open counts as suspect too: when it half-opens, its state is read again.
+            local.fleet_failures = view.failures or int(view.state is not CircuitState.CLOSED)
         if view.state is CircuitState.OPEN:
             breaker._open_from_fleet(origin, view.retry_in)
         elif view.state is CircuitState.HALF_OPEN and breaker.state(origin) is CircuitState.CLOSED:
             breaker._open_from_fleet(origin, 0.0)  # the fleet waits for its one probe
 
     # --- failure paths: wait for the store (within its timeout) ----------------------------
+
+    def suspect(self, origin: Origin) -> bool:
+        """Whether ``origin`` has failures in the fleet's count as last seen here: then each
+        request reads the fleet's circuit before it goes (`check`), so that a circuit another
+        worker opened stops this one at once, not a ``sync_interval`` later."""
+        local = self._origins.get(origin)
+        return (
+            local is not None
+            and local.fleet_failures > 0
+            and self._breaker is not None
+            and self._breaker.state(origin) is CircuitState.CLOSED
+            and self.sharing
+        )
+
+    async def check(self, origin: Origin) -> None:
+        """Read ``origin``'s circuit from the fleet and apply it."""
+        policy, store, name = self._circuit_policy, self.store, str(origin)
+        if policy is None:
+            return
+        answer = await self._call(lambda: store.circuit(self.scope, name, "read", policy))
+        if answer is not None:
+            self._apply(origin, answer[0])
 
     async def claim_probe(self, permit: Permit) -> float | None:
         """``permit`` is a local half-open probe: claim the fleet's one probe. None if it may

@@ -263,6 +263,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 if gate.kind is not GateKind.SEND:
                     probe = await self._hold(cool, run, gate)
             try:
+                if fleet is not None and origin is not None and fleet.suspect(origin):
+                    await fleet.check(origin)
                 permit = None if origin is None else self._admit(origin, request, history)
                 if fleet is not None and permit is not None and permit.generation:
                     await self._claim_probe(fleet, permit, run)

@@ -282,16 +282,16 @@ class RedisStore:
     ) -> dict[str, tuple[CircuitView, float]]:
         if not origins:
             return {}
-        pipe = self._client.pipeline(transaction=False)
-        for origin in origins:
-            if policy is not None:
-                await self._circuit_script(
-                    keys=[self._key(scope, "cb", origin)],
-                    args=_circuit_args("read", policy, 0, 0, False, ""),
-                    client=pipe,
-                )
-            pipe.pttl(self._key(scope, "cd", origin))
-        results = await pipe.execute()
+        async with self._client.pipeline(transaction=False) as pipe:
+            for origin in origins:
+                if policy is not None:
+                    await self._circuit_script(
+                        keys=[self._key(scope, "cb", origin)],
+                        args=_circuit_args("read", policy, 0, 0, False, ""),
+                        client=pipe,
+                    )
+                pipe.pttl(self._key(scope, "cd", origin))
+            results = await pipe.execute()
         views: dict[str, tuple[CircuitView, float]] = {}
         step = 2 if policy is not None else 1
         for index, origin in enumerate(origins):
