@@ -49,13 +49,15 @@ _MAX_ORIGINS = 1_000  # origins whose fleet view is read in the background, at m
 class _Origin:
     """What this process has not told the fleet yet about one origin."""
 
-    __slots__ = ("fleet_failures", "saw_success", "successes", "token")
+    __slots__ = ("fleet_failures", "probe_elsewhere_until", "saw_success", "successes", "token")
 
     def __init__(self) -> None:
         self.successes = 0  # since the last flush
         self.saw_success = False  # a success since the last report: the run is broken
         self.fleet_failures = 0  # the fleet's count-mode failures, as last read
         self.token = ""  # the claim of the fleet's probe this process holds
+        # Another worker holds the fleet's probe: fail fast without asking until then.
+        self.probe_elsewhere_until = 0.0
 
 
 class SharedBudget(RetryBudget):
@@ -203,11 +205,6 @@ class Fleet:
 
     async def _sync(self) -> None:
         try:
-            requests, self._requests = self._requests, 0
-            budget = self._budget_policy
-            if requests and budget is not None:
-                store = self.store
-                await self._call(lambda: store.budget(self.scope, requests, False, budget))
             await self._flush_successes()
             await self._read()
         finally:
@@ -226,12 +223,19 @@ class Fleet:
                 await self._report(origin, local, successes=successes, reset=True)
 
     async def _read(self) -> None:
-        if not self._origins:
-            return
+        """Flush the request count and read the fleet's view of the origins in use: one call
+        (one round trip to Redis)."""
         origins = list(self._origins)
         names = [str(origin) for origin in origins]
-        store, policy = self.store, self._circuit_policy
-        views = await self._call(lambda: store.read(self.scope, names, policy))
+        store, policy, budget = self.store, self._circuit_policy, self._budget_policy
+        requests, self._requests = self._requests, 0
+        if budget is None:
+            requests = 0
+        if not names and not requests:
+            return
+        views = await self._call(
+            lambda: store.read(self.scope, names, policy, requests=requests, budget=budget)
+        )
         if views is None:
             return
         for origin, name in zip(origins, names, strict=True):
@@ -286,6 +290,8 @@ class Fleet:
         policy = self._circuit_policy
         assert policy is not None
         local = self._local(permit.origin)
+        if self._clock() < local.probe_elsewhere_until:
+            return 0.0
         token = secrets.token_hex(8)
         store, name = self.store, str(permit.origin)
         answer = await self._call(lambda: store.circuit(self.scope, name, "probe", policy,
@@ -298,6 +304,8 @@ class Fleet:
             return None
         if view.state is CircuitState.OPEN:
             self._apply(permit.origin, view)
+        else:
+            local.probe_elsewhere_until = self._clock() + self.store.sync_interval
         return view.retry_in
 
     def ignored(self, permit: Permit) -> None:

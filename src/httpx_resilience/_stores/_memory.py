@@ -49,7 +49,7 @@ class MemoryStore:
         timeout: Seconds one call may take before the transport gives up on it and uses local
             state. Default 0.1.
         sync_interval: Seconds between the transport's background flushes and reads: how
-            stale its view of the fleet may be on the happy path. Default 0.1.
+            stale its view of the fleet may be on the happy path. Default 0.25.
         retry_interval: Seconds the transport keeps to local state after a failed call
             before it tries the store again. Default 1.0.
         probe_lease: Seconds a half-open probe's claim lasts if its result never comes (its
@@ -66,7 +66,7 @@ class MemoryStore:
         clock: Callable[[], float] = time.monotonic,
         max_keys: int = 100_000,
         timeout: float = 0.1,
-        sync_interval: float = 0.1,
+        sync_interval: float = 0.25,
         retry_interval: float = 1.0,
         probe_lease: float = 10.0,
         on_availability: AvailabilityListener | None = None,
@@ -196,8 +196,16 @@ class MemoryStore:
         self._cool_downs[key] = max(self._cool_downs.get(key, 0.0), now + seconds)
 
     async def read(
-        self, scope: str, origins: list[str], policy: CircuitPolicy | None
+        self,
+        scope: str,
+        origins: list[str],
+        policy: CircuitPolicy | None,
+        *,
+        requests: int = 0,
+        budget: BudgetPolicy | None = None,
     ) -> dict[str, tuple[CircuitView, float]]:
+        if budget is not None and requests:
+            await self.budget(scope, requests, False, budget)
         now = self._clock()
         views = {}
         for origin in origins:

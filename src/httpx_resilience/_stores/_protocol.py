@@ -58,7 +58,7 @@ class StoreSettings:
     """How callers use a store: timeouts, staleness, back-off (shared by the stores)."""
 
     timeout: float = 0.1
-    sync_interval: float = 0.1
+    sync_interval: float = 0.25
     retry_interval: float = 1.0
     probe_lease: float = 10.0
 
@@ -154,9 +154,16 @@ class StateStore(Protocol):
         ...
 
     async def read(
-        self, scope: str, origins: list[str], policy: CircuitPolicy | None
+        self,
+        scope: str,
+        origins: list[str],
+        policy: CircuitPolicy | None,
+        *,
+        requests: int = 0,
+        budget: BudgetPolicy | None = None,
     ) -> dict[str, tuple[CircuitView, float]]:
-        """Each origin's circuit view (closed if ``policy`` is None) and cool-down left."""
+        """Each origin's circuit view (closed if ``policy`` is None) and cool-down left; and,
+        in the same step, count ``requests`` in the ``budget`` if one is given."""
         ...
 
     async def aclose(self) -> None:

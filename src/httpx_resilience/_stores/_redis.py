@@ -176,7 +176,7 @@ class RedisStore:
         timeout: Seconds one call may take before the transport gives up on it and uses local
             state. Default 0.1.
         sync_interval: Seconds between the transport's background flushes and reads: how
-            stale its view of the fleet may be on the happy path. Default 0.1.
+            stale its view of the fleet may be on the happy path. Default 0.25.
         retry_interval: Seconds the transport keeps to local state after a failed call
             before it tries the store again. Default 1.0.
         probe_lease: Seconds a half-open probe's claim lasts if its result never comes (its
@@ -196,7 +196,7 @@ class RedisStore:
         *,
         prefix: str = "httpx-resilience",
         timeout: float = 0.1,
-        sync_interval: float = 0.1,
+        sync_interval: float = 0.25,
         retry_interval: float = 1.0,
         probe_lease: float = 10.0,
         on_availability: AvailabilityListener | None = None,
@@ -267,10 +267,8 @@ class RedisStore:
 
     async def budget(self, scope: str, requests: int, want: bool, policy: BudgetPolicy) -> bool:
         granted = await self._budget_script(
-            keys=[self._key(scope, "budget")],
-            args=[requests, 1 if want else 0, repr(policy.ratio), repr(policy.floor),
-                  int(policy.window * 1000)],
-        )  # fmt: skip
+            keys=[self._key(scope, "budget")], args=_budget_args(requests, want, policy)
+        )
         return bool(granted)
 
     async def note_cool_down(self, scope: str, origin: str, seconds: float) -> None:
@@ -278,11 +276,25 @@ class RedisStore:
         await self._cool_down_script(keys=[self._key(scope, "cd", origin)], args=[ms])
 
     async def read(
-        self, scope: str, origins: list[str], policy: CircuitPolicy | None
+        self,
+        scope: str,
+        origins: list[str],
+        policy: CircuitPolicy | None,
+        *,
+        requests: int = 0,
+        budget: BudgetPolicy | None = None,
     ) -> dict[str, tuple[CircuitView, float]]:
-        if not origins:
+        flush = budget is not None and requests > 0
+        if not origins and not flush:
             return {}
         async with self._client.pipeline(transaction=False) as pipe:
+            if flush:
+                assert budget is not None
+                await self._budget_script(
+                    keys=[self._key(scope, "budget")],
+                    args=_budget_args(requests, False, budget),
+                    client=pipe,
+                )
             for origin in origins:
                 if policy is not None:
                     await self._circuit_script(
@@ -292,6 +304,8 @@ class RedisStore:
                     )
                 pipe.pttl(self._key(scope, "cd", origin))
             results = await pipe.execute()
+        if flush:
+            results = results[1:]
         views: dict[str, tuple[CircuitView, float]] = {}
         step = 2 if policy is not None else 1
         for index, origin in enumerate(origins):
@@ -328,6 +342,13 @@ def _circuit_args(
         token,
         max(1000, int(policy.ttl * 1000)),
     ]
+
+
+def _budget_args(requests: int, want: bool, policy: BudgetPolicy) -> list[object]:
+    return [
+        requests, 1 if want else 0, repr(policy.ratio), repr(policy.floor),
+        int(policy.window * 1000),
+    ]  # fmt: skip
 
 
 def _circuit_view(result: Any) -> tuple[CircuitView, bool]:

@@ -1,0 +1,262 @@
+"""A fleet: 8 worker processes against one upstream on 127.0.0.1, sharing a real redis-server,
+against the same 8 workers on local state, in one run.
+
+The upstream is Hypercorn in a child process; it counts, per key, the requests that reach it and
+when (its monotonic clock, which is the machine's: the same in every process). redis-server is
+started on a free loopback port (tests/support/redis.py). Each phase runs once with
+``state_store=None`` ("local") and once with a `RedisStore` per worker ("redis"):
+
+1. Outage: every request fails (500); breaker ``failure_threshold`` T, long recovery. Each worker
+   sends one request at a time until 20 in a row fail fast. Reported: the requests that reached
+   the upstream before the fleet stopped sending (local: about 8 x T; redis: at most 1.5 x T).
+2. Half-open: the upstream stays down; recovery ``--recovery`` seconds; 4 callers per worker
+   keep asking for ``--seconds``. Reported: probes (requests after the first T) and how many
+   half-open periods saw more than one (two probes less than ``recovery`` apart).
+3. Retry budget: no breaker; every request gets 503; ``max_retries=3``, budget 20 % of requests
+   plus 1 retry/s over a 10 s window. Reported: retries against the budget's allowance.
+4. Happy path: every request succeeds; breaker, budget and cool-down on; 10 callers per
+   worker. Reported: each worker's CPU time (process time) per request with no store, with a
+   `MemoryStore` and with the `RedisStore`, alternated over ``--rounds`` rounds (median).
+
+    python benchmarks/fleet.py [--workers 8] [--threshold 10] [--recovery 0.5] [--seconds 3]
+        [--requests 1000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import logging
+import multiprocessing
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from _server import child_server
+
+from httpx_resilience import (
+    CircuitBreaker,
+    CircuitOpenError,
+    MemoryStore,
+    RedisStore,
+    ResilientTransport,
+    RetryConfig,
+    StateStore,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support.redis import RedisServer
+
+_HITS: dict[str, list[float]] = {}
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    _, route, key = scope["path"].split("/", 2)
+    if route == "stats":
+        body = json.dumps(_HITS.get(key, [])).encode()
+        status = 200
+    else:
+        _HITS.setdefault(key, []).append(time.monotonic())
+        status = {"fail": 500, "busy": 503}.get(route, 200)
+        body = b"x"
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+_UNAVAILABLE = [0]
+
+
+def _count_unavailable(available: bool, error: BaseException | None) -> None:
+    if not available:
+        _UNAVAILABLE[0] += 1
+
+
+def _store(kind: str, redis_url: str) -> StateStore | None:
+    if kind == "redis":
+        return RedisStore.from_url(redis_url, prefix="bench", on_availability=_count_unavailable)
+    if kind == "memory":
+        return MemoryStore()
+    return None
+
+
+async def _outage(client: httpx.AsyncClient, key: str) -> dict[str, Any]:
+    fast = 0
+    for _ in range(1000):
+        try:
+            await client.get(f"/fail/{key}")
+            fast = 0
+        except CircuitOpenError:
+            fast += 1
+            if fast >= 20:
+                break
+            await asyncio.sleep(0.005)
+    return {}
+
+
+async def _half_open(client: httpx.AsyncClient, key: str, seconds: float) -> dict[str, Any]:
+    end = time.monotonic() + seconds
+
+    async def caller() -> None:
+        while time.monotonic() < end:
+            try:
+                await client.get(f"/fail/{key}")
+            except CircuitOpenError:
+                await asyncio.sleep(0.005)
+
+    await asyncio.gather(*(caller() for _ in range(4)))
+    return {}
+
+
+async def _budget(client: httpx.AsyncClient, key: str, requests: int) -> dict[str, Any]:
+    for _ in range(requests):
+        await client.get(f"/busy/{key}")
+    return {}
+
+
+async def _happy(client: httpx.AsyncClient, key: str, requests: int) -> dict[str, Any]:
+    async def caller(count: int) -> None:
+        for _ in range(count):
+            response = await client.get(f"/ok/{key}")
+            assert response.status_code == 200
+
+    await client.get(f"/ok/{key}")  # connect outside the measurement
+    started = time.process_time()
+    await asyncio.gather(*(caller(requests // 10) for _ in range(10)))
+    return {"cpu": time.process_time() - started, "requests": requests // 10 * 10}
+
+
+async def _work(spec: dict[str, Any]) -> dict[str, Any]:
+    phase, key = spec["phase"], spec["key"]
+    store = _store(spec["store"], spec["redis_url"])
+    breaker = None
+    if phase in ("outage", "half-open", "happy"):
+        recovery = 600.0 if phase in ("outage", "happy") else spec["recovery"]
+        breaker = CircuitBreaker(spec["threshold"], recovery, name=f"bench-{key}")
+    retry = RetryConfig(max_retries=0, budget_ratio=None)
+    if phase == "budget":
+        retry = RetryConfig(
+            max_retries=3, base_delay=0.0, max_delay=0.0, budget_ratio=0.2,
+            budget_min_per_second=1.0, budget_window=10.0,
+        )  # fmt: skip
+    elif phase == "happy":
+        retry = RetryConfig()
+    transport = ResilientTransport(retry=retry, circuit_breaker=breaker, state_store=store)
+    limits = httpx.Limits(max_connections=20)
+    async with httpx.AsyncClient(
+        transport=transport, base_url=spec["url"], timeout=10.0, limits=limits
+    ) as client:
+        spec["barrier"].wait()
+        if phase == "outage":
+            result = await _outage(client, key)
+        elif phase == "half-open":
+            result = await _half_open(client, key, spec["seconds"])
+        elif phase == "budget":
+            result = await _budget(client, key, spec["requests"])
+        else:
+            result = await _happy(client, key, spec["requests"])
+    if store is not None:
+        await store.aclose()
+    return {**result, "unavailable": _UNAVAILABLE[0]}
+
+
+def _worker(spec: dict[str, Any], results: Any) -> None:
+    logging.getLogger("httpx_resilience").setLevel(logging.ERROR)
+    results.put(asyncio.run(_work(spec)))
+
+
+def run_phase(base: dict[str, Any], phase: str, store: str, **extra: Any) -> dict[str, Any]:
+    context = multiprocessing.get_context("fork")
+    key = uuid.uuid4().hex
+    barrier = context.Barrier(base["workers"])
+    results = context.Queue()
+    spec = {**base, **extra, "phase": phase, "store": store, "key": key, "barrier": barrier}
+    processes = [
+        context.Process(target=_worker, args=(spec, results)) for _ in range(base["workers"])
+    ]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join(30)
+    hits = json.loads(httpx.get(f"{base['url']}stats/{key}").content)
+    unavailable = sum(outcome["unavailable"] for outcome in outcomes)
+    if unavailable:
+        print(f"   ({store}: the store failed to answer in time {unavailable} times)")
+    return {"hits": hits, "workers": outcomes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--threshold", type=int, default=10)
+    parser.add_argument("--recovery", type=float, default=0.5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    t, n = args.threshold, args.workers
+    with RedisServer() as redis_server, child_server(app) as url:
+        base = {
+            "url": url, "redis_url": redis_server.url, "workers": n, "threshold": t,
+            "recovery": args.recovery, "seconds": args.seconds,
+        }  # fmt: skip
+        print(f"{n} workers, failure_threshold={t}, redis-server {redis_server.url}")
+
+        print("\n1. outage: upstream requests before the fleet stopped sending")
+        for store in ("local", "redis"):
+            hits = len(run_phase(base, "outage", store)["hits"])
+            print(f"   {store:<6} {hits:>5}  ({hits / t:.1f} x failure_threshold)")
+
+        print(f"\n2. half-open: {args.seconds}s down, recovery_time={args.recovery}s")
+        for store in ("local", "redis"):
+            stamps = run_phase(base, "half-open", store)["hits"]
+            gaps = [b - a for a, b in itertools.pairwise(stamps)]
+            # The opening burst: every hit until the first pause of half a recovery_time.
+            opening = next((i + 1 for i, gap in enumerate(gaps) if gap >= args.recovery / 2),
+                           len(stamps))  # fmt: skip
+            probe_gaps = gaps[opening - 1 :]
+            crowded = sum(1 for gap in probe_gaps if gap < args.recovery * 0.9)
+            print(
+                f"   {store:<6} opening {opening:>3}, then {len(probe_gaps):>3} probes; "
+                f"probes less than recovery_time after the one before: {crowded}"
+            )
+
+        print("\n3. retry budget: every request 503, max_retries=3, 20 % + 1/s over 10 s")
+        requests = 100
+        for store in ("local", "redis"):
+            hits = len(run_phase(base, "budget", store, requests=requests)["hits"])
+            total = n * requests
+            retries = hits - total
+            fleet_allowance = 10 + 0.2 * total
+            print(
+                f"   {store:<6} {total} requests, {retries} retries "
+                f"(fleet-wide budget: {fleet_allowance:.0f}; per-worker budgets add up to "
+                f"{n * (10 + 0.2 * requests):.0f})"
+            )
+
+        print(f"\n4. happy path: CPU per request, {args.requests} requests per worker")
+        cpu: dict[str, list[float]] = {"local": [], "memory": [], "redis": []}
+        for _ in range(args.rounds):
+            for store in cpu:
+                outcome = run_phase(base, "happy", store, requests=args.requests)
+                per_request = [w["cpu"] / w["requests"] * 1e6 for w in outcome["workers"]]
+                cpu[store].append(statistics.median(per_request))
+        medians = {store: statistics.median(values) for store, values in cpu.items()}
+        for store, values in cpu.items():
+            rounds = ", ".join(f"{v:.0f}" for v in values)
+            print(f"   {store:<6} {medians[store]:>6.0f} us/request (rounds: {rounds})")
+        change = medians["redis"] / medians["memory"] - 1
+        print(f"   redis vs memory store: {change:+.1%}")
+
+
+if __name__ == "__main__":
+    main()
