@@ -10,16 +10,17 @@ started on a free loopback port (tests/support/redis.py). Each phase runs once w
    sends one request at a time until 20 in a row fail fast. Reported: the requests that reached
    the upstream before the fleet stopped sending (local: about 8 x T; redis: at most 1.5 x T).
 2. Half-open: the upstream stays down; recovery ``--recovery`` seconds; 4 callers per worker
-   keep asking for ``--seconds``. Reported: probes (requests after the first T) and how many
-   half-open periods saw more than one (two probes less than ``recovery`` apart).
+   keep asking for ``--seconds`` (every 20 ms while failed fast). Reported: the opening burst
+   (T plus the requests in flight when the circuit opened), the probes after it, and how many
+   half-open periods saw more than one probe (two probes less than ``recovery / 2`` apart).
 3. Retry budget: no breaker; every request gets 503; ``max_retries=3``, budget 20 % of requests
    plus 1 retry/s over a 10 s window. Reported: retries against the budget's allowance.
 4. Happy path: every request succeeds; breaker, budget and cool-down on; 10 callers per
    worker. Reported: each worker's CPU time (process time) per request with no store, with a
    `MemoryStore` and with the `RedisStore`, alternated over ``--rounds`` rounds (median).
 
-    python benchmarks/fleet.py [--workers 8] [--threshold 10] [--recovery 0.5] [--seconds 3]
-        [--requests 1000] [--rounds 3]
+    python benchmarks/fleet.py [--workers 8] [--threshold 20] [--recovery 0.5] [--seconds 3]
+        [--requests 1000] [--rounds 3] [--timeout 0.1] [--phases 1234]
 """
 
 from __future__ import annotations
@@ -80,9 +81,11 @@ def _count_unavailable(available: bool, error: BaseException | None) -> None:
         _UNAVAILABLE[0] += 1
 
 
-def _store(kind: str, redis_url: str) -> StateStore | None:
+def _store(kind: str, redis_url: str, timeout: float) -> StateStore | None:
     if kind == "redis":
-        return RedisStore.from_url(redis_url, prefix="bench", on_availability=_count_unavailable)
+        return RedisStore.from_url(
+            redis_url, prefix="bench", timeout=timeout, on_availability=_count_unavailable
+        )
     if kind == "memory":
         return MemoryStore()
     return None
@@ -110,7 +113,7 @@ async def _half_open(client: httpx.AsyncClient, key: str, seconds: float) -> dic
             try:
                 await client.get(f"/fail/{key}")
             except CircuitOpenError:
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.02)
 
     await asyncio.gather(*(caller() for _ in range(4)))
     return {}
@@ -136,7 +139,7 @@ async def _happy(client: httpx.AsyncClient, key: str, requests: int) -> dict[str
 
 async def _work(spec: dict[str, Any]) -> dict[str, Any]:
     phase, key = spec["phase"], spec["key"]
-    store = _store(spec["store"], spec["redis_url"])
+    store = _store(spec["store"], spec["redis_url"], spec["timeout"])
     breaker = None
     if phase in ("outage", "half-open", "happy"):
         recovery = 600.0 if phase in ("outage", "happy") else spec["recovery"]
@@ -197,65 +200,85 @@ def run_phase(base: dict[str, Any], phase: str, store: str, **extra: Any) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--threshold", type=int, default=10)
+    parser.add_argument("--threshold", type=int, default=20)
     parser.add_argument("--recovery", type=float, default=0.5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=0.1, help="the store's timeout")
+    parser.add_argument("--phases", default="1234", help="which phases to run")
     args = parser.parse_args()
     t, n = args.threshold, args.workers
     with RedisServer() as redis_server, child_server(app) as url:
         base = {
             "url": url, "redis_url": redis_server.url, "workers": n, "threshold": t,
-            "recovery": args.recovery, "seconds": args.seconds,
+            "recovery": args.recovery, "seconds": args.seconds, "timeout": args.timeout,
         }  # fmt: skip
-        print(f"{n} workers, failure_threshold={t}, redis-server {redis_server.url}")
+        print(
+            f"{n} workers, failure_threshold={t}, store timeout {args.timeout}s, "
+            f"redis-server {redis_server.url}"
+        )
 
-        print("\n1. outage: upstream requests before the fleet stopped sending")
-        for store in ("local", "redis"):
-            hits = len(run_phase(base, "outage", store)["hits"])
-            print(f"   {store:<6} {hits:>5}  ({hits / t:.1f} x failure_threshold)")
+        if "1" in args.phases:
+            outage(base, t)
+        if "2" in args.phases:
+            half_open(base, args.recovery, args.seconds)
+        if "3" in args.phases:
+            budget(base, n)
+        if "4" in args.phases:
+            happy(base, args.requests, args.rounds)
 
-        print(f"\n2. half-open: {args.seconds}s down, recovery_time={args.recovery}s")
-        for store in ("local", "redis"):
-            stamps = run_phase(base, "half-open", store)["hits"]
-            gaps = [b - a for a, b in itertools.pairwise(stamps)]
-            # The opening burst: every hit until the first pause of half a recovery_time.
-            opening = next((i + 1 for i, gap in enumerate(gaps) if gap >= args.recovery / 2),
-                           len(stamps))  # fmt: skip
-            probe_gaps = gaps[opening - 1 :]
-            crowded = sum(1 for gap in probe_gaps if gap < args.recovery * 0.9)
-            print(
-                f"   {store:<6} opening {opening:>3}, then {len(probe_gaps):>3} probes; "
-                f"probes less than recovery_time after the one before: {crowded}"
-            )
 
-        print("\n3. retry budget: every request 503, max_retries=3, 20 % + 1/s over 10 s")
-        requests = 100
-        for store in ("local", "redis"):
-            hits = len(run_phase(base, "budget", store, requests=requests)["hits"])
-            total = n * requests
-            retries = hits - total
-            fleet_allowance = 10 + 0.2 * total
-            print(
-                f"   {store:<6} {total} requests, {retries} retries "
-                f"(fleet-wide budget: {fleet_allowance:.0f}; per-worker budgets add up to "
-                f"{n * (10 + 0.2 * requests):.0f})"
-            )
+def outage(base: dict[str, Any], t: int) -> None:
+    print("\n1. outage: upstream requests before the fleet stopped sending")
+    for store in ("local", "redis"):
+        hits = len(run_phase(base, "outage", store)["hits"])
+        print(f"   {store:<6} {hits:>5}  ({hits / t:.1f} x failure_threshold)")
 
-        print(f"\n4. happy path: CPU per request, {args.requests} requests per worker")
-        cpu: dict[str, list[float]] = {"local": [], "memory": [], "redis": []}
-        for _ in range(args.rounds):
-            for store in cpu:
-                outcome = run_phase(base, "happy", store, requests=args.requests)
-                per_request = [w["cpu"] / w["requests"] * 1e6 for w in outcome["workers"]]
-                cpu[store].append(statistics.median(per_request))
-        medians = {store: statistics.median(values) for store, values in cpu.items()}
-        for store, values in cpu.items():
-            rounds = ", ".join(f"{v:.0f}" for v in values)
-            print(f"   {store:<6} {medians[store]:>6.0f} us/request (rounds: {rounds})")
-        change = medians["redis"] / medians["memory"] - 1
-        print(f"   redis vs memory store: {change:+.1%}")
+
+def half_open(base: dict[str, Any], recovery: float, seconds: float) -> None:
+    print(f"\n2. half-open: {seconds}s down, recovery_time={recovery}s, 4 callers per worker")
+    for store in ("local", "redis"):
+        stamps = run_phase(base, "half-open", store)["hits"]
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        # The opening burst: every hit until the first pause of half a recovery_time.
+        opening = next((i + 1 for i, gap in enumerate(gaps) if gap >= recovery / 2),
+                       len(stamps))  # fmt: skip
+        probe_gaps = gaps[opening - 1 :]
+        # A second probe in one half-open period comes while the first is still out, ms later.
+        crowded = sum(1 for gap in probe_gaps if gap < recovery / 2)
+        print(
+            f"   {store:<6} opening burst {opening:>3}, then {len(probe_gaps):>3} probes; "
+            f"half-open periods with more than one probe: {crowded}"
+        )
+
+
+def budget(base: dict[str, Any], n: int) -> None:
+    print("\n3. retry budget: every request 503, max_retries=3, 20 % + 1/s over 10 s")
+    requests = 100
+    for store in ("local", "redis"):
+        hits = len(run_phase(base, "budget", store, requests=requests)["hits"])
+        total = n * requests
+        print(
+            f"   {store:<6} {total} requests, {hits - total} retries (fleet-wide budget: "
+            f"{10 + 0.2 * total:.0f}; per-worker budgets add up to "
+            f"{n * (10 + 0.2 * requests):.0f})"
+        )
+
+
+def happy(base: dict[str, Any], requests: int, rounds: int) -> None:
+    print(f"\n4. happy path: CPU per request, {requests} requests per worker, 10 callers each")
+    cpu: dict[str, list[float]] = {"local": [], "memory": [], "redis": []}
+    for _ in range(rounds):
+        for store in cpu:
+            outcome = run_phase(base, "happy", store, requests=requests)
+            per_request = [w["cpu"] / w["requests"] * 1e6 for w in outcome["workers"]]
+            cpu[store].append(statistics.median(per_request))
+    medians = {store: statistics.median(values) for store, values in cpu.items()}
+    for store, values in cpu.items():
+        listed = ", ".join(f"{v:.0f}" for v in values)
+        print(f"   {store:<6} {medians[store]:>6.0f} us/request (rounds: {listed})")
+    print(f"   redis vs memory store: {medians['redis'] / medians['memory'] - 1:+.1%}")
 
 
 if __name__ == "__main__":
