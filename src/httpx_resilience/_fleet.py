@@ -313,7 +313,7 @@ class Fleet:
         (cancelled, a local error): give the fleet's probe back if it held it (in the
         background: this runs while a cancellation unwinds)."""
         local = self._origins.get(permit.origin)
-        if local is None or not local.token:
+        if local is None or not local.token or not self.sharing:
             return
         token, local.token = local.token, ""
         policy, store, name = self._circuit_policy, self.store, str(permit.origin)

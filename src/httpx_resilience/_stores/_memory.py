@@ -41,7 +41,10 @@ class _Circuit:
 
 
 class MemoryStore:
-    """Shared state in this process's memory (see `StateStore`). Works on asyncio and trio.
+    """Shared state in this process's memory (see `StateStore`).
+
+    The transport's link to a store (`_fleet.py`) flushes and reads in background tasks, which
+    it runs on asyncio only: on trio a transport given any store keeps to local state.
 
     Args:
         clock: Monotonic seconds. For tests.
@@ -58,7 +61,7 @@ class MemoryStore:
             (with the error) and when it answers again (with None).
     """
 
-    async_libraries = frozenset({"asyncio", "trio"})
+    async_libraries = frozenset({"asyncio"})
 
     def __init__(
         self,
