@@ -26,6 +26,7 @@ from httpx_resilience import (
     ResilientTransport,
     RetryConfig,
 )
+from httpx_resilience._stores._protocol import CircuitPolicy
 from tests.support.redis import DelayProxy, RedisServer, redis_server_or_skip
 from tests.support.server import FaultProxy, ServerThread
 
@@ -143,6 +144,14 @@ async def test_exactly_one_probe_per_half_open_period_fleet_wide(
         await until(lambda f=fleet: all(  # type: ignore[misc]
             w.breaker.state(origin) is CircuitState.HALF_OPEN for w in f
         ))  # fmt: skip
+        if redis_url is not None:  # and the fleet's circuit too (its clock is Redis's)
+            store, name = fleet[0].store, f"probe-{key}-{mode}"
+            policy = CircuitPolicy(2, 0.3, None, 10, 30.0, 10.0)
+            for _ in range(500):
+                view, _ = await store.circuit(name, str(origin), "read", policy)
+                if view.state is CircuitState.HALF_OPEN:
+                    break
+                await anyio.sleep(0.01)
         # 40 requests at once while half-open: the probe hangs a second on the upstream, so
         # the half-open period cannot end while the others ask.
         slow = f"/slow/{key}-{mode}?delay=1"
@@ -274,8 +283,6 @@ async def test_a_slow_redis_does_not_slow_requests_beyond_the_timeout(
         proxy.delay = 0.0
         store = RedisStore.from_url(proxy.url, prefix=f"slow{key}")
         try:
-            from httpx_resilience._stores._protocol import CircuitPolicy
-
             policy = CircuitPolicy(10, 60.0, None, 10, 30.0, 5.0)
             assert worker.store is not None
             for n in range(1, 4):
