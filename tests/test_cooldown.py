@@ -148,7 +148,7 @@ def test_invalid_configuration_names_the_field(kwargs: dict[str, object], messag
 
 def test_transport_rejects_a_wrong_cool_down_type() -> None:
     with pytest.raises(TypeError, match=r"ResilientTransport\.cool_down must be a CoolDown, True"):
-        ResilientTransport(cool_down=5)
+        ResilientTransport(cool_down=5)  # type: ignore[arg-type]
 
 
 # --- headers -----------------------------------------------------------------------------------
