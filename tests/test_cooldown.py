@@ -3,6 +3,7 @@ parsing, and 50 concurrent callers against a real rate-limiting Hypercorn upstre
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import anyio
@@ -123,6 +124,12 @@ def test_window_is_capped_and_origins_are_bounded() -> None:
     assert set(cool.cooling()) == {OTHER, third}
 
 
+def test_an_endless_wait_is_cut_to_max_cool_down() -> None:
+    cool = CoolDown(clock=Clock(), max_cool_down=120.0)
+    cool.note(ORIGIN, server_wait(None, "9" * 400, 0.0) or 0.0, 429)  # overflows to inf
+    assert cool.retry_in(ORIGIN) == 120.0
+
+
 def test_a_broken_hook_does_not_break_requests() -> None:
     def hook(origin: Origin, seconds: float) -> None:
         raise RuntimeError("boom")
@@ -157,7 +164,7 @@ def test_transport_rejects_a_wrong_cool_down_type() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("1500", 1.5), (b"250.5", 0.2505), ("0", 0.0), ("-1", None), ("soon", None),
-     ("9" * 400, None), ("", None)],
+     ("9" * 400, math.inf), ("", None)],
 )  # fmt: skip
 def test_parse_retry_after_ms(value: str | bytes, expected: float | None) -> None:
     assert parse_retry_after_ms(value) == expected

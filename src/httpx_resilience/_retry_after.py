@@ -50,14 +50,14 @@ def parse_retry_after(value: str | bytes, now: float) -> float | None:
 def parse_retry_after_ms(value: str | bytes) -> float | None:
     """Return the seconds that a ``retry-after-ms`` header asks to wait (the OpenAI and
     Anthropic APIs send it, in milliseconds, beside ``Retry-After``), or None if it is not a
-    finite non-negative number. Never raises."""
+    non-negative decimal number. Like `parse_retry_after`, a number too large for a float
+    gives ``math.inf``. Never raises."""
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     text = value.strip()
     if not _SECONDS.fullmatch(text):
         return None
-    seconds = float(text) / 1000.0
-    return seconds if math.isfinite(seconds) else None
+    return float(text) / 1000.0
 
 
 def _parse_http_date(text: str, now: float) -> float | None:
