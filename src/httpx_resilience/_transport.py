@@ -25,13 +25,13 @@ from ._breaker import CircuitBreaker, CircuitState, Origin, Permit, origin_of
 from ._budget import RetryBudget
 from ._classify import FailureKind, classify_error, counts_against_upstream
 from ._config import RetryConfig
+from ._connection.transport import build_transport
 from ._cooldown import CoolDown, Gate, GateKind, server_wait
 from ._decision import RETRY_AFTER_STATUSES, Decision, decide
 from ._exceptions import CircuitOpenError, CoolDownError, DeadlineExceeded
 from ._fleet import Fleet, SharedBudget
 from ._history import Attempt, attach_history
 from ._logging import logger, redact_url
-from ._pool import build_http_transport
 from ._redact import scrub_exception
 from ._stores import StateStore
 from ._testing import is_testing
@@ -75,9 +75,11 @@ _SYNC_CLIENT = (
 class ResilientTransport(httpx.AsyncBaseTransport):
     """An `httpx.AsyncBaseTransport` that retries what is safe to retry.
 
-    Wraps ``transport`` or, when none is given, an `httpx.AsyncHTTPTransport` built from the
-    connection options below (the same as httpx's, but with ``http2=True`` by default; ALPN
-    falls back to HTTP/1.1 for servers without HTTP/2). httpx ignores a client's own
+    Wraps ``transport`` or, when none is given, a transport built from the connection options
+    below (the same as httpx's, but with ``http2=True`` by default; ALPN falls back to HTTP/1.1
+    for servers without HTTP/2): with ``http2=False`` and no proxy, this package's own
+    connection layer (`AsyncConnectionPoolTransport`); otherwise an `httpx.AsyncHTTPTransport`
+    with this package's HTTP/2 handling. httpx ignores a client's own
     ``verify``, ``cert``, ``http1``, ``http2``, ``limits``, ``proxy`` and ``trust_env`` once a
     ``transport`` is given to the client, so give them here instead.
 
@@ -154,7 +156,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             "local_address": local_address, "retries": retries, "socket_options": socket_options,
         }  # fmt: skip
         if transport is None:
-            transport = build_http_transport(**options)
+            transport = build_transport(**options)  # type: ignore[arg-type]
         else:
             given = [name for name, value in options.items() if value != _DEFAULTS[name]]
             if given:

@@ -1,0 +1,159 @@
+"""`AsyncConnectionPoolTransport`: this package's connection layer behind httpx's transport API.
+
+A drop-in for `httpx.AsyncHTTPTransport` (the same keyword arguments). HTTP/1.1 to direct
+origins goes through this package's pool (`pool.py`) and HTTP/1.1 connections (`http11.py`).
+Two routes still go through the previous layer, for now:
+
+* ``http2=True``: `_pool.build_http_transport` (httpcore's connections with this package's
+  HTTP/2 handling, `_http2.py`), until `_connection` has its own HTTP/2;
+* ``proxy=...``: httpx's own transport (httpcore's proxy connections).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+from types import TracebackType
+from typing import TypeAlias
+
+import httpx
+
+from .connect import ConnectOptions, SocketOption
+from .http11 import PARSERS, default_parser
+from .pool import ConnectionPool, PoolStats
+
+__all__ = ["DEFAULT_LIMITS", "AsyncConnectionPoolTransport", "build_transport"]
+
+#: httpx's default pool limits (the same values as httpx's own default).
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+CertTypes: TypeAlias = str | tuple[str, str] | tuple[str, str, str]
+ProxyTypes: TypeAlias = str | httpx.URL | httpx.Proxy
+
+
+def _check_options(http1: bool, http2: bool, parser: str | None) -> None:
+    if not http1 and not http2:
+        raise ValueError(
+            "AsyncConnectionPoolTransport: http1 and http2 are both False; "
+            "allowed: at least one of them True"
+        )
+    if parser is not None and parser not in PARSERS:
+        raise ValueError(
+            f"AsyncConnectionPoolTransport.http1_parser must be one of "
+            f"{', '.join(repr(p) for p in PARSERS)} or None, got {parser!r}"
+        )
+
+
+class AsyncConnectionPoolTransport(httpx.AsyncBaseTransport):
+    """An `httpx.AsyncHTTPTransport` replacement whose HTTP/1.1 connection pool is this
+    package's own: O(1) per request, FIFO among waiting requests, and every cancellation
+    gives its connection slot back.
+
+    Takes `httpx.AsyncHTTPTransport`'s keyword arguments, with the same meaning and defaults,
+    plus ``http1_parser``: ``"httptools"`` (llhttp, the default when installed) or ``"h11"``
+    (pure Python); None reads ``HTTPX_RESILIENCE_HTTP11_PARSER``. With ``http2=True`` or a
+    ``proxy`` the requests go through the previous (httpcore-based) layer; see the module doc.
+    """
+
+    def __init__(
+        self,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: CertTypes | None = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        proxy: ProxyTypes | None = None,
+        uds: str | None = None,
+        local_address: str | None = None,
+        retries: int = 0,
+        socket_options: Iterable[SocketOption] | None = None,
+        *,
+        http1_parser: str | None = None,
+    ) -> None:
+        _check_options(http1, http2, http1_parser)
+        self._delegate: httpx.AsyncBaseTransport | None = None
+        self._pool: ConnectionPool | None = None
+        if http2 or proxy is not None:
+            self._delegate = _previous_layer(
+                verify=verify, cert=cert, trust_env=trust_env, http1=http1, http2=http2,
+                limits=limits, proxy=proxy, uds=uds, local_address=local_address,
+                retries=retries, socket_options=socket_options,
+            )  # fmt: skip
+            return
+        self._pool = ConnectionPool(
+            ConnectOptions(
+                httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env),
+                uds=uds,
+                local_address=local_address,
+                retries=retries,
+                socket_options=socket_options,
+            ),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            parser=http1_parser or default_parser(),
+        )
+
+    @property
+    def pool_stats(self) -> PoolStats | None:
+        """The pool's counts (connections, idle, in use, waiting); None when the requests go
+        through the previous layer (HTTP/2 or a proxy)."""
+        return None if self._pool is None else self._pool.stats
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        pool = self._pool
+        if pool is not None:
+            return await pool.handle_request(request)
+        assert self._delegate is not None
+        return await self._delegate.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+        else:
+            assert self._delegate is not None
+            await self._delegate.aclose()
+
+    async def __aenter__(self) -> AsyncConnectionPoolTransport:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.aclose()
+
+
+def _previous_layer(**options: object) -> httpx.AsyncBaseTransport:
+    from .._pool import build_http_transport
+
+    return build_http_transport(**options)
+
+
+def build_transport(
+    *,
+    verify: ssl.SSLContext | str | bool,
+    cert: CertTypes | None,
+    trust_env: bool,
+    http1: bool,
+    http2: bool,
+    limits: httpx.Limits,
+    proxy: ProxyTypes | None,
+    uds: str | None,
+    local_address: str | None,
+    retries: int,
+    socket_options: Iterable[SocketOption] | None,
+) -> httpx.AsyncBaseTransport:
+    """The inner transport `ResilientTransport` builds: this layer for HTTP/1.1, the previous
+    layer (an `httpx.AsyncHTTPTransport`) for HTTP/2 and proxies."""
+    options = {
+        "verify": verify, "cert": cert, "trust_env": trust_env, "http1": http1,
+        "http2": http2, "limits": limits, "proxy": proxy, "uds": uds,
+        "local_address": local_address, "retries": retries, "socket_options": socket_options,
+    }  # fmt: skip
+    if http2 or proxy is not None:
+        return _previous_layer(**options)
+    return AsyncConnectionPoolTransport(**options)  # type: ignore[arg-type]
