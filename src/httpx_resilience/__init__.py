@@ -20,6 +20,8 @@ from ._auth import (
 from ._breaker import CircuitBreaker, CircuitState, Origin
 from ._client import APIResponse, AsyncAPIClient
 from ._config import DEFAULT_RETRY_METHODS, DEFAULT_RETRY_STATUSES, RetryConfig
+from ._connection.pool import PoolStats
+from ._connection.transport import AsyncConnectionPoolTransport
 from ._cooldown import CoolDown
 from ._exceptions import (
     APICircuitOpenError,
@@ -69,6 +71,7 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AsyncAPIClient",
+    "AsyncConnectionPoolTransport",
     "Attempt",
     "AuthHeaders",
     "AuthenticationError",
@@ -83,6 +86,7 @@ __all__ = [
     "MemoryStore",
     "Origin",
     "PermissionDeniedError",
+    "PoolStats",
     "RateLimitError",
     "RedisStore",
     "ResilienceError",

@@ -261,10 +261,12 @@ class AsyncioStream(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self._sink.data_received(data)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        try:
+            self._sink.data_received(data)
+        finally:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def eof_received(self) -> bool:
         self._lost(None)
@@ -290,10 +292,12 @@ class AsyncioStream(asyncio.Protocol):
             return
         self._closed = True
         self._error = exc
-        self._sink.eof_received(exc)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        try:
+            self._sink.eof_received(exc)
+        finally:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     # NetworkStream
 
@@ -312,7 +316,7 @@ class AsyncioStream(asyncio.Protocol):
 
     async def receive(self, seconds: float | None) -> None:
         if self._closed:
-            return
+            raise httpx.ReadError(_closed_message(self._error))
         waiter = self._loop.create_future()
         self._waiter = waiter
         handle = None if seconds is None else self._loop.call_later(seconds, _expire, waiter)
@@ -436,7 +440,7 @@ class AnyIOStream:
 
     async def receive(self, seconds: float | None) -> None:
         if self._closed:
-            return
+            raise httpx.ReadError("connection closed")
         try:
             with anyio.fail_after(seconds):
                 data = await self._stream.receive(_READ_SIZE)
@@ -470,7 +474,7 @@ class AnyIOStream:
             anyio.BrokenResourceError,
             anyio.ClosedResourceError,
         ) as exc:
-            self._closed = True
+            # Reading may still find the server's answer (an early response): stay open.
             raise httpx.WriteError(str(exc) or type(exc).__name__) from exc
 
     def is_alive(self) -> bool:

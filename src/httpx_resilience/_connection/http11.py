@@ -16,6 +16,7 @@ its connection (what remains unread could be anything).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -422,7 +423,10 @@ class HTTP11Connection:
         self._eof = True
         self._eof_error = exc
         if self._state == _ACTIVE:
-            self._parser.feed_eof()
+            # The end of the stream may complete a body that runs until the close; anything
+            # else it cuts short is reported by `_check_read`.
+            with contextlib.suppress(httpx.RemoteProtocolError):
+                self._parser.feed_eof()
 
     # --- one request ------------------------------------------------------------------------
 
