@@ -395,9 +395,11 @@ async def test_waiters_are_served_first_come_first_served(
         ):
             for index in range(8):
                 group.start_soon(one, index)
-                await wait_until(
-                    lambda n=index: stats(transport).waiting == n + 1, "the request waits"
-                )
+
+                def waits(expected: int = index + 1) -> bool:
+                    return bool(stats(transport).waiting == expected)
+
+                await wait_until(waits, "the request waits")
     assert order == list(range(8))
 
 
