@@ -562,3 +562,25 @@ def test_the_private_name_check_can_fail(tmp_path: Path) -> None:
         "httpx._config.DEFAULT_LIMITS",
         "httpx._types",
     ]
+
+
+async def test_read_and_write_timeouts(h1_server: ServerThread, parser: str, key: str) -> None:
+    client, transport = make_client(h1_server.url, parser)
+    async with client:
+        # A short read timeout after a long one, and a long one after a short one: the
+        # connection's one read timer is re-armed for each.
+        fast = httpx.Timeout(5.0, read=0.3)
+        assert (await client.get(f"/ok/{key}", timeout=fast)).status_code == 200
+        with pytest.raises(httpx.ReadTimeout) as timed_out:
+            await client.get(f"/slow/{key}?delay=5", timeout=httpx.Timeout(5.0, read=0.5))
+        assert classify_error(timed_out.value) is FailureKind.MAYBE_PROCESSED
+        assert (await client.get(f"/ok/{key}", timeout=httpx.Timeout(60.0))).status_code == 200
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(f"/slow/{key}?delay=5", timeout=fast)
+        assert_nothing_held(transport)
+    with RawServer(_silent) as silent:
+        client, transport = make_client(silent.url, parser, httpx.Timeout(5.0, write=0.2))
+        async with client:
+            with pytest.raises(httpx.WriteTimeout):
+                await client.post("/", content=b"x" * 50_000_000)
+            assert_nothing_held(transport)

@@ -233,10 +233,12 @@ class AsyncioStream(asyncio.Protocol):
 
     __slots__ = (
         "_closed",
+        "_deadline",
         "_drain",
         "_error",
         "_loop",
         "_sink",
+        "_timer",
         "_transport",
         "_waiter",
         "_write_paused",
@@ -245,6 +247,10 @@ class AsyncioStream(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        # Read timeouts: one timer per connection, re-armed lazily (see `_on_timer`), instead
+        # of a timer made and cancelled for every read.
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
         self._sink: Sink = _NULL_SINK
         self._waiter: asyncio.Future[None] | None = None
@@ -292,6 +298,9 @@ class AsyncioStream(asyncio.Protocol):
             return
         self._closed = True
         self._error = exc
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         try:
             self._sink.eof_received(exc)
         finally:
@@ -317,17 +326,36 @@ class AsyncioStream(asyncio.Protocol):
     async def receive(self, seconds: float | None) -> None:
         if self._closed:
             raise httpx.ReadError(_closed_message(self._error))
-        waiter = self._loop.create_future()
+        loop = self._loop
+        waiter = loop.create_future()
         self._waiter = waiter
-        handle = None if seconds is None else self._loop.call_later(seconds, _expire, waiter)
+        if seconds is not None:
+            deadline = self._deadline = loop.time() + seconds
+            timer = self._timer
+            if timer is None or timer.when() > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = loop.call_at(deadline, self._on_timer)
         try:
             await waiter
         except _Expired:
             raise httpx.ReadTimeout("timed out while reading") from None
         finally:
             self._waiter = None
-            if handle is not None:
-                handle.cancel()
+            self._deadline = None
+
+    def _on_timer(self) -> None:
+        # The timer may be older than the current read's deadline: re-arm it for that.
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self._closed:
+            return
+        if self._loop.time() >= deadline:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(_Expired())
+        else:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
 
     async def send(self, data: bytes, seconds: float | None) -> None:
         transport = self._transport
@@ -356,6 +384,9 @@ class AsyncioStream(asyncio.Protocol):
     def abort(self) -> None:
         transport = self._transport
         self._sink = _NULL_SINK
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if transport is not None:
             transport.abort()
         self._closed = True

@@ -550,21 +550,24 @@ class _ResponseStream(httpx.AsyncByteStream):
         # None once the body is complete (the connection is then back in the pool).
         self._conn: HTTP11Connection | None = None if conn._parser.complete else conn
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        # The stream is its own iterator (no async generator to finalise if the caller stops
+        # early); it can be iterated once, like httpx's own response streams.
+        return self
+
+    async def __anext__(self) -> bytes:
         chunks = self._chunks
         while True:
             if chunks:
-                taken = chunks[:]
+                chunk = chunks.pop() if len(chunks) == 1 else b"".join(chunks)
                 chunks.clear()
                 conn = self._conn
                 if conn is not None:
-                    conn.consumed(sum(map(len, taken)))
-                for chunk in taken:
-                    yield chunk
-                continue
+                    conn.consumed(len(chunk))
+                return chunk
             conn = self._conn
             if conn is None:
-                return
+                raise StopAsyncIteration
             if conn._parser.complete:
                 self._conn = None
                 conn._finish()
@@ -579,7 +582,7 @@ class _ResponseStream(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            if conn._parser.complete and not self._chunks:
+            if conn._parser.complete:
                 conn._finish()
             else:
                 conn.abandon()
