@@ -9,9 +9,9 @@ and read ``head_done``/``complete``/``status``/``headers``/``body``/``keep_alive
 A connection is handed received bytes by its stream (`connect.Sink`) and is, at any time, either
 idle (no request: any byte or end of stream then means the server closed it or broke the
 protocol, so it is never reused) or carrying one request. Its response's body chunks go into a
-list owned by that response; once the whole message is in, the connection goes back to the pool
-at once, even if the caller reads the body later. A response closed before its body ended closes
-its connection (what remains unread could be anything).
+list owned by that response; the connection goes back to the pool when the body has been read to
+its end or the response is closed, as with httpx's own transport. A response closed before its
+whole message arrived closes its connection (what remains unread could be anything).
 """
 
 from __future__ import annotations
@@ -475,8 +475,6 @@ class HTTP11Connection:
             stream=_ResponseStream(self, parser.body, read_timeout),
             extensions={"http_version": parser.version, "reason_phrase": parser.reason},
         )
-        if parser.complete:
-            self._finish()
         return response
 
     async def _send_streamed(
@@ -547,8 +545,9 @@ class _ResponseStream(httpx.AsyncByteStream):
     def __init__(self, conn: HTTP11Connection, chunks: list[bytes], seconds: float | None) -> None:
         self._chunks = chunks
         self._timeout = seconds
-        # None once the body is complete (the connection is then back in the pool).
-        self._conn: HTTP11Connection | None = None if conn._parser.complete else conn
+        # Held until the body has been read to its end or the response is closed, as httpx's
+        # own transport does (``max_connections`` bounds open responses); then None.
+        self._conn: HTTP11Connection | None = conn
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         # The stream is its own iterator (no async generator to finalise if the caller stops
