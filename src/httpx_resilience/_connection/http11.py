@@ -469,13 +469,12 @@ class HTTP11Connection:
         while not parser.head_done:
             self._check_read(request)
             await stream.receive(read_timeout)
-        response = httpx.Response(
+        return httpx.Response(
             parser.status,
             headers=parser.headers,
             stream=_ResponseStream(self, parser.body, read_timeout),
             extensions={"http_version": parser.version, "reason_phrase": parser.reason},
         )
-        return response
 
     async def _send_streamed(
         self, request: httpx.Request, head: bytes, seconds: float | None
