@@ -278,6 +278,7 @@ def test_readme_example_runs_against_a_local_server(
     "cls",
     [
         httpx_resilience.ResilientTransport,
+        httpx_resilience.AsyncConnectionPoolTransport,
         httpx_resilience.AsyncAPIClient,
         httpx_resilience.RetryConfig,
         httpx_resilience.CircuitBreaker,

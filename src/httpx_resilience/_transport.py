@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 import httpx
-from httpx._config import DEFAULT_LIMITS
 from httpx._multipart import FileField, MultipartStream
 
 from ._auth import request_secrets, strip_foreign_credentials
@@ -25,7 +24,7 @@ from ._breaker import CircuitBreaker, CircuitState, Origin, Permit, origin_of
 from ._budget import RetryBudget
 from ._classify import FailureKind, classify_error, counts_against_upstream
 from ._config import RetryConfig
-from ._connection.transport import build_transport
+from ._connection.transport import DEFAULT_LIMITS, build_transport
 from ._cooldown import CoolDown, Gate, GateKind, server_wait
 from ._decision import RETRY_AFTER_STATUSES, Decision, decide
 from ._exceptions import CircuitOpenError, CoolDownError, DeadlineExceeded
@@ -44,8 +43,8 @@ from ._validate import (
 )
 
 if TYPE_CHECKING:
-    from httpx._transports.default import SOCKET_OPTION
-    from httpx._types import CertTypes, ProxyTypes
+    from ._connection.connect import SocketOption
+    from ._connection.transport import CertTypes, ProxyTypes
 
 __all__ = ["READ_BODY_EXTENSION", "RETRY_EXTENSION", "ResilientTransport"]
 
@@ -135,7 +134,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         uds: str | None = None,
         local_address: str | None = None,
         retries: int = 0,
-        socket_options: Iterable[SOCKET_OPTION] | None = None,
+        socket_options: Iterable[SocketOption] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         random: Callable[[], float] = random.random,

@@ -50,9 +50,28 @@ class AsyncConnectionPoolTransport(httpx.AsyncBaseTransport):
     gives its connection slot back.
 
     Takes `httpx.AsyncHTTPTransport`'s keyword arguments, with the same meaning and defaults,
-    plus ``http1_parser``: ``"httptools"`` (llhttp, the default when installed) or ``"h11"``
-    (pure Python); None reads ``HTTPX_RESILIENCE_HTTP11_PARSER``. With ``http2=True`` or a
-    ``proxy`` the requests go through the previous (httpcore-based) layer; see the module doc.
+    plus ``http1_parser``. With ``http2=True`` or a ``proxy`` the requests go through the
+    previous (httpcore-based) layer: httpcore's connections with this package's HTTP/2 handling,
+    or httpx's own proxy transport.
+
+    Args:
+        verify: How to verify the server's certificate, as in httpx: True (certifi's CA
+            bundle) or an `ssl.SSLContext`.
+        cert: A client certificate: a path, or ``(certfile, keyfile[, password])``.
+        trust_env: Read ``SSL_CERT_FILE``/``SSL_CERT_DIR`` (as httpx's
+            `httpx.create_ssl_context` does).
+        http1: Speak HTTP/1.1.
+        http2: Speak HTTP/2 (through the previous layer, for now).
+        limits: ``max_connections`` (open or opening), ``max_keepalive_connections`` (idle
+            ones kept) and ``keepalive_expiry`` (seconds an idle connection is reused for);
+            httpx's defaults: 100, 20 and 5 s.
+        proxy: An HTTP(S) or SOCKS proxy URL or `httpx.Proxy` (through httpx's transport).
+        uds: Connect to this Unix domain socket instead of the URL's host and port.
+        local_address: The local IP address to connect from.
+        retries: How many times to retry a failed connect (0 s, 0.5 s, 1 s, ... apart).
+        socket_options: ``setsockopt`` arguments applied to each new socket.
+        http1_parser: ``"httptools"`` (llhttp, in C; the default when installed) or ``"h11"``
+            (pure Python); None reads ``HTTPX_RESILIENCE_HTTP11_PARSER``.
     """
 
     def __init__(
