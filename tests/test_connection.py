@@ -224,6 +224,22 @@ async def test_body_ended_by_the_connection_closing(parser: str) -> None:
             assert stats(transport).connections == 0
 
 
+async def test_a_request_saying_connection_close_closes_it(parser: str) -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"  # the server would keep it
+
+    def handler(sock: socket.socket) -> None:
+        read_head(sock)
+        sock.sendall(head)
+        sock.recv(1)
+
+    with RawServer(handler) as server:
+        client, transport = make_client(server.url, parser)
+        async with client:
+            response = await client.get("/", headers={"Connection": "close"})
+            assert response.content == b"ok"
+            assert stats(transport).connections == 0
+
+
 async def test_interim_100_continue_is_skipped(parser: str) -> None:
     head = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"
     with RawServer(_respond([], head)) as server:

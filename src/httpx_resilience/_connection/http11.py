@@ -94,6 +94,7 @@ class _HttptoolsParser:
     """llhttp, through httptools. The request is written by hand (it is a few joins)."""
 
     __slots__ = (
+        "_close",
         "_dirty",
         "_head_only",
         "_informational",
@@ -111,6 +112,7 @@ class _HttptoolsParser:
 
     def __init__(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
+        self._close = False  # the request said "Connection: close"
         self._dirty = False
         self._head_only = False
         self._informational = False
@@ -144,8 +146,12 @@ class _HttptoolsParser:
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
     ) -> bytes:
         parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+        close = False
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
+            if len(name) == 10 and name.lower() == b"connection":
+                close = b"close" in value.lower()
+        self._close = close
         parts.append(b"\r\n")
         head = b"".join(parts)
         # One check for the whole head: a CR or LF inside a method, target, name or value
@@ -183,7 +189,7 @@ class _HttptoolsParser:
         self.version = _HTTP_11 if parser.get_http_version() == "1.1" else _HTTP_10
         self.head_done = True
         if self._head_only:
-            self.keep_alive = parser.should_keep_alive()
+            self.keep_alive = parser.should_keep_alive() and not self._close
             self.complete = True
             self._dirty = True
 
@@ -197,7 +203,7 @@ class _HttptoolsParser:
             return
         if self.complete:  # a HEAD response
             return
-        self.keep_alive = self._parser.should_keep_alive()
+        self.keep_alive = self._parser.should_keep_alive() and not self._close
         self.complete = True
 
     def feed(self, data: bytes) -> None:
