@@ -419,6 +419,20 @@ async def test_waiters_are_served_first_come_first_served(
     assert order == list(range(8))
 
 
+async def test_an_idle_connection_of_another_origin_makes_room(
+    h1_server: ServerThread, parser: str, key: str
+) -> None:
+    other_origin = h1_server.url.replace("127.0.0.1", "localhost")  # same server, other origin
+    client, transport = make_client(h1_server.url, parser, limits=httpx.Limits(max_connections=1))
+    async with client:
+        for url in (h1_server.url, other_origin, h1_server.url):
+            assert (await client.get(f"{url}/ok/{key}")).status_code == 200
+            assert stats(transport)[:3] == (1, 1, 0)
+        pool = transport._pool
+        assert pool is not None
+        assert len(pool._origins) == 1  # nothing kept for an origin with no connection
+
+
 async def test_max_keepalive_connections(h1_server: ServerThread, parser: str, key: str) -> None:
     limits = httpx.Limits(max_connections=10, max_keepalive_connections=2)
     client, transport = make_client(h1_server.url, parser, limits=limits)

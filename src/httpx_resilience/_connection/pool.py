@@ -207,6 +207,7 @@ class ConnectionPool:
                     return conn
                 self._discard(conn)
                 self._total -= 1
+            self._forget(key, origin)
         if self._waiters:
             return None  # first come, first served
         if self._total < self._max_connections:
@@ -215,7 +216,9 @@ class ConnectionPool:
         if self._idle_all:
             # Full, but another origin has an idle connection: replace it.
             conn, _ = self._idle_all.popitem(last=False)
-            del self._origins[conn.key].idle[conn]
+            other = self._origins[conn.key]
+            del other.idle[conn]
+            self._forget(conn.key, other)
             self._discard(conn)
             return _NEW
         return None
