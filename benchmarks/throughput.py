@@ -15,7 +15,9 @@ kept alive; aiohttp: 100), with no pool timeout so that bursts measure queueing,
 
     python benchmarks/throughput.py [--requests 3000] [--burst 1000 10000] [--previous]
 
-``--previous`` adds `ResilientTransport` on the previous (httpcore-based) layer.
+``--previous`` adds `ResilientTransport` on the previous (httpcore-based) layer. ``--trio``
+runs the concurrency workloads under trio instead, for stock httpx and the layer only (aiohttp
+is asyncio-only): the layer must not be slower there than stock httpx.
 """
 
 from __future__ import annotations
@@ -229,13 +231,60 @@ def report(results: dict[str, dict[str, Result]], workloads: list[str]) -> None:
         print(f"  {label:<40} {ratio:7.2f}  (target {target}: {'met' if met else 'NOT met'})")
 
 
+async def run_trio(args: argparse.Namespace, url: str) -> None:
+    import trio
+
+    timeout = httpx.Timeout(60.0, pool=None)
+    clients = {
+        "stock httpx": httpx.AsyncClient(timeout=timeout),
+        "layer": httpx.AsyncClient(transport=AsyncConnectionPoolTransport(), timeout=timeout),
+    }
+
+    async def measure_trio(send: Send, concurrency: int, total: int) -> Result:
+        share = max(1, total // concurrency)
+
+        async def worker() -> None:
+            for _ in range(share):
+                await send()
+
+        started, cpu = time.perf_counter(), time.process_time()
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
+        return Result(share * concurrency, time.perf_counter() - started, time.process_time() - cpu)
+
+    senders = {name: httpx_sender(client, url) for name, client in clients.items()}
+    try:
+        for send in senders.values():
+            await measure_trio(send, 10, 500)
+        for concurrency in args.concurrency:
+            for name, send in senders.items():
+                result = await measure_trio(send, concurrency, args.requests)
+                print(
+                    f"  trio c{concurrency:<4} {name:<12} {result.rate:>9,.0f} req/s "
+                    f"{result.cpu_us:>7,.0f} µs/req",
+                    flush=True,
+                )
+    finally:
+        for client in clients.values():
+            await client.aclose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="per concurrency workload")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50, 128])
     parser.add_argument("--burst", type=int, nargs="*", default=[1000, 10000])
     parser.add_argument("--previous", action="store_true", help="add the previous layer")
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument("--trio", action="store_true", help="trio: stock httpx and the layer")
+    args = parser.parse_args()
+    if args.trio:
+        import trio
+
+        with nginx() as url:
+            trio.run(run_trio, args, url)
+    else:
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":
