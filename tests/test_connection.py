@@ -273,6 +273,63 @@ async def test_early_response_while_the_body_is_still_being_written(parser: str)
             assert_nothing_held(transport)
 
 
+async def test_a_body_that_ends_in_the_read_that_pauses_reading_leaves_it_usable(
+    parser: str,
+) -> None:
+    # Just over the 1 MiB high-water mark, read while the caller is busy: the read that pauses
+    # the socket also ends the message. The connection goes back idle; its next response
+    # must still arrive (it did not: reading stayed paused and the request timed out).
+    body = b"x" * (1024 * 1024 + 100 * 1024)
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+
+    def handler(sock: socket.socket) -> None:
+        for _ in range(2):
+            if not read_head(sock):
+                return
+            sock.sendall(answer)
+        sock.recv(1)
+
+    with RawServer(handler) as server:
+        client, transport = make_client(server.url, parser, timeout=5.0)
+        async with client:
+            for _ in range(2):
+                async with client.stream("GET", "/") as response:
+                    await anyio.sleep(0.3)  # the whole body arrives meanwhile
+                    assert len(await response.aread()) == len(body)
+            assert server.accepted == 1  # the second request reused the connection
+            assert_nothing_held(transport)
+
+
+async def test_closing_the_transport_fails_a_request_in_flight(parser: str) -> None:
+    # A request waiting for its answer when the transport closes fails at once with a
+    # ReadError; it used to wait forever on asyncio, whatever its read timeout.
+    def handler(sock: socket.socket) -> None:
+        read_head(sock)
+        sock.recv(1)
+
+    with RawServer(handler) as server:
+        client, transport = make_client(server.url, parser, timeout=30.0)
+        outcome: list[BaseException] = []
+
+        async def request() -> None:
+            try:
+                await client.get("/")
+            except httpx.TransportError as exc:
+                outcome.append(exc)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(request)
+                await wait_until(lambda: stats(transport).in_use == 1, "the request is sent")
+                await anyio.sleep(0.1)
+                await transport.aclose()
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], httpx.ReadError)
+        assert classify_error(outcome[0]) is FailureKind.MAYBE_PROCESSED
+        assert_nothing_held(transport)
+        await client.aclose()
+
+
 async def test_invalid_response_is_a_remote_protocol_error(parser: str) -> None:
     with RawServer(_respond([], b"HTTP/1.1 abc\r\n\r\n")) as server:
         client, transport = make_client(server.url, parser)

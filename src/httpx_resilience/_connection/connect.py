@@ -390,6 +390,13 @@ class AsyncioStream(asyncio.Protocol):
         if transport is not None:
             transport.abort()
         self._closed = True
+        # A read or a drain in progress must end now: `_lost` ignores a stream already closed,
+        # so nothing else would wake it (a request in flight during `aclose()` hung forever).
+        waiter, drain = self._waiter, self._drain
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(httpx.ReadError("the connection was closed"))
+        if drain is not None and not drain.done():
+            drain.set_result(None)  # `send` sees `_closed` and raises WriteError
 
     async def aclose(self) -> None:
         self.abort()

@@ -470,8 +470,9 @@ class HTTP11Connection:
                 await self._send_streamed(request, head, write_timeout)
         except httpx.WriteError:
             # The server may have answered already and closed (a 413, say): read that answer;
-            # if there is none, the read error below says what happened.
-            pass
+            # if there is none, the read error below says what happened. Half a request went
+            # out: the connection is never reused, whatever the answer says about keep-alive.
+            self._broken = True
         while not parser.head_done:
             self._check_read(request)
             await stream.receive(read_timeout)
@@ -528,6 +529,12 @@ class HTTP11Connection:
     def _finish(self) -> None:
         """The response ended: back to the pool, reusable when both sides agree."""
         parser = self._parser
+        if self._paused:
+            # The read that crossed the high-water mark may also have ended the message: an
+            # idle connection must read, or the next response (or the server's close) is
+            # never seen.
+            self._paused = False
+            self._stream.resume_reading()
         if parser.keep_alive and not self._eof and not self._broken and self._error is None:
             self._state = _IDLE
             if self._keepalive_expiry is not None:
