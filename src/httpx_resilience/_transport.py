@@ -595,9 +595,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         """Close the inner transport. Closing twice is harmless."""
         if not self._closed:
             self._closed = True
-            if self._fleet is not None:
-                await self._fleet.aclose()
-            await self._transport.aclose()
+            try:
+                if self._fleet is not None:
+                    await self._fleet.aclose()
+            finally:
+                await self._transport.aclose()
 
     async def __aenter__(self) -> ResilientTransport:
         await self._transport.__aenter__()
