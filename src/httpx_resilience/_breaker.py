@@ -20,7 +20,6 @@ only once it fails, an origin that is closed and healthy again drops it, and at 
 from __future__ import annotations
 
 import enum
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from typing import NamedTuple
 import httpx
 
 from ._exceptions import CircuitOpenError
+from ._instrument._hooks import emit_circuit_change
 from ._logging import logger
 from ._validate import check_callable, check_number, check_optional_str, check_statuses
 from ._window import SlidingCounts
@@ -316,16 +316,9 @@ class CircuitBreaker:
         circuit.in_flight = 0  # probes of an earlier phase have no say in this one
         if new is CircuitState.HALF_OPEN:
             circuit.generation += 1
-        if new is CircuitState.OPEN:
-            logger.warning(
-                "Circuit %sopened for %s (was %s); failing fast for %.1fs",
-                f"{self.name!r} " if self.name else "", origin, old.value, self.recovery_time,
-            )  # fmt: skip
-        elif new is CircuitState.CLOSED:
-            logger.info("Circuit %sclosed for %s", f"{self.name!r} " if self.name else "", origin)
-        elif logger.isEnabledFor(logging.DEBUG):
-            logger.debug("Circuit %shalf-open for %s", f"{self.name!r} " if self.name else "",
-                         origin)  # fmt: skip
+        # Logged by the default LoggingHook, like every other report.
+        retry_in = self.recovery_time if new is CircuitState.OPEN else 0.0
+        emit_circuit_change(self, origin, old, new, retry_in)
         if self.on_state_change is not None:
             try:
                 self.on_state_change(origin, old, new)

@@ -22,10 +22,13 @@ from ._classify import FailureKind, classify_error
 from ._config import RetryConfig
 from ._retry_after import parse_retry_after, parse_retry_after_ms
 
-__all__ = ["RETRY_AFTER_STATUSES", "Decision", "backoff_delay", "decide"]
+__all__ = ["BUDGET_EXHAUSTED", "RETRY_AFTER_STATUSES", "Decision", "backoff_delay", "decide"]
 
 #: Statuses whose ``Retry-After`` header is honoured (RFC 9110 §10.2.3, RFC 6585 §4).
 RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+#: The reason of a retry the budget refused (the instrumentation reports it apart).
+BUDGET_EXHAUSTED = "retry budget exhausted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,5 +113,5 @@ def decide(
     if deadline is not None and now + wait >= deadline:
         return Decision(False, 0.0, "wait would pass total_timeout")
     if budget is not None and not budget.try_spend(now):
-        return Decision(False, 0.0, "retry budget exhausted")
+        return Decision(False, 0.0, BUDGET_EXHAUSTED)
     return Decision(True, wait, cause)

@@ -7,7 +7,6 @@ closes what it discards, waits through an injectable sleeper, and records every 
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
 import ssl
 import time
@@ -26,12 +25,25 @@ from ._classify import FailureKind, classify_error, counts_against_upstream
 from ._config import RetryConfig
 from ._connection.transport import DEFAULT_LIMITS, build_transport
 from ._cooldown import CoolDown, Gate, GateKind, server_wait
-from ._decision import RETRY_AFTER_STATUSES, Decision, decide
+from ._decision import BUDGET_EXHAUSTED, RETRY_AFTER_STATUSES, Decision, decide
 from ._exceptions import CircuitOpenError, CoolDownError, DeadlineExceeded
 from ._fleet import Fleet, SharedBudget
 from ._history import Attempt, attach_history
-from ._logging import logger, redact_url
-from ._redact import scrub_exception
+from ._instrument._hooks import (
+    AttemptEnd,
+    AttemptEndHook,
+    AttemptOutcome,
+    AttemptStart,
+    BudgetRefusal,
+    FailFast,
+    GiveUp,
+    HookSet,
+    attach_to_breaker,
+    check_hooks,
+    current_hooks,
+)
+from ._instrument._stats import AttemptCounts, TransportStats, snapshot
+from ._redact import redact_url, scrub_exception
 from ._stores import StateStore
 from ._testing import is_testing
 from ._validate import (
@@ -111,6 +123,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         local_address: The local IP address to connect from.
         retries: httpcore's own immediate retries of a failed connect, before any of ours.
         socket_options: Socket options set on each new connection.
+        hooks: Instrumentation hooks (see `Hook`) this transport reports to, besides the
+            global ones (`set_hooks`, `add_hook`). Its circuit breaker reports its
+            transitions to them too.
         clock: Monotonic seconds, for deadlines and the retry budget. For tests.
         sleep: Awaited to wait between attempts. For tests; `anyio.sleep` by default.
         random: Returns a float in [0, 1), for jitter. For tests.
@@ -135,6 +150,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         local_address: str | None = None,
         retries: int = 0,
         socket_options: Iterable[SocketOption] | None = None,
+        hooks: Iterable[object] = (),
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         random: Callable[[], float] = random.random,
@@ -181,6 +197,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 f"False or None (off), got {cool_down!r}"
             )
         self._cool_down: CoolDown | None = cool_down
+        self._hooks = check_hooks("ResilientTransport.hooks", hooks)
+        self._hook_cache: list[object] = [-1, None]  # [global hooks' version, HookSet]
+        if circuit_breaker is not None and self._hooks:
+            attach_to_breaker(circuit_breaker, self._hooks)
+        self._counts = AttemptCounts()
         self._budget = _make_budget(retry)
         self._fleet: Fleet | None = None
         if state_store is not None:
@@ -220,6 +241,18 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         """The inner transport every attempt goes through."""
         return self._transport
 
+    @property
+    def hooks(self) -> tuple[object, ...]:
+        """The transport's own instrumentation hooks (the global ones come on top)."""
+        return self._hooks
+
+    def stats(self) -> TransportStats:
+        """A snapshot for health endpoints: per origin, the circuit state and the attempts
+        and failures of the last minute; the retry budget left. Cheap, and never blocks."""
+        now = self._clock()
+        budget_left = None if self._budget is None else self._budget.available(now)
+        return snapshot(self._counts, now, self._breaker, budget_left, self._transport)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(transport={self._transport!r}, retry={self._retry!r})"
 
@@ -248,13 +281,17 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         read_body = request.extensions.get(READ_BODY_EXTENSION) is True
         cool = self._cool_down if config.respect_retry_after else None
         fleet = self._fleet
-        target = _origin(request) if self._breaker is not None or cool is not None else None
+        # The request's origin: for the breaker and the cool-down, and for `stats()` and the
+        # instrumentation hooks.
+        target = _origin(request)
         if fleet is not None:
-            fleet.started(target)
+            fleet.started(target if self._breaker is not None or cool is not None else None)
         origin = None if self._breaker is None else target
+        hooks = current_hooks(self._hooks, self._hook_cache)
         run = _Run(
-            request, config, _ReplayGuard.for_request(request), deadline, budget, origin, target
-        )
+            request, config, _ReplayGuard.for_request(request), deadline, budget, origin, target,
+            hooks,
+        )  # fmt: skip
         history = run.history
         waited_for = 0  # the cool-down window this retry has waited for in the retry loop
         while True:
@@ -266,13 +303,15 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             try:
                 if fleet is not None and origin is not None and fleet.suspect(origin):
                     await fleet.check(origin)
-                permit = None if origin is None else self._admit(origin, request, history)
+                permit = None if origin is None else self._admit(run)
                 if fleet is not None and permit is not None and permit.generation:
                     await self._claim_probe(fleet, permit, run)
             except BaseException:
                 if probe:
                     _probe_failed(cool, run)
                 raise
+            # Instrumentation: nothing at all unless some hook wants every attempt.
+            ends = self._start(run) if hooks.on_attempt else None
             try:
                 if deadline is None:
                     response = await self._attempt(request, read_body)
@@ -293,33 +332,38 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                             fleet.ignored(permit)
                         else:
                             await fleet.outcome(permit, failed)
+                self._counts.record(run.target, clock(), counts_against_upstream(exc))
                 if self._resend_unprocessed(run, exc):
                     elapsed = clock() - attempt_start
                     history.append(
                         Attempt(len(history) + 1, None, exc, elapsed, 0.0, _NOT_PROCESSED)
                     )
-                    if logger.isEnabledFor(logging.INFO):
-                        logger.info(
-                            "Resending %s %s: %s", request.method, redact_url(request.url), exc
-                        )
+                    if ends is not None or hooks.after:
+                        self._report(run, ends, AttemptOutcome.RESEND)
                     attempt_start = clock()
                     continue
                 if fleet is not None and run.budget is not None:
                     await fleet.reserve_retry()
                 decision = self._decide(run, error=exc)
                 history.append(_record(history, None, exc, attempt_start, clock, decision))
+                if ends is not None or hooks.after:
+                    self._report(run, ends, _outcome(decision))
                 if not decision.retry:
                     attach_history(exc, tuple(history))
                     if decision.reason is _CIRCUIT_OPENED:
                         raise self._circuit_error(run) from exc
                     raise
-            except BaseException:  # cancelled: says nothing about the upstream
+            except BaseException as exc:  # cancelled: says nothing about the upstream
                 if probe:
                     _probe_failed(cool, run)
                 if permit is not None:
                     self._breaker.record_ignored(permit)  # type: ignore[union-attr]
                     if fleet is not None:
                         fleet.ignored(permit)
+                if ends is not None:
+                    elapsed = clock() - attempt_start
+                    cancelled = Attempt(len(history) + 1, None, exc, elapsed, None, "cancelled")
+                    self._report(run, ends, AttemptOutcome.CANCELLED, cancelled)
                 raise
             else:
                 if cool is not None:
@@ -331,9 +375,15 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                         await self._share_response(fleet, run, response, permit)
                         permit = None  # recorded
                     decision = self._judge(run, response, permit, attempt_start)
-                except BaseException:
+                except BaseException as exc:
+                    if ends is not None:  # end the hooks' attempt: spans, contexts
+                        elapsed = clock() - attempt_start
+                        broken = Attempt(len(history) + 1, None, exc, elapsed, None, "cancelled")
+                        self._report(run, ends, AttemptOutcome.CANCELLED, broken)
                     await _close_quietly(response)
                     raise
+                if ends is not None or (hooks.after and decision is not _FINAL_DECISION):
+                    self._report(run, ends, _outcome(decision), response=response)
                 if not decision.retry:
                     if decision.reason is _CIRCUIT_OPENED:
                         await _close_quietly(response)
@@ -341,7 +391,6 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     return response
                 # Free the connection before waiting, so that retries cannot starve the pool.
                 await _close_quietly(response)
-            self._log_retry(request, history[-1], config)
             await self._sleep(0.0 if is_testing() else decision.wait)
             attempt_start = clock()
 
@@ -358,6 +407,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             breaker.record_ignored(permit)
             error = CircuitOpenError(permit.origin, retry_in, breaker.name, request=run.request)
             attach_history(error, tuple(run.history))
+            if run.hooks.after:
+                self._report_refusal(run, retry_in)
             last = run.history[-1].error if run.history else None
             raise error from last
 
@@ -439,24 +490,31 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         if permit is not None:
             self._record_status(permit, status)
         if status not in run.config.retry_on_status:
-            elapsed = self._clock() - attempt_start
-            history.append(Attempt(len(history) + 1, status, None, elapsed, None, _FINAL))
+            now = self._clock()
+            self._counts.record(run.target, now, status >= 500)
+            history.append(
+                Attempt(len(history) + 1, status, None, now - attempt_start, None, _FINAL)
+            )
             decision = _FINAL_DECISION
         else:
+            self._counts.record(run.target, self._clock(), True)
             decision = self._decide(run, status=status, headers=response.headers)
             history.append(_record(history, status, None, attempt_start, self._clock, decision))
         if not decision.retry:
             attach_history(response, tuple(history))
         return decision
 
-    def _admit(self, origin: Origin, request: httpx.Request, history: list[Attempt]) -> Permit:
+    def _admit(self, run: _Run) -> Permit:
         """The breaker's leave for one attempt, or `CircuitOpenError` chained to the last
         failure."""
         try:
-            return self._breaker.admit(origin)  # type: ignore[union-attr]
+            return self._breaker.admit(run.target)  # type: ignore[union-attr]
         except CircuitOpenError as error:
+            request, history = run.request, run.history
             error.request = request
             attach_history(error, tuple(history))
+            if run.hooks.after:
+                self._report_refusal(run, error.retry_in)
             last = history[-1].error if history else None
             if last is not None:
                 raise error from last
@@ -564,17 +622,79 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             request=request,
         )
 
-    def _log_retry(self, request: httpx.Request, attempt: Attempt, config: RetryConfig) -> None:
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                "Retrying %s %s after attempt %d of %d: %s; waiting %.3fs",
-                request.method,
-                redact_url(request.url),
-                attempt.number,
-                config.max_retries + 1,
-                attempt.reason,
-                attempt.wait,
-            )
+    # --- instrumentation: called only when some hook asked for the event -----------------
+
+    @staticmethod
+    def _start(run: _Run) -> list[tuple[object, AttemptEndHook]] | None:
+        request = run.request
+        start = AttemptStart(
+            request.method, run.url, run.target, len(run.history) + 1, request.headers
+        )
+        return run.hooks.start(start) or None
+
+    def _report(
+        self,
+        run: _Run,
+        ends: list[tuple[object, AttemptEndHook]] | None,
+        outcome: AttemptOutcome,
+        attempt: Attempt | None = None,
+        response: httpx.Response | None = None,
+    ) -> None:
+        """Hand an attempt (the last in the history unless given) to the hooks: its end
+        callbacks, then the events its outcome makes."""
+        if attempt is None:
+            attempt = run.history[-1]
+        hooks, request = run.hooks, run.request
+        version = None if response is None else response.extensions.get("http_version")
+        record = AttemptEnd(
+            request.method, run.url, run.target, attempt.number, outcome, attempt.status,
+            attempt.error, attempt.elapsed, attempt.wait, attempt.reason,
+            None if version is None else version.decode("ascii", "replace"),
+            run.config.max_retries,
+        )  # fmt: skip
+        if ends is not None:
+            hooks.end(ends, record)
+        if outcome is AttemptOutcome.RETRY:
+            hooks.emit("on_retry", record)
+        elif outcome is AttemptOutcome.RESEND:
+            hooks.emit("on_resend", record)
+        elif outcome is AttemptOutcome.GIVE_UP:
+            reason = attempt.reason
+            if reason is BUDGET_EXHAUSTED and hooks.on_budget_refusal and run.budget is not None:
+                available = run.budget.available(self._clock())
+                hooks.emit(
+                    "on_budget_refusal",
+                    BudgetRefusal(request.method, run.url, run.target, attempt.number, available),
+                )
+            elif reason is _CIRCUIT_OPENED:
+                breaker = self._breaker
+                assert breaker is not None
+                self._report_refusal(run, breaker.retry_in(run.target))
+            self._report_give_up(run, attempt)
+
+    def _report_refusal(self, run: _Run, retry_in: float) -> None:
+        """An open circuit refused the request's next attempt."""
+        hooks, request = run.hooks, run.request
+        if hooks.on_fail_fast:
+            name = None if self._breaker is None else self._breaker.name
+            attempt = len(run.history) + 1
+            refusal = FailFast(request.method, run.url, run.target, attempt, retry_in, name)
+            hooks.emit("on_fail_fast", refusal)
+        # Refused before its first attempt, a request has nothing to give up on; refused
+        # before a retry (opened meanwhile by other requests), it gives up now.
+        if run.history and run.history[-1].wait is not None:
+            last = run.history[-1]
+            self._report_give_up(run, last._replace(reason=_CIRCUIT_OPENED))
+
+    @staticmethod
+    def _report_give_up(run: _Run, attempt: Attempt) -> None:
+        hooks, request = run.hooks, run.request
+        if hooks.on_give_up:
+            give_up = GiveUp(
+                request.method, run.url, run.target, len(run.history), attempt.status,
+                attempt.error, attempt.reason,
+            )  # fmt: skip
+            hooks.emit("on_give_up", give_up)
 
     # httpx.Client (sync) never touches its transport when it is built; these are the first
     # things it calls on it: `with client:`, a request, `client.close()`. Each fails at once,
@@ -679,7 +799,8 @@ class _Run:
     apart from the (shared, immutable) config."""
 
     __slots__ = (
-        "body", "budget", "config", "deadline", "history", "origin", "request", "target",
+        "_url", "body", "budget", "config", "deadline", "history", "hooks", "origin", "request",
+        "target",
         "unprocessed",
     )  # fmt: skip
 
@@ -691,7 +812,8 @@ class _Run:
         deadline: float | None,
         budget: RetryBudget | None,
         origin: Origin | None,
-        target: Origin | None,
+        target: Origin,
+        hooks: HookSet,
     ) -> None:
         self.request = request
         self.config = config
@@ -699,11 +821,20 @@ class _Run:
         self.deadline = deadline
         self.budget = budget
         self.origin = origin  # set when a circuit breaker tracks the request's origin
-        #: The request's origin whenever a breaker or a cool-down needs it.
-        self.target: Origin = target  # type: ignore[assignment]
+        #: The request's origin.
+        self.target = target
         self.history: list[Attempt] = []
         #: Attempts the server provably did not process, resent without spending a retry.
         self.unprocessed = 0
+        self.hooks = hooks
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The request URL, redacted (for instrumentation; made once, on first use)."""
+        if self._url is None:
+            self._url = redact_url(self.request.url)
+        return self._url
 
 
 async def _close_quietly(response: httpx.Response) -> None:
@@ -743,6 +874,12 @@ def _note_response(cool: CoolDown, origin: Origin, response: httpx.Response, pro
 def _origin(request: httpx.Request) -> Origin:
     url = request.url
     return origin_of(url.scheme, url.host, url.port)
+
+
+def _outcome(decision: Decision) -> AttemptOutcome:
+    if decision.retry:
+        return AttemptOutcome.RETRY
+    return AttemptOutcome.FINAL if decision is _FINAL_DECISION else AttemptOutcome.GIVE_UP
 
 
 def _make_budget(config: RetryConfig) -> RetryBudget | None:

@@ -1,0 +1,178 @@
+"""`ResilientTransport.stats()`: a snapshot per origin for health endpoints.
+
+Cheap and non-blocking: the transport counts each attempt per origin in a `SlidingCounts`
+window (O(1), fixed memory per origin, at most ``MAX_ORIGINS`` origins), and a snapshot only
+reads those counters, the circuit breaker's states and the retry budget. Nothing awaits.
+
+The connection layer reports its pool through one method, looked up on the inner transport:
+``connection_stats() -> Mapping[Origin, ConnectionStats]``. A transport without it (httpx's own
+today) leaves `OriginStats.connections` as None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from .._breaker import CircuitBreaker, CircuitState, Origin
+from .._window import SlidingCounts
+
+__all__ = [
+    "MAX_ORIGINS",
+    "STATS_WINDOW",
+    "AttemptCounts",
+    "ConnectionStats",
+    "ConnectionStatsProvider",
+    "OriginStats",
+    "TransportStats",
+    "snapshot",
+]
+
+#: Seconds of history behind `OriginStats.failure_rate`.
+STATS_WINDOW = 60.0
+#: Origins tracked at most; the one first seen is dropped to make room.
+MAX_ORIGINS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStats:
+    """One origin's connections, as the connection layer reports them.
+
+    Attributes:
+        in_use: Connections carrying a request now.
+        idle: Open connections carrying none.
+        waiting: Requests waiting for a connection.
+    """
+
+    in_use: int
+    idle: int
+    waiting: int
+
+
+@runtime_checkable
+class ConnectionStatsProvider(Protocol):
+    """What an inner transport implements to add its pool to `ResilientTransport.stats`."""
+
+    def connection_stats(self) -> Mapping[Origin, ConnectionStats]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OriginStats:
+    """One origin, now.
+
+    Attributes:
+        origin: The origin.
+        circuit: Its circuit state (closed without a circuit breaker).
+        attempts: Attempts sent to it in the last `TransportStats.window` seconds.
+        failures: Those that failed: an error that counts against the upstream (not a
+            cancellation, not a stream the server refused to process), a 5xx, or a status
+            the retry policy retries.
+        failure_rate: ``failures / attempts``, or None without attempts.
+        retry_in: Seconds until its open circuit lets a probe through; 0 unless open.
+        connections: Its connections, if the connection layer reports them; else None.
+    """
+
+    origin: Origin
+    circuit: CircuitState
+    attempts: int
+    failures: int
+    failure_rate: float | None
+    retry_in: float
+    connections: ConnectionStats | None
+
+
+@dataclass(frozen=True, slots=True)
+class TransportStats:
+    """A `ResilientTransport` now, for a health endpoint.
+
+    Attributes:
+        budget_left: Retries the transport's retry budget allows now; None without a budget.
+        window: Seconds of history behind each origin's counts.
+        origins: Every origin the transport sent to recently, its breaker tracks, or its
+            connection layer reports, sorted.
+    """
+
+    budget_left: float | None
+    window: float
+    origins: tuple[OriginStats, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data: origins keyed by ``"scheme://host:port"``."""
+        return {
+            "budget_left": self.budget_left,
+            "window": self.window,
+            "origins": {
+                str(o.origin): {
+                    "circuit": o.circuit.value,
+                    "attempts": o.attempts,
+                    "failures": o.failures,
+                    "failure_rate": o.failure_rate,
+                    "retry_in": o.retry_in,
+                    "connections": None
+                    if o.connections is None
+                    else {
+                        "in_use": o.connections.in_use,
+                        "idle": o.connections.idle,
+                        "waiting": o.connections.waiting,
+                    },
+                }
+                for o in self.origins
+            },
+        }
+
+
+class AttemptCounts:
+    """Attempts and failures per origin over a sliding window. Not thread-safe: one event loop
+    owns a transport."""
+
+    __slots__ = ("_counts", "window")
+
+    def __init__(self, window: float = STATS_WINDOW) -> None:
+        self.window = window
+        self._counts: dict[Origin, SlidingCounts] = {}
+
+    def record(self, origin: Origin, now: float, failed: bool) -> None:
+        counts = self._counts.get(origin)
+        if counts is None:
+            if len(self._counts) >= MAX_ORIGINS:
+                del self._counts[next(iter(self._counts))]
+            counts = self._counts[origin] = SlidingCounts(self.window)
+        counts.add(now, first=1, second=1 if failed else 0)
+
+    def read(self, now: float) -> dict[Origin, tuple[int, int]]:
+        result = {}
+        for origin, counts in list(self._counts.items()):
+            counts.slide(now)
+            result[origin] = (counts.first, counts.second)
+        return result
+
+
+def snapshot(
+    counts: AttemptCounts,
+    now: float,
+    breaker: CircuitBreaker | None,
+    budget_left: float | None,
+    inner: object,
+) -> TransportStats:
+    seen = counts.read(now)
+    circuits = {} if breaker is None else breaker.states()
+    connections: Mapping[Origin, ConnectionStats] = {}
+    if isinstance(inner, ConnectionStatsProvider):
+        connections = inner.connection_stats()
+    origins = []
+    for origin in sorted({*seen, *circuits, *connections}):
+        attempts, failures = seen.get(origin, (0, 0))
+        state = circuits.get(origin, CircuitState.CLOSED)
+        origins.append(
+            OriginStats(
+                origin=origin,
+                circuit=state,
+                attempts=attempts,
+                failures=failures,
+                failure_rate=failures / attempts if attempts else None,
+                retry_in=0.0 if breaker is None else breaker.retry_in(origin),
+                connections=connections.get(origin),
+            )
+        )
+    return TransportStats(budget_left, counts.window, tuple(origins))
