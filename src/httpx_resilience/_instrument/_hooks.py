@@ -290,7 +290,9 @@ def check_hooks(owner: str, hooks: Iterable[object]) -> tuple[object, ...]:
     return checked
 
 
-_reported: set[tuple[int, str]] = set()
+# Hooks whose failure was logged, by (id, event). The hook itself is kept, so that its id is
+# not reused by another hook while listed here (only failing hooks are kept).
+_reported: dict[tuple[int, str], object] = {}
 _reported_lock = threading.Lock()
 
 
@@ -300,7 +302,7 @@ def _hook_failed(hook: object, event: str) -> None:
     with _reported_lock:
         if key in _reported:
             return
-        _reported.add(key)
+        _reported[key] = hook
     logger.exception(
         "Instrumentation hook %r raised in %s; ignored (logged once per hook and event)",
         hook,
