@@ -185,9 +185,13 @@ class OpenTelemetryHook(Hook):
             attributes["network.protocol.version"] = _protocol_version(end.http_version)
         if error_type is not None:
             attributes["error.type"] = error_type
-        span.set_attributes(attributes)
-        span.set_attribute("httpx_resilience.outcome", end.outcome.value)
-        span.set_attribute("httpx_resilience.reason", end.reason)
+        span.set_attributes(
+            {
+                **attributes,
+                "httpx_resilience.outcome": end.outcome.value,
+                "httpx_resilience.reason": end.reason,
+            }
+        )
         outcome = end.outcome
         if outcome is AttemptOutcome.RETRY:
             span.add_event(
