@@ -347,3 +347,17 @@ async def test_stats_take_connection_counts_from_the_connection_layer() -> None:
         "idle": 1,
         "waiting": 5,
     }
+
+
+async def test_stats_report_the_own_connection_layers_pool(
+    h1_server: ServerThread, key: str
+) -> None:
+    # http2=False: the transport's own HTTP/1.1 connection layer, which reports its pool.
+    transport = ResilientTransport(http2=False)
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get(f"{h1_server.url}/ok/{key}")).status_code == 200
+        stats = transport.stats()
+    assert stats.pool == ConnectionStats(in_use=0, idle=1, waiting=0)
+    assert stats.as_dict()["pool"] == {"in_use": 0, "idle": 1, "waiting": 0}
+    # httpx's own transport (HTTP/2, proxies) reports none.
+    assert ResilientTransport().stats().pool is None

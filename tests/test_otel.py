@@ -270,8 +270,9 @@ async def test_what_global_instrument_sees(h1_server: ServerThread, key: str, ot
     instrumentor = HTTPXClientInstrumentor()
     instrumentor.instrument(tracer_provider=otel.provider)
     try:
-        # Without the hook: instrument() patches httpx.AsyncHTTPTransport, the transport
-        # ResilientTransport builds today, so it sees each attempt, with no resend_count.
+        # Without the hook: instrument() patches httpx.AsyncHTTPTransport, which
+        # ResilientTransport builds for HTTP/2 (the default), so it sees each attempt, with no
+        # resend_count.
         async with client_for_h1(h1_server) as client:
             await client.get(f"/flaky/{key}?fail=1")
         plain = otel.spans()
@@ -283,6 +284,14 @@ async def test_what_global_instrument_sees(h1_server: ServerThread, key: str, ot
         async with client_for_h1(h1_server, hooks=[otel.hook]) as client:
             await client.get(f"/flaky/{key}-2?fail=1")
         assert [s.instrumentation_scope.name for s in otel.spans()] == [SCOPE, SCOPE]  # type: ignore[union-attr]
+        otel.exporter.clear()
+        # http2=False: the transport's own connection layer; instrument() sees nothing.
+        async with client_for_h1(h1_server, http2=False) as client:
+            await client.get(f"/flaky/{key}-3?fail=1")
+        assert otel.spans() == []
+        async with client_for_h1(h1_server, http2=False, hooks=[otel.hook]) as client:
+            await client.get(f"/flaky/{key}-4?fail=1")
+        assert len(otel.attempts()) == 2
     finally:
         instrumentor.uninstrument()
 

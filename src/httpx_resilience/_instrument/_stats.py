@@ -4,9 +4,12 @@ Cheap and non-blocking: the transport counts each attempt per origin in a `Slidi
 window (O(1), fixed memory per origin, at most ``MAX_ORIGINS`` origins), and a snapshot only
 reads those counters, the circuit breaker's states and the retry budget. Nothing awaits.
 
-The connection layer reports its pool through one method, looked up on the inner transport:
-``connection_stats() -> Mapping[Origin, ConnectionStats]``. A transport without it (httpx's own
-today) leaves `OriginStats.connections` as None.
+The connection layer reports its pool in two ways, both looked up on the inner transport:
+pool-wide through its ``pool_stats`` property (the own HTTP/1.1 layer's ``PoolStats``: idle,
+in use, waiting), which fills `TransportStats.pool`; and per origin through a
+``connection_stats() -> Mapping[Origin, ConnectionStats]`` method, which fills
+`OriginStats.connections` (no layer implements it yet). A transport without them (httpx's own,
+used for HTTP/2 and proxies) leaves both None.
 """
 
 from __future__ import annotations
@@ -91,17 +94,24 @@ class TransportStats:
         window: Seconds of history behind each origin's counts.
         origins: Every origin the transport sent to recently, its breaker tracks, or its
             connection layer reports, sorted.
+        pool: The connection pool's counts over all origins, if the connection layer reports
+            them (the own HTTP/1.1 layer does; httpx's, used for HTTP/2, does not); else None.
     """
 
     budget_left: float | None
     window: float
     origins: tuple[OriginStats, ...]
+    pool: ConnectionStats | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data: origins keyed by ``"scheme://host:port"``."""
+        pool = self.pool
         return {
             "budget_left": self.budget_left,
             "window": self.window,
+            "pool": None
+            if pool is None
+            else {"in_use": pool.in_use, "idle": pool.idle, "waiting": pool.waiting},
             "origins": {
                 str(o.origin): {
                     "circuit": o.circuit.value,
@@ -175,4 +185,16 @@ def snapshot(
                 connections=connections.get(origin),
             )
         )
-    return TransportStats(budget_left, counts.window, tuple(origins))
+    return TransportStats(budget_left, counts.window, tuple(origins), _pool(inner))
+
+
+def _pool(inner: object) -> ConnectionStats | None:
+    """The inner transport's ``pool_stats`` (any object with ``in_use``, ``idle`` and
+    ``waiting``), as `ConnectionStats`."""
+    counts = getattr(inner, "pool_stats", None)
+    if counts is None:
+        return None
+    try:
+        return ConnectionStats(int(counts.in_use), int(counts.idle), int(counts.waiting))
+    except (AttributeError, TypeError, ValueError):
+        return None
