@@ -52,7 +52,7 @@ from httpx_resilience import (
     get_retry_history,
     set_testing,
 )
-from tests.support.nginx import NginxProxy
+from tests.support.nginx import UPSTREAM_KEEP_ALIVE_TIMEOUT, NginxProxy
 from tests.support.server import FaultApp, ServerThread
 
 CONCURRENCY = 100
@@ -173,7 +173,9 @@ async def serving(server: str, app: FaultApp, ca: trustme.CA, limit: int) -> Asy
     else:
         # The upstream keeps its connections to nginx (and outlasts nginx's idle upstream
         # connections), so that only nginx closes connections, and only towards the client.
-        upstream = ServerThread(app, keep_alive_max_requests=10**6, keep_alive_timeout=75)
+        upstream = ServerThread(
+            app, keep_alive_max_requests=10**6, keep_alive_timeout=UPSTREAM_KEEP_ALIVE_TIMEOUT
+        )
         with upstream:
             proxy = NginxProxy(
                 f"127.0.0.1:{upstream.port}",

@@ -29,7 +29,7 @@ import pytest
 import trustme
 
 from httpx_resilience import ResilientTransport, RetryConfig, get_retry_history
-from tests.support.nginx import NginxProxy
+from tests.support.nginx import UPSTREAM_KEEP_ALIVE_TIMEOUT, NginxProxy
 from tests.support.server import FaultApp, ServerThread
 
 pytestmark = pytest.mark.anyio
@@ -57,7 +57,9 @@ def h1_closing() -> Iterator[Target]:
 def h2_closing(ca: trustme.CA, client_ssl_context: ssl.SSLContext) -> Iterator[Target]:
     app = FaultApp()
     with (
-        ServerThread(app, keep_alive_max_requests=10**6) as upstream,
+        ServerThread(
+            app, keep_alive_max_requests=10**6, keep_alive_timeout=UPSTREAM_KEEP_ALIVE_TIMEOUT
+        ) as upstream,
         NginxProxy(
             f"127.0.0.1:{upstream.port}", ca=ca, keepalive_requests=50, keepalive_timeout="300ms"
         ) as nginx,

@@ -30,7 +30,7 @@ import trustme
 
 from tests.support.server import LOOPBACK
 
-__all__ = ["NginxProxy", "nginx_or_skip"]
+__all__ = ["UPSTREAM_KEEP_ALIVE_TIMEOUT", "NginxProxy", "nginx_or_skip"]
 
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
@@ -56,6 +56,11 @@ http {{
     upstream app {{
         server {upstream};
         keepalive 64;
+        # nginx must give up an idle upstream connection before the upstream does: a request
+        # written into one the upstream is closing fails, and a POST then gets a 502
+        # (proxy_next_upstream is off). Upstreams keep idle connections longer (see
+        # UPSTREAM_KEEP_ALIVE_TIMEOUT).
+        keepalive_timeout 30s;
     }}
     server {{
         listen {host}:{port} ssl http2;
@@ -70,6 +75,11 @@ http {{
     }}
 }}
 """
+
+
+#: Seconds an upstream ServerThread behind `NginxProxy` must keep idle connections open: longer
+#: than nginx's upstream ``keepalive_timeout`` (30 s), so that only nginx closes them.
+UPSTREAM_KEEP_ALIVE_TIMEOUT = 75.0
 
 
 def nginx_or_skip() -> str:
