@@ -56,6 +56,8 @@ __all__ = ["H2Server", "Plan", "Processed"]
 _TIMEOUT = 10.0
 #: How long a closing connection keeps draining what the client sends (nginx: 5 s).
 _LINGER = 2.0
+#: How long a connection that sent GOAWAY waits for promised streams the client never opened.
+_GOAWAY_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,9 @@ class _Conn:
     arrived: list[int] = field(default_factory=list)
     active: int = 0
     goaway_sent: bool = False
+    #: The ``last_stream_id`` of the GOAWAY sent: streams up to it are finished, even those
+    #: whose request ends after the GOAWAY went out.
+    goaway_last: int = 0
     #: Writing is over (FIN sent); what the client still sends is read and dropped.
     lingering: bool = False
     idle_timer: asyncio.TimerHandle | None = None
@@ -216,7 +221,12 @@ class H2Server:
         if not isinstance(event, h2.events.StreamEnded):
             return
         stream_id = event.stream_id
-        if conn.goaway_sent or stream_id not in conn.requests:
+        if stream_id not in conn.requests:
+            return
+        if conn.goaway_sent:
+            if stream_id <= conn.goaway_last:  # promised: finished like the others
+                conn.arrived.append(stream_id)
+                self._start_answer(conn, stream_id, tasks)
             return  # a stream above last_stream_id: ignored, as RFC 9113 §6.8 allows
         plan = conn.plan
         if stream_id in plan.refuse:
@@ -237,7 +247,7 @@ class H2Server:
                 if arrived <= plan.goaway_last_stream_id:
                     self._start_answer(conn, arrived, tasks)
             if conn.active == 0:
-                self._close(conn)
+                self._close_when_finished(conn)
 
     def _start_answer(self, conn: _Conn, stream_id: int, tasks: set[asyncio.Task[None]]) -> None:
         conn.active += 1
@@ -261,11 +271,23 @@ class H2Server:
         conn.active -= 1
         if conn.active == 0:
             if conn.goaway_sent:
-                self._close(conn)
+                self._close_when_finished(conn)
             elif conn.plan.close_when_idle_for is not None:
                 conn.idle_timer = asyncio.get_running_loop().call_later(
                     conn.plan.close_when_idle_for, self._close_idle, conn
                 )
+
+    def _close_when_finished(self, conn: _Conn) -> None:
+        """After GOAWAY, with no answer running: close once every stream up to its
+        ``last_stream_id`` has been answered. A request the client sent before the GOAWAY
+        reached it may still be arriving; one the client never opens is waited for
+        `_GOAWAY_GRACE` seconds at most."""
+        if all(s in conn.arrived for s in range(1, conn.goaway_last + 1, 2)):
+            self._close(conn)
+        elif conn.idle_timer is None:
+            conn.idle_timer = asyncio.get_running_loop().call_later(
+                _GOAWAY_GRACE, lambda: conn.active == 0 and self._close(conn)
+            )
 
     def _close_idle(self, conn: _Conn) -> None:
         if conn.active == 0 and not conn.writer.is_closing():
@@ -306,3 +328,4 @@ class H2Server:
         frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0)
         conn.writer.write(frame.serialize())
         conn.goaway_sent = True
+        conn.goaway_last = last_stream_id
