@@ -432,6 +432,15 @@ def test_invalid_configuration_names_the_class_and_field() -> None:
         AsyncConnectionPoolTransport(http1=False)
     with pytest.raises(ValueError, match=r"AsyncConnectionPoolTransport.http1_parser .*'h11'"):
         AsyncConnectionPoolTransport(http1_parser="llhttp")
+    # The same checks as ResilientTransport's connection options (issue 12), under this name.
+    with pytest.raises(ValueError, match=r"AsyncConnectionPoolTransport.retries must be >= 0"):
+        AsyncConnectionPoolTransport(retries=-1)
+    with pytest.raises(TypeError, match=r"AsyncConnectionPoolTransport.limits must be"):
+        AsyncConnectionPoolTransport(limits=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"AsyncConnectionPoolTransport.verify must be"):
+        AsyncConnectionPoolTransport(verify=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"AsyncConnectionPoolTransport.socket_options must"):
+        AsyncConnectionPoolTransport(socket_options="x")  # type: ignore[arg-type]
 
 
 # --- the pool: limits, fairness, timeouts --------------------------------------------------------

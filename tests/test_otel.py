@@ -316,3 +316,12 @@ def test_without_opentelemetry_the_hook_says_what_to_install(
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
     with pytest.raises(ImportError, match=r"pip install 'httpx-resilience\[otel\]'"):
         OpenTelemetryHook()
+
+
+def test_invalid_providers_are_refused_at_construction() -> None:
+    with pytest.raises(TypeError, match=r"OpenTelemetryHook.tracer_provider must be .* got int"):
+        OpenTelemetryHook(tracer_provider=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"OpenTelemetryHook.meter_provider must be .* got str"):
+        OpenTelemetryHook(meter_provider="x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"OpenTelemetryHook.propagate must be a bool"):
+        OpenTelemetryHook(propagate="yes")  # type: ignore[arg-type]

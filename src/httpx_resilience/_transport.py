@@ -23,7 +23,7 @@ from ._breaker import CircuitBreaker, CircuitState, Origin, Permit, origin_of
 from ._budget import RetryBudget
 from ._classify import FailureKind, classify_error, counts_against_upstream
 from ._config import RetryConfig
-from ._connection.transport import DEFAULT_LIMITS, build_transport
+from ._connection.transport import DEFAULT_LIMITS, build_transport, check_connection_options
 from ._cooldown import CoolDown, Gate, GateKind, server_wait
 from ._decision import BUDGET_EXHAUSTED, RETRY_AFTER_STATUSES, Decision, decide
 from ._exceptions import CircuitOpenError, CoolDownError, DeadlineExceeded
@@ -47,10 +47,7 @@ from ._redact import redact_url, scrub_exception
 from ._stores import StateStore
 from ._testing import is_testing
 from ._validate import (
-    check_bool,
     check_callable,
-    check_number,
-    check_optional_str,
     check_type,
 )
 
@@ -763,33 +760,11 @@ def _check_arguments(
     owner = "ResilientTransport"
     check_type(owner, "transport", transport, (httpx.AsyncBaseTransport, type(None)),
                "an httpx.AsyncBaseTransport or None")  # fmt: skip
-    check_type(owner, "verify", verify, (ssl.SSLContext, str, bool),
-               "True, False, a CA bundle path or an ssl.SSLContext")  # fmt: skip
-    check_type(owner, "cert", cert, (str, tuple, type(None)),
-               "a certificate file path, a (cert, key[, password]) tuple or None")  # fmt: skip
-    check_type(owner, "proxy", proxy, (str, httpx.URL, httpx.Proxy, type(None)),
-               "a proxy URL, an httpx.Proxy or None")  # fmt: skip
-    for name, flag in (("trust_env", trust_env), ("http1", http1), ("http2", http2)):
-        check_bool(owner, name, flag)
-    if http1 is False and http2 is False:
-        raise ValueError("ResilientTransport: http1 and http2 cannot both be False")
-    check_type(owner, "limits", limits, httpx.Limits, "an httpx.Limits")
-    assert isinstance(limits, httpx.Limits)
-    check_number(owner, "limits.max_connections", limits.max_connections, minimum=1,
-                 integer=True, allow_none=True)  # fmt: skip
-    check_number(owner, "limits.max_keepalive_connections", limits.max_keepalive_connections,
-                 integer=True, allow_none=True)  # fmt: skip
-    check_number(owner, "limits.keepalive_expiry", limits.keepalive_expiry, allow_none=True)
-    check_optional_str(owner, "uds", uds)
-    check_optional_str(owner, "local_address", local_address)
-    check_number(owner, "retries", retries, integer=True)
-    if socket_options is not None and (
-        isinstance(socket_options, (str, bytes)) or not isinstance(socket_options, Iterable)
-    ):
-        raise TypeError(
-            f"ResilientTransport.socket_options must be a list of socket options or None, "
-            f"got {type(socket_options).__name__}"
-        )
+    check_connection_options(
+        owner, verify=verify, cert=cert, proxy=proxy, trust_env=trust_env, http1=http1,
+        http2=http2, limits=limits, uds=uds, local_address=local_address, retries=retries,
+        socket_options=socket_options,
+    )  # fmt: skip
     for name, function in (("clock", clock), ("sleep", sleep), ("random", random)):
         check_callable(owner, name, function)
 

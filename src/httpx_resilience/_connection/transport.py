@@ -18,6 +18,7 @@ from typing import TypeAlias
 
 import httpx
 
+from .._validate import check_bool, check_number, check_optional_str, check_type
 from .connect import ConnectOptions, SocketOption
 from .http11 import PARSERS, default_parser
 from .pool import ConnectionPool, PoolStats
@@ -31,12 +32,54 @@ CertTypes: TypeAlias = str | tuple[str, str] | tuple[str, str, str]
 ProxyTypes: TypeAlias = str | httpx.URL | httpx.Proxy
 
 
-def _check_options(http1: bool, http2: bool, parser: str | None) -> None:
-    if not http1 and not http2:
-        raise ValueError(
-            "AsyncConnectionPoolTransport: http1 and http2 are both False; "
-            "allowed: at least one of them True"
+def check_connection_options(
+    owner: str,
+    *,
+    verify: object,
+    cert: object,
+    proxy: object,
+    trust_env: object,
+    http1: object,
+    http2: object,
+    limits: object,
+    uds: object,
+    local_address: object,
+    retries: object,
+    socket_options: object,
+) -> None:
+    """The checks of `httpx.AsyncHTTPTransport`'s keyword arguments, shared by every class
+    that takes them: TypeError/ValueError naming ``owner``, the argument and the allowed
+    values."""
+    check_type(owner, "verify", verify, (ssl.SSLContext, str, bool),
+               "True, False, a CA bundle path or an ssl.SSLContext")  # fmt: skip
+    check_type(owner, "cert", cert, (str, tuple, type(None)),
+               "a certificate file path, a (cert, key[, password]) tuple or None")  # fmt: skip
+    check_type(owner, "proxy", proxy, (str, httpx.URL, httpx.Proxy, type(None)),
+               "a proxy URL, an httpx.Proxy or None")  # fmt: skip
+    for name, flag in (("trust_env", trust_env), ("http1", http1), ("http2", http2)):
+        check_bool(owner, name, flag)
+    if http1 is False and http2 is False:
+        raise ValueError(f"{owner}: http1 and http2 cannot both be False")
+    check_type(owner, "limits", limits, httpx.Limits, "an httpx.Limits")
+    assert isinstance(limits, httpx.Limits)
+    check_number(owner, "limits.max_connections", limits.max_connections, minimum=1,
+                 integer=True, allow_none=True)  # fmt: skip
+    check_number(owner, "limits.max_keepalive_connections", limits.max_keepalive_connections,
+                 integer=True, allow_none=True)  # fmt: skip
+    check_number(owner, "limits.keepalive_expiry", limits.keepalive_expiry, allow_none=True)
+    check_optional_str(owner, "uds", uds)
+    check_optional_str(owner, "local_address", local_address)
+    check_number(owner, "retries", retries, integer=True)
+    if socket_options is not None and (
+        isinstance(socket_options, (str, bytes)) or not isinstance(socket_options, Iterable)
+    ):
+        raise TypeError(
+            f"{owner}.socket_options must be a list of socket options or None, "
+            f"got {type(socket_options).__name__}"
         )
+
+
+def _check_parser(parser: str | None) -> None:
     if parser is not None and parser not in PARSERS:
         raise ValueError(
             f"AsyncConnectionPoolTransport.http1_parser must be one of "
@@ -90,7 +133,12 @@ class AsyncConnectionPoolTransport(httpx.AsyncBaseTransport):
         *,
         http1_parser: str | None = None,
     ) -> None:
-        _check_options(http1, http2, http1_parser)
+        check_connection_options(
+            "AsyncConnectionPoolTransport", verify=verify, cert=cert, proxy=proxy,
+            trust_env=trust_env, http1=http1, http2=http2, limits=limits, uds=uds,
+            local_address=local_address, retries=retries, socket_options=socket_options,
+        )  # fmt: skip
+        _check_parser(http1_parser)
         self._delegate: httpx.AsyncBaseTransport | None = None
         self._pool: ConnectionPool | None = None
         if http2 or proxy is not None:

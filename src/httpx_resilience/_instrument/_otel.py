@@ -106,6 +106,18 @@ class OpenTelemetryHook(Hook):
                 "OpenTelemetryHook needs OpenTelemetry: pip install 'httpx-resilience[otel]'"
             ) from error
         from .. import __version__
+        from .._validate import check_bool
+
+        check_bool("OpenTelemetryHook", "propagate", propagate)
+        for name, provider, kind, method in (
+            ("tracer_provider", tracer_provider, "TracerProvider", "get_tracer"),
+            ("meter_provider", meter_provider, "MeterProvider", "get_meter"),
+        ):
+            if provider is not None and not callable(getattr(provider, method, None)):
+                raise TypeError(
+                    f"OpenTelemetryHook.{name} must be an OpenTelemetry {kind} (with a "
+                    f"{method}() method) or None, got {type(provider).__name__}"
+                )
 
         self._context = context
         self._trace = trace
