@@ -156,17 +156,17 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             retry = RetryConfig()
         elif not isinstance(retry, RetryConfig):
             raise TypeError(f"ResilientTransport.retry must be a RetryConfig, got {retry!r}")
-        _check_arguments(
-            transport=transport, verify=verify, cert=cert, proxy=proxy, trust_env=trust_env,
-            http1=http1, http2=http2, limits=limits, uds=uds, local_address=local_address,
-            retries=retries, socket_options=socket_options, clock=clock, sleep=sleep,
-            random=random,
-        )  # fmt: skip
+        owner = "ResilientTransport"
+        check_type(owner, "transport", transport, (httpx.AsyncBaseTransport, type(None)),
+                   "an httpx.AsyncBaseTransport or None")  # fmt: skip
         options = {
             "verify": verify, "cert": cert, "trust_env": trust_env, "http1": http1,
             "http2": http2, "limits": limits, "proxy": proxy, "uds": uds,
             "local_address": local_address, "retries": retries, "socket_options": socket_options,
         }  # fmt: skip
+        check_connection_options(owner, **options)
+        for name, function in (("clock", clock), ("sleep", sleep), ("random", random)):
+            check_callable(owner, name, function)
         if transport is None:
             transport = build_transport(**options)  # type: ignore[arg-type]
         else:
@@ -736,37 +736,6 @@ _DEFAULTS: dict[str, object] = {
     "limits": DEFAULT_LIMITS, "proxy": None, "uds": None, "local_address": None,
     "retries": 0, "socket_options": None,
 }  # fmt: skip
-
-
-def _check_arguments(
-    *,
-    transport: object,
-    verify: object,
-    cert: object,
-    proxy: object,
-    trust_env: object,
-    http1: object,
-    http2: object,
-    limits: object,
-    uds: object,
-    local_address: object,
-    retries: object,
-    socket_options: object,
-    clock: object,
-    sleep: object,
-    random: object,
-) -> None:
-    """TypeError/ValueError naming ``ResilientTransport``, the argument and the allowed values."""
-    owner = "ResilientTransport"
-    check_type(owner, "transport", transport, (httpx.AsyncBaseTransport, type(None)),
-               "an httpx.AsyncBaseTransport or None")  # fmt: skip
-    check_connection_options(
-        owner, verify=verify, cert=cert, proxy=proxy, trust_env=trust_env, http1=http1,
-        http2=http2, limits=limits, uds=uds, local_address=local_address, retries=retries,
-        socket_options=socket_options,
-    )  # fmt: skip
-    for name, function in (("clock", clock), ("sleep", sleep), ("random", random)):
-        check_callable(owner, name, function)
 
 
 class _Run:
