@@ -647,7 +647,7 @@ def test_the_connection_layer_uses_no_private_httpx_or_httpcore_names(path: Path
 
 #: Modules of the previous layer that still use httpx's or httpcore's private names; the list
 #: may only shrink (each entry is checked to still need it).
-PRIVATE_NAMES_STILL_USED = {"_http2.py", "_pool.py", "_transport.py"}
+PRIVATE_NAMES_STILL_USED = {"_http2.py", "_pool.py"}
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ test_transport_real.py.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -179,6 +179,59 @@ async def test_seekable_multipart_is_replayed(tmp_path: object) -> None:
     assert len(script.bodies) == 2
     assert script.bodies[0] == script.bodies[1]
     assert b"file-content" in script.bodies[1]
+
+
+async def test_non_seekable_multipart_of_known_length_is_replayed_from_memory() -> None:
+    import io
+
+    class OneShotFile:
+        """A file that can be read once and not rewound (a socket or a pipe, say)."""
+
+        def __init__(self, data: bytes) -> None:
+            self._data = data
+
+        def read(self, size: int = -1) -> bytes:
+            data, self._data = self._data, b""
+            return data
+
+        def tell(self) -> int:
+            return 0
+
+        def seek(self, offset: int, whence: int = 0) -> int:
+            if whence == 2:  # httpx measures the length this way
+                return 12
+            if offset == 0 and self._data:
+                return 0  # not moved yet
+            raise io.UnsupportedOperation("not seekable")
+
+        def seekable(self) -> bool:
+            return False
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield self.read()
+
+    script = Script(503, 200)
+    files = {"upload": ("a.txt", OneShotFile(b"file-content"), "text/plain")}
+    async with httpx.AsyncClient(transport=make(script)) as client:
+        response = await client.put("http://upstream.test/x", files=files)  # type: ignore[arg-type]
+    assert response.status_code == 200
+    assert len(script.bodies) == 2
+    assert script.bodies[0] == script.bodies[1]
+    assert b"file-content" in script.bodies[1]
+
+
+async def test_multipart_larger_than_the_replay_limit_is_sent_once() -> None:
+    import io
+
+    from httpx_resilience._transport import MULTIPART_REPLAY_BYTES
+
+    script = Script(503, 200)
+    big = io.BytesIO(b"x" * (MULTIPART_REPLAY_BYTES + 1))
+    async with httpx.AsyncClient(transport=make(script)) as client:
+        response = await client.put("http://upstream.test/x", files={"upload": big})
+    assert response.status_code == 503  # not buffered, so not replayed
+    assert len(script.requests) == 1
+    assert get_retry_history(response)[0].reason == "request body cannot be replayed"
 
 
 async def test_waits_go_through_the_injected_sleeper_and_testing_switch() -> None:

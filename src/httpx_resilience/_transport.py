@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 import httpx
-from httpx._multipart import FileField, MultipartStream
 
 from ._auth import request_secrets, strip_foreign_credentials
 from ._breaker import CircuitBreaker, CircuitState, Origin, Permit, origin_of
@@ -285,10 +284,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             fleet.started(target if self._breaker is not None or cool is not None else None)
         origin = None if self._breaker is None else target
         hooks = current_hooks(self._hooks, self._hook_cache)
-        run = _Run(
-            request, config, _ReplayGuard.for_request(request), deadline, budget, origin, target,
-            hooks,
-        )  # fmt: skip
+        guard = None
+        if type(request.stream) is not httpx.ByteStream:
+            guard = await _ReplayGuard.for_request(request)
+        run = _Run(request, config, guard, deadline, budget, origin, target, hooks)
         history = run.history
         waited_for = 0  # the cool-down window this retry has waited for in the retry loop
         while True:
@@ -863,14 +862,18 @@ class _ReplayGuard(httpx.AsyncByteStream):
         return not self.started
 
     @classmethod
-    def for_request(cls, request: httpx.Request) -> _ReplayGuard | None:
-        """Install a guard on ``request`` unless its body can be replayed (then return None)."""
-        stream = request.stream
-        if type(stream) is httpx.ByteStream or (
-            isinstance(stream, MultipartStream) and _multipart_replayable(stream)
-        ):
+    async def for_request(cls, request: httpx.Request) -> _ReplayGuard | None:
+        """Install a guard on ``request`` unless its body can be replayed (then return None).
+
+        A multipart body httpx rendered from ``files=`` (a stream that is both sync and async,
+        with a ``multipart/form-data`` type) of known length up to `MULTIPART_REPLAY_BYTES` is
+        read into memory with httpx's public `httpx.Request.aread`, which turns the request's
+        stream into bytes: replayable, whatever kind of file it came from. Any other stream is
+        sent once."""
+        if _small_multipart(request):
+            await request.aread()
             return None
-        guard = cls(stream)  # type: ignore[arg-type]
+        guard = cls(request.stream)  # type: ignore[arg-type]
         request.stream = guard
         return guard
 
@@ -883,11 +886,16 @@ class _ReplayGuard(httpx.AsyncByteStream):
         await self._stream.aclose()
 
 
-def _multipart_replayable(stream: MultipartStream) -> bool:
-    # httpx rewinds seekable files before rendering each field, so such bodies replay intact.
-    for field in stream.fields:
-        if isinstance(field, FileField) and not isinstance(field.file, (str, bytes)):
-            seekable = getattr(field.file, "seekable", None)
-            if seekable is None or not seekable():
-                return False
-    return True
+#: The largest multipart body (``files=``) that is kept in memory so that it can be replayed.
+MULTIPART_REPLAY_BYTES = 1 << 20
+
+
+def _small_multipart(request: httpx.Request) -> bool:
+    stream = request.stream
+    if not (isinstance(stream, httpx.SyncByteStream) and isinstance(stream, httpx.AsyncByteStream)):
+        return False  # a caller's own stream, not one httpx rendered
+    headers = request.headers
+    if not headers.get("content-type", "").startswith("multipart/form-data"):
+        return False
+    length = headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) <= MULTIPART_REPLAY_BYTES
