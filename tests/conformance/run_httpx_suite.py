@@ -81,8 +81,10 @@ def main() -> None:
     root = fetch(workdir)
     stock, stock_summary = run(root, False, extra)
     ours, our_summary = run(root, True, extra)
+    from httpx_resilience._connection.http11 import default_parser
+
     print(f"stock httpx:                   {stock_summary}")
-    print(f"AsyncConnectionPoolTransport:  {our_summary}")
+    print(f"AsyncConnectionPoolTransport:  {our_summary} (HTTP/1.1 parser: {default_parser()})")
     # No second chance: a test that fails only sometimes with the substitute is a defect to
     # find, not noise to filter out.
     only_ours = sorted(ours - stock)
