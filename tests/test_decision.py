@@ -35,6 +35,8 @@ def run(config: RetryConfig = NO_JITTER, **kwargs: Any) -> Decision:
         "budget": None,
     }
     arguments.update(kwargs)
+    if arguments.get("error") is not None and "kind" not in arguments:
+        arguments["kind"] = classify_error(arguments["error"])
     return decide(config, **arguments)
 
 

@@ -371,6 +371,7 @@ def test_a_chart_is_drawn_from_its_data() -> None:
         ("circuit-breaking.md", "stateDiagram-v2"),
         ("retries.md", "flowchart TD"),
         ("transport.md", "sequenceDiagram"),
+        ("architecture.md", "flowchart TB"),
     ],
 )
 def test_the_diagrams_are_mermaid_the_site_draws(page: str, kind: str) -> None:

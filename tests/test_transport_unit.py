@@ -325,7 +325,7 @@ async def test_async_with_closes_the_inner_transport() -> None:
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:
-    from httpx_resilience._logging import redact_url
+    from httpx_resilience._redact import redact_url
 
     assert redact_url(url) == shown
 

@@ -31,6 +31,7 @@ import httpx
 from ._exceptions import CircuitOpenError
 from ._instrument._hooks import emit_circuit_change
 from ._logging import logger
+from ._origin import Origin, origin_of
 from ._validate import check_callable, check_number, check_optional_str, check_statuses
 from ._window import SlidingCounts
 
@@ -43,35 +44,6 @@ class CircuitState(str, enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half-open"
-
-
-class Origin(NamedTuple):
-    """Where requests go: the unit a circuit breaker tracks."""
-
-    scheme: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-
-def _checked_origin(cls: type[Origin], scheme: str, host: str, port: int) -> Origin:
-    """``Origin(scheme, host, port)``, checked: a typo here would silently name a circuit
-    that no request ever reaches."""
-    if not isinstance(scheme, str):
-        raise TypeError(f"Origin.scheme must be a str such as 'https', got {scheme!r}")
-    if not scheme:
-        raise ValueError("Origin.scheme must be a non-empty str such as 'https', got ''")
-    if not isinstance(host, str):
-        raise TypeError(f"Origin.host must be a str, got {host!r}")
-    check_number("Origin", "port", port, maximum=65535, integer=True)
-    return tuple.__new__(cls, (scheme, host, port))
-
-
-# NamedTuple forbids defining __new__ in the class body; set it afterwards. The transport's own
-# origins (`origin_of`) are built with `_make`, which skips the check.
-Origin.__new__ = _checked_origin  # type: ignore[assignment,method-assign]
 
 
 class Permit(NamedTuple):
@@ -324,13 +296,6 @@ class CircuitBreaker:
                 self.on_state_change(origin, old, new)
             except Exception:  # a broken hook must not break requests
                 logger.exception("CircuitBreaker on_state_change hook raised")
-
-
-def origin_of(scheme: str, host: str, port: int | None) -> Origin:
-    """The origin of a request URL, with the scheme's default port filled in."""
-    if port is None:
-        port = 443 if scheme in ("https", "wss") else 80
-    return Origin._make((scheme, host, port))
 
 
 def _as_origin(origin: Origin | str) -> Origin:

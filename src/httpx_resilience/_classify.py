@@ -14,22 +14,15 @@ errors in the request itself); never retried.
 
 from __future__ import annotations
 
-import enum
 import ssl
 
 import httpx
 
+from ._decision import FailureKind
 from ._exceptions import DeadlineExceeded
 from ._http2 import is_not_processed
 
 __all__ = ["FailureKind", "classify_error", "counts_against_upstream"]
-
-
-class FailureKind(enum.Enum):
-    NOT_PROCESSED = "not processed"
-    NOT_SENT = "not sent"
-    MAYBE_PROCESSED = "maybe processed"
-    FATAL = "fatal"
 
 
 # SSL errors that mean "the connection dropped", not "this TLS setup can never work".

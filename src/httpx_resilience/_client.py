@@ -40,8 +40,8 @@ from ._exceptions import (
     ResourceNotFoundError,
     ServerError,
 )
-from ._logging import logger, redact_url
-from ._redact import is_secret_name, scrub, scrub_exception
+from ._logging import logger
+from ._redact import is_secret_name, redact_url, scrub, scrub_exception
 from ._retry_after import parse_retry_after
 from ._transport import READ_BODY_EXTENSION, ResilientTransport
 from ._validate import (

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, NamedTuple
 
-from ._breaker import Origin
 from ._logging import logger
+from ._origin import Origin
 from ._retry_after import parse_retry_after, parse_retry_after_ms
 from ._validate import check_number, check_statuses
 

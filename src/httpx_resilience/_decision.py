@@ -14,21 +14,38 @@ The order of the checks is the order of the documented decision table:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._budget import RetryBudget
-from ._classify import FailureKind, classify_error
 from ._config import RetryConfig
 from ._retry_after import parse_retry_after, parse_retry_after_ms
 
-__all__ = ["BUDGET_EXHAUSTED", "RETRY_AFTER_STATUSES", "Decision", "backoff_delay", "decide"]
+__all__ = [
+    "BUDGET_EXHAUSTED",
+    "RETRY_AFTER_STATUSES",
+    "Decision",
+    "FailureKind",
+    "backoff_delay",
+    "decide",
+]
 
 #: Statuses whose ``Retry-After`` header is honoured (RFC 9110 §10.2.3, RFC 6585 §4).
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 #: The reason of a retry the budget refused (the instrumentation reports it apart).
 BUDGET_EXHAUSTED = "retry budget exhausted"
+
+
+class FailureKind(enum.Enum):
+    """Whether a failed attempt could have reached the server (`_classify.py` sorts the
+    transport's exceptions into these)."""
+
+    NOT_PROCESSED = "not processed"
+    NOT_SENT = "not sent"
+    MAYBE_PROCESSED = "maybe processed"
+    FATAL = "fatal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +80,7 @@ def decide(
     attempt: int,
     status: int | None = None,
     error: BaseException | None = None,
+    kind: FailureKind | None = None,
     retry_after: str | None = None,
     retry_after_ms: str | None = None,
     method_retryable: bool,
@@ -74,7 +92,8 @@ def decide(
     budget: RetryBudget | None,
 ) -> Decision:
     """Decide what follows attempt number ``attempt`` (1-based), which ended in ``status``
-    (a response) or ``error`` (an exception raised by the inner transport).
+    (a response) or ``error`` (an exception raised by the inner transport, of failure
+    ``kind``: the shell classifies it, so this module needs no httpx).
 
     ``method_retryable`` says whether the request may be repeated after it possibly reached the
     server (idempotent method or ``Idempotency-Key``); ``replayable`` whether its body can be
@@ -83,7 +102,8 @@ def decide(
     precedence over ``retry_after``. Spends one unit of ``budget`` if, and only if, it says retry.
     """
     if error is not None:
-        kind = classify_error(error)
+        if kind is None:
+            raise TypeError("decide(): an error needs its FailureKind (kind=...)")
         if kind is FailureKind.FATAL:
             return Decision(False, 0.0, "error not retryable")
         if kind is FailureKind.MAYBE_PROCESSED and not method_retryable:

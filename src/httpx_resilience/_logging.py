@@ -1,15 +1,14 @@
-"""The package logger, and URL redaction so that no credential reaches a log line.
+"""The package logger. Pure (the sans-IO core logs through it).
 
-Redaction itself lives in `_redact.py` (names, URLs, free text, the logging filter).
+Redaction, so that no credential reaches a log line, lives in `_redact.py` (names, URLs, free
+text, the logging filter).
 """
 
 from __future__ import annotations
 
 import logging
 
-from ._redact import redact_url
-
-__all__ = ["logger", "redact_url"]
+__all__ = ["logger"]
 
 logger = logging.getLogger("httpx_resilience")
 # A library's advice from the logging HOWTO: without this, an application that configures no

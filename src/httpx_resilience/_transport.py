@@ -18,7 +18,7 @@ import anyio
 import httpx
 
 from ._auth import request_secrets, strip_foreign_credentials
-from ._breaker import CircuitBreaker, CircuitState, Origin, Permit, origin_of
+from ._breaker import CircuitBreaker, CircuitState, Permit
 from ._budget import RetryBudget
 from ._classify import FailureKind, classify_error, counts_against_upstream
 from ._config import RetryConfig
@@ -42,6 +42,7 @@ from ._instrument._hooks import (
     current_hooks,
 )
 from ._instrument._stats import AttemptCounts, TransportStats, snapshot
+from ._origin import Origin, origin_of
 from ._redact import redact_url, scrub_exception
 from ._stores import StateStore
 from ._testing import is_testing
@@ -575,6 +576,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             attempt=len(run.history) - run.unprocessed + 1,
             status=status,
             error=error,
+            kind=None if error is None else classify_error(error),
             retry_after=retry_after,
             retry_after_ms=retry_after_ms,
             method_retryable=(
