@@ -55,17 +55,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support.redis import RedisServer
 
 _HITS: dict[str, list[float]] = {}
+_WALL: dict[str, list[float]] = {}  # the same hits in Unix time, to compare with Redis's TIME
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
     _, route, key = scope["path"].split("/", 2)
-    if route == "stats":
-        body = json.dumps(_HITS.get(key, [])).encode()
+    if route in ("stats", "wall"):
+        body = json.dumps((_HITS if route == "stats" else _WALL).get(key, [])).encode()
         status = 200
     else:
         _HITS.setdefault(key, []).append(time.monotonic())
+        _WALL.setdefault(key, []).append(time.time())
         status = {"fail": 500, "busy": 503}.get(route, 200)
         body = b"x"
     headers = [(b"content-length", str(len(body)).encode())]
@@ -93,16 +95,19 @@ def _store(kind: str, redis_url: str, timeout: float) -> StateStore | None:
 
 async def _outage(client: httpx.AsyncClient, key: str) -> dict[str, Any]:
     fast = 0
+    sent = []  # when each request that reached the upstream was started (Unix time)
     for _ in range(1000):
+        started = time.time()
         try:
             await client.get(f"/fail/{key}")
+            sent.append(started)
             fast = 0
         except CircuitOpenError:
             fast += 1
             if fast >= 20:
                 break
             await asyncio.sleep(0.005)
-    return {}
+    return {"sent": sent}
 
 
 async def _half_open(client: httpx.AsyncClient, key: str, seconds: float) -> dict[str, Any]:
@@ -157,6 +162,12 @@ async def _work(spec: dict[str, Any]) -> dict[str, Any]:
     async with httpx.AsyncClient(
         transport=transport, base_url=spec["url"], timeout=10.0, limits=limits
     ) as client:
+        if phase in ("outage", "half-open"):
+            # A fleet in its steady state when the upstream starts failing: connections to
+            # it and to Redis made, its circuit read (and its background calls done).
+            for _ in range(3):
+                await client.get(f"/ok/{key}-warm-up")
+            await asyncio.sleep(0.2)
         spec["barrier"].wait()
         if phase == "outage":
             result = await _outage(client, key)
@@ -191,10 +202,11 @@ def run_phase(base: dict[str, Any], phase: str, store: str, **extra: Any) -> dic
     for process in processes:
         process.join(30)
     hits = json.loads(httpx.get(f"{base['url']}stats/{key}").content)
+    wall = json.loads(httpx.get(f"{base['url']}wall/{key}").content)
     unavailable = sum(outcome["unavailable"] for outcome in outcomes)
     if unavailable:
         print(f"   ({store}: the store failed to answer in time {unavailable} times)")
-    return {"hits": hits, "workers": outcomes}
+    return {"hits": hits, "wall": wall, "key": key, "workers": outcomes}
 
 
 def main() -> None:
@@ -232,8 +244,39 @@ def main() -> None:
 def outage(base: dict[str, Any], t: int) -> None:
     print("\n1. outage: upstream requests before the fleet stopped sending")
     for store in ("local", "redis"):
-        hits = len(run_phase(base, "outage", store)["hits"])
-        print(f"   {store:<6} {hits:>5}  ({hits / t:.1f} x failure_threshold)")
+        outcome = run_phase(base, "outage", store)
+        hits = len(outcome["hits"])
+        line = f"   {store:<6} {hits:>5}  ({hits / t:.2f} x failure_threshold)"
+        if store == "redis":
+            opened = _opened_at(base, f"bench-{outcome['key']}")
+            if opened is not None:
+                sent = [s for w in outcome["workers"] for s in w["sent"]]
+                late = sum(1 for stamp in sent if stamp >= opened)
+                early = sum(1 for stamp in outcome["wall"] if stamp < opened)
+                line += (
+                    f"\n          {early} arrived before the fleet's circuit opened, "
+                    f"{hits - early} after: {hits - early - late} of those were in flight "
+                    f"(started before), {late} started after"
+                )
+        print(line)
+
+
+def _opened_at(base: dict[str, Any], scope: str) -> float | None:
+    """When the fleet's circuit opened, in Unix time by Redis's clock (one machine: the
+    upstream's clock too)."""
+    import redis
+
+    client = redis.Redis.from_url(base["redis_url"])
+    try:
+        origin = base["url"].rstrip("/")
+        host = httpx.URL(origin)
+        name = f"bench:{scope}:cb:http://{host.host}:{host.port}"
+        open_until = client.hget(name, "open_until")
+    finally:
+        client.close()
+    if open_until is None:
+        return None
+    return (int(open_until) - 600_000) / 1000.0
 
 
 def half_open(base: dict[str, Any], recovery: float, seconds: float) -> None:

@@ -130,6 +130,39 @@ async def test_an_outage_is_discovered_once_by_the_fleet(
     assert hits == {"local": 4 * 5, "shared": 5}
 
 
+async def test_requests_in_flight_while_the_fleet_counts_failures_are_bounded(
+    h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
+) -> None:
+    # failure_threshold 8: the fleet lets failures + reserved requests out reach 10.
+    breaker = {"failure_threshold": 8, "recovery_time": 60.0}
+    # Requests held at the limit wait up to sync_interval for the ones out to decide.
+    settings = {"sync_interval": 5.0}
+    hits: dict[str, int] = {}
+    outcomes: dict[str, list[int | str]] = {}
+    for mode, redis_url in (("local", None), ("shared", redis_server.url)):
+        fleet = workers(4, h1_server.url, redis_url, name=f"limit-{key}-{mode}",
+                        breaker=breaker, store_kwargs=settings)  # fmt: skip
+        for worker in fleet:  # one failure each: the fleet counts 4 (shared)
+            assert await worker.get(f"/status/{key}-{mode}-first?code=500") == 500
+        # Then 40 requests at once to an upstream that fails slowly.
+        results: list[int | str] = []
+
+        async def send(worker: Worker, mode: str = mode, out: list[int | str] = results) -> None:
+            out.append(await worker.get(f"/status/{key}-{mode}?code=500&delay=0.2"))
+
+        async with anyio.create_task_group() as group:
+            for worker in fleet:
+                for _ in range(10):
+                    group.start_soon(send, worker)
+        hits[mode] = h1_server.app.hits(f"{key}-{mode}")  # type: ignore[attr-defined]
+        outcomes[mode] = sorted(results, key=str)
+    # Local: each worker has seen 1 failure of 8, so all 40 go. Shared: 4 failures plus 6
+    # requests out reach the limit; the others wait, and fail fast once those 6 opened the
+    # circuit.
+    assert hits == {"local": 40, "shared": 6}
+    assert outcomes["shared"] == [500] * 6 + ["CircuitOpenError"] * 34
+
+
 async def test_exactly_one_probe_per_half_open_period_fleet_wide(
     h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
 ) -> None:

@@ -71,11 +71,13 @@ async def test_the_happy_path_never_waits_on_the_store() -> None:
     )  # fmt: skip
     async with httpx.AsyncClient(transport=transport) as client:
         for _ in range(100):
-            assert (await client.get("http://a.example/")).status_code == 200
-    # Only background reads (at most one per sync_interval: the clock never moved), no
-    # circuit calls at all.
+            for host in ("a", "b"):
+                assert (await client.get(f"http://{host}.example/")).status_code == 200
+    # The first request to each origin asks the fleet's circuit before it goes (it knows
+    # nothing of it yet); then only background reads (at most one per sync_interval: the
+    # clock never moved).
     assert store.calls.count("read") <= 1
-    assert [c for c in store.calls if c != "read"] == []
+    assert [c for c in store.calls if c != "read"] == ["admit", "admit"]
 
 
 async def test_a_failing_store_falls_back_to_local_state_and_says_so(caplog: Any) -> None:

@@ -63,16 +63,68 @@ async def test_count_mode_opens_at_the_threshold(store: StateStore) -> None:
     assert view.state is CircuitState.OPEN
     assert 0 < view.retry_in <= 0.2 + 1e-9
     # Stragglers have no say while it is open.
-    view, _ = await store.circuit("s", "o", "report", COUNT, successes=5, reset=True)
+    view, _ = await store.circuit("s", "o", "report", COUNT, successes=5, success_age=0.0)
     assert view.state is CircuitState.OPEN
 
 
 async def test_a_success_breaks_the_run(store: StateStore) -> None:
     await store.circuit("s", "o", "report", COUNT, failures=2)
-    view, _ = await store.circuit("s", "o", "report", COUNT, failures=1, reset=True)
+    view, _ = await store.circuit("s", "o", "report", COUNT, failures=1, success_age=0.0)
     assert (view.state, view.failures) == (CircuitState.CLOSED, 1)
-    view, _ = await store.circuit("s", "o", "report", COUNT, successes=1, reset=True)
+    view, _ = await store.circuit("s", "o", "report", COUNT, successes=1, success_age=0.0)
     assert (view.state, view.failures) == (CircuitState.CLOSED, 0)
+
+
+async def test_a_success_breaks_only_a_run_that_began_before_it(store: StateStore) -> None:
+    await store.circuit("s", "o", "report", COUNT, failures=1)
+    await asyncio.sleep(0.05)  # the run began at least 50 ms ago
+    # A success 10 s ago (reported late, by a worker that flushes now) came before the run.
+    view, _ = await store.circuit("s", "o", "report", COUNT, failures=1, success_age=10.0)
+    assert view.failures == 2
+    view, _ = await store.circuit("s", "o", "report", COUNT, successes=1, success_age=0.0)
+    assert view.failures == 0
+
+
+async def test_admit_reserves_in_flight_places_while_the_fleet_counts_failures(
+    store: StateStore,
+) -> None:
+    assert COUNT.in_flight_limit == 4  # threshold 3, and one more
+    # No failures: granted without a reservation.
+    view, granted = await store.circuit("s", "o", "admit", COUNT, token="healthy")
+    assert (view.state, view.failures, granted) == (CircuitState.CLOSED, 0, True)
+    await store.circuit("s", "o", "report", COUNT, failures=2)
+    # 2 failures + 2 reservations = the limit: the third request is refused (held).
+    grants = [(await store.circuit("s", "o", "admit", COUNT, token=f"r{n}"))[1] for n in range(3)]
+    assert grants == [True, True, False]
+    # A reserved request's success gives its place back and breaks the run.
+    view, _ = await store.circuit("s", "o", "report", COUNT, successes=1, success_age=0.0,
+                                  token="r0")  # fmt: skip
+    assert view.failures == 0
+    await store.circuit("s", "o", "report", COUNT, failures=2)
+    # r1 is still out: 2 + 1 + 1 = 4, one more place.
+    grants = [(await store.circuit("s", "o", "admit", COUNT, token=f"s{n}"))[1] for n in range(2)]
+    assert grants == [True, False]
+    await store.circuit("s", "o", "release", COUNT, token="s0")  # cancelled: place back
+    assert (await store.circuit("s", "o", "admit", COUNT, token="s2"))[1]
+    # The reserved requests fail: the circuit opens and refuses everything.
+    view, _ = await store.circuit("s", "o", "report", COUNT, failures=1, token="r1")
+    assert view.state is CircuitState.OPEN
+    view, granted = await store.circuit("s", "o", "admit", COUNT, token="late")
+    assert (view.state, granted) == (CircuitState.OPEN, False)
+
+
+async def test_a_dead_workers_reservation_ends_with_its_lease(store: StateStore) -> None:
+    short = CircuitPolicy(3, 0.2, None, 10, 30.0, 0.05)  # 50 ms leases
+    await store.circuit("s", "o", "report", short, failures=2)
+    assert (await store.circuit("s", "o", "admit", short, token="a"))[1]
+    assert (await store.circuit("s", "o", "admit", short, token="b"))[1]
+    assert not (await store.circuit("s", "o", "admit", short, token="c"))[1]
+    for _ in range(200):  # a and b never report: their leases run out
+        if (await store.circuit("s", "o", "admit", short, token="c"))[1]:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the reservations never expired")
 
 
 async def test_origins_and_scopes_are_apart(store: StateStore) -> None:

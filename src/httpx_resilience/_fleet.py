@@ -28,6 +28,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -44,20 +45,34 @@ __all__ = ["Fleet", "SharedBudget"]
 
 _T = TypeVar("_T")
 _MAX_ORIGINS = 1_000  # origins whose fleet view is read in the background, at most
+_MAX_RESERVED = 64  # reservations kept per origin; a lost one ends with its lease
+_HOLD_FIRST_WAIT = 0.005  # seconds a request held at the in-flight limit waits first (doubling)
+_HOLD_MAX_WAIT = 0.05  # ... and at most between two asks
 
 
 class _Origin:
     """What this process has not told the fleet yet about one origin."""
 
-    __slots__ = ("fleet_failures", "probe_elsewhere_until", "saw_success", "successes", "token")
+    __slots__ = (
+        "fleet_failures", "probe_elsewhere_until", "reserved", "success_at", "successes", "token",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.successes = 0  # since the last flush
-        self.saw_success = False  # a success since the last report: the run is broken
-        self.fleet_failures = 0  # the fleet's count-mode failures, as last read
+        # When the latest success not yet reported came (it breaks the fleet's run of
+        # failures if the run began before it), or None.
+        self.success_at: float | None = None
+        # The fleet's count-mode failures, as last read; -1: not read yet (count mode).
+        self.fleet_failures = 0
         self.token = ""  # the claim of the fleet's probe this process holds
         # Another worker holds the fleet's probe: fail fast without asking until then.
         self.probe_elsewhere_until = 0.0
+        # In-flight reservations (`Fleet.check`) of this process's requests: any request's
+        # outcome gives one back (they are interchangeable).
+        self.reserved: list[str] = []
+
+    def take_reservation(self) -> str:
+        return self.reserved.pop() if self.reserved else ""
 
 
 class SharedBudget(RetryBudget):
@@ -116,6 +131,11 @@ class Fleet:
                 retry.budget_min_per_second * retry.budget_window,
                 retry.budget_window,
             )
+        # Count mode: the first request to an origin, and each while the fleet counts
+        # failures there, reserves an in-flight place first (`check`).
+        self._counting = (
+            self._circuit_policy is not None and self._circuit_policy.failure_rate_threshold is None
+        )
         self._origins: OrderedDict[Origin, _Origin] = OrderedDict()
         self._requests = 0  # counted since the last flush
         self.retry_tokens = 0  # retries the fleet's budget granted this process, unspent
@@ -166,6 +186,7 @@ class Fleet:
         self.retry_tokens = 0
         for local in self._origins.values():
             local.token = ""
+            local.reserved.clear()
         if self._available:
             self._available = False
             logger.warning(
@@ -201,6 +222,8 @@ class Fleet:
             if len(self._origins) >= _MAX_ORIGINS:
                 self._origins.popitem(last=False)
             local = self._origins[origin] = _Origin()
+            if self._counting:
+                local.fleet_failures = -1
         return local
 
     async def _sync(self) -> None:
@@ -218,9 +241,10 @@ class Fleet:
         for origin, local in list(self._origins.items()):
             successes, local.successes = local.successes, 0
             # Count mode: a success matters to the fleet only to break a run of failures.
-            if successes and (rate_mode or local.fleet_failures):
-                local.saw_success = False
-                await self._report(origin, local, successes=successes, reset=True)
+            if successes and (rate_mode or local.fleet_failures > 0):
+                await self._report(origin, local, successes=successes,
+                                   success_at=local.success_at)  # fmt: skip
+                local.success_at = None
 
     async def _read(self) -> None:
         """Flush the request count and read the fleet's view of the origins in use: one call
@@ -255,6 +279,8 @@ class Fleet:
             # Open counts as suspect too: when it half-opens, its state is read again.
             local.fleet_failures = view.failures or int(view.state is not CircuitState.CLOSED)
         if view.state is CircuitState.OPEN:
+            if local is not None:
+                local.reserved.clear()  # the store dropped them when the circuit opened
             breaker._open_from_fleet(origin, view.retry_in)
         elif view.state is CircuitState.HALF_OPEN and breaker.state(origin) is CircuitState.CLOSED:
             breaker._open_from_fleet(origin, 0.0)  # the fleet waits for its one probe
@@ -262,26 +288,57 @@ class Fleet:
     # --- failure paths: wait for the store (within its timeout) ----------------------------
 
     def suspect(self, origin: Origin) -> bool:
-        """Whether ``origin`` has failures in the fleet's count as last seen here: then each
-        request reads the fleet's circuit before it goes (`check`), so that a circuit another
-        worker opened stops this one at once, not a ``sync_interval`` later."""
+        """Whether ``origin`` has failures in the fleet's count as last seen here, or (count
+        mode) this transport has not read its circuit yet: then each request asks the fleet
+        before it goes (`check`), so that a circuit another worker opened stops this one at
+        once, not a ``sync_interval`` later, and the requests out while the fleet counts
+        failures stay within `CircuitPolicy.in_flight_limit`."""
         local = self._origins.get(origin)
         return (
             local is not None
-            and local.fleet_failures > 0
+            and local.fleet_failures != 0
             and self._breaker is not None
             and self._breaker.state(origin) is CircuitState.CLOSED
             and self.sharing
         )
 
     async def check(self, origin: Origin) -> None:
-        """Read ``origin``'s circuit from the fleet and apply it."""
+        """Read ``origin``'s circuit from the fleet and apply it; in count mode, reserve one
+        of the fleet's in-flight places for the request about to go (`StateStore`'s
+        ``admit``). While the fleet is at its limit (failures in the run plus requests out),
+        hold the request and ask again, for at most ``sync_interval`` seconds: then it goes
+        without a reservation. The requests out decide meanwhile: if they fail, the circuit
+        opens and the request fails fast; a success ends the run and lets it go."""
         policy, store, name = self._circuit_policy, self.store, str(origin)
         if policy is None:
             return
-        answer = await self._call(lambda: store.circuit(self.scope, name, "read", policy))
-        if answer is not None:
-            self._apply(origin, answer[0])
+        if policy.failure_rate_threshold is not None:
+            answer = await self._call(lambda: store.circuit(self.scope, name, "read", policy))
+            if answer is not None:
+                self._apply(origin, answer[0])
+            return
+        local = self._local(origin)
+        held, wait = 0.0, _HOLD_FIRST_WAIT
+        while True:
+            token = secrets.token_hex(8)
+            answer = await self._call(
+                partial(store.circuit, self.scope, name, "admit", policy, token=token)
+            )
+            if answer is None:
+                return  # the store is unavailable: local state decides
+            view, granted = answer
+            self._apply(origin, view)
+            if granted:
+                if view.failures:  # else granted without a reservation
+                    if len(local.reserved) >= _MAX_RESERVED:
+                        del local.reserved[0]
+                    local.reserved.append(token)
+                return
+            if view.state is not CircuitState.CLOSED or held >= store.sync_interval:
+                return
+            await anyio.sleep(wait)
+            held += wait
+            wait = min(2 * wait, _HOLD_MAX_WAIT)
 
     async def claim_probe(self, permit: Permit) -> float | None:
         """``permit`` is a local half-open probe: claim the fleet's one probe. None if it may
@@ -313,9 +370,14 @@ class Fleet:
         (cancelled, a local error): give the fleet's probe back if it held it (in the
         background: this runs while a cancellation unwinds)."""
         local = self._origins.get(permit.origin)
-        if local is None or not local.token or not self.sharing:
+        if local is None or not self.sharing:
             return
-        token, local.token = local.token, ""
+        if local.token and permit.generation:
+            token, local.token = local.token, ""
+        else:
+            token = local.take_reservation()
+        if not token:
+            return
         policy, store, name = self._circuit_policy, self.store, str(permit.origin)
         assert policy is not None
         self._spawn(self._call_quietly(
@@ -326,7 +388,7 @@ class Fleet:
         """Share the outcome of a request the local breaker admitted with ``permit``. Waits
         for the store only on failures and probes."""
         local = self._local(permit.origin)
-        if local.token:
+        if local.token and permit.generation:
             token, local.token = local.token, ""
             policy, store, name = self._circuit_policy, self.store, str(permit.origin)
             assert policy is not None
@@ -338,21 +400,31 @@ class Fleet:
             if answer is not None:
                 self._apply(permit.origin, answer[0])
         elif not failed:
-            local.successes += 1
-            local.saw_success = True
+            reservation = local.take_reservation()
+            if reservation:
+                # Give the place back and break the fleet's run of failures now (in the
+                # background), so that requests held at the limit go.
+                local.success_at = None
+                self._spawn(self._report(permit.origin, local, successes=1,
+                                         success_at=self._clock(), token=reservation))  # fmt: skip
+            else:
+                local.successes += 1
+                local.success_at = self._clock()
         else:
-            reset, local.saw_success = local.saw_success, False
-            await self._report(permit.origin, local, failures=1, reset=reset)
+            success_at, local.success_at = local.success_at, None
+            await self._report(permit.origin, local, failures=1, success_at=success_at,
+                               token=local.take_reservation())  # fmt: skip
 
     async def _report(
         self, origin: Origin, local: _Origin, *, failures: int = 0, successes: int = 0,
-        reset: bool = False,
+        success_at: float | None = None, token: str = "",
     ) -> None:  # fmt: skip
         policy, store, name = self._circuit_policy, self.store, str(origin)
         assert policy is not None
+        age = None if success_at is None else max(0.0, self._clock() - success_at)
         answer = await self._call(
             lambda: store.circuit(self.scope, name, "report", policy, failures=failures,
-                                  successes=successes, reset=reset)
+                                  successes=successes, success_age=age, token=token)
         )  # fmt: skip
         if answer is not None:
             self._apply(origin, answer[0])

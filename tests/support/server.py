@@ -142,7 +142,8 @@ class FaultApp:
     * ``/flaky/{key}?fail=N&status=S&retry_after=V`` -- the first N (default 1)
       requests answer S (default 503) with a text body and, if given, V
       verbatim as ``Retry-After``; later ones answer 200 ``{"hits": n}``.
-    * ``/status/{key}?code=S&retry_after=V`` -- always S (default 500).
+    * ``/status/{key}?code=S&retry_after=V&delay=SECONDS`` -- always S (default 500),
+      after ``delay`` seconds (default 0) unless the client disconnects first.
     * ``/slow/{key}?delay=SECONDS&fail=N`` -- the first N (default: all)
       requests wait ``delay`` (default 1.0) seconds, or until the client
       disconnects, then answer 200 ``{"hits": n}``; later ones answer at once.
@@ -254,6 +255,9 @@ class FaultApp:
         params = _query(scope)
         code = _int_param(params, "code", 500)
         assert code is not None
+        delay = _float_param(params, "delay", 0.0)
+        if delay and await sleep_unless_disconnected(receive, delay):
+            return  # The client is gone: nobody to answer.
         body = f"status {code} (hit {hits})\n".encode()
         await respond(send, code, body, headers=_retry_after_header(params))
 

@@ -29,15 +29,26 @@ __all__ = ["MemoryStore"]
 
 
 class _Circuit:
-    __slots__ = ("counts", "expires", "fails", "open_until", "probe", "probe_until")
+    __slots__ = (
+        "counts", "expires", "fails", "in_flight", "open_until", "probe", "probe_until",
+        "run_start",
+    )  # fmt: skip
 
     def __init__(self, window: float) -> None:
         self.open_until = 0.0  # 0: closed
         self.fails = 0
+        self.run_start = 0.0  # count mode: when the run of failures began
         self.probe = ""
         self.probe_until = 0.0
         self.counts = SlidingCounts(window)  # rate mode: calls, failures
         self.expires = 0.0
+        self.in_flight: dict[str, float] = {}  # count mode: reservation token -> lease end
+
+    def live_in_flight(self, now: float) -> int:
+        """The reservations whose lease still runs (the others are dropped)."""
+        for token in [t for t, until in self.in_flight.items() if until <= now]:
+            del self.in_flight[token]
+        return len(self.in_flight)
 
 
 class MemoryStore:
@@ -100,12 +111,12 @@ class MemoryStore:
         *,
         failures: int = 0,
         successes: int = 0,
-        reset: bool = False,
+        success_age: float | None = None,
         token: str = "",
     ) -> tuple[CircuitView, bool]:
         return self.circuit_now(
             scope, origin, op, policy,
-            failures=failures, successes=successes, reset=reset, token=token,
+            failures=failures, successes=successes, success_age=success_age, token=token,
         )  # fmt: skip
 
     def circuit_now(
@@ -117,7 +128,7 @@ class MemoryStore:
         *,
         failures: int = 0,
         successes: int = 0,
-        reset: bool = False,
+        success_age: float | None = None,
         token: str = "",
     ) -> tuple[CircuitView, bool]:
         """`circuit`, synchronously."""
@@ -127,8 +138,20 @@ class MemoryStore:
         if circuit is not None and circuit.expires <= now:
             del self._circuits[key]
             circuit = None
-        if op == "read":
+        if op == "read" or (op == "admit" and policy.failure_rate_threshold is not None):
             return _view(circuit, now), False
+        if op == "admit":
+            if circuit is None:
+                return CLOSED_VIEW, True
+            if circuit.open_until != 0:
+                return _view(circuit, now), False
+            if circuit.fails == 0:
+                return _view(circuit, now), True
+            if circuit.fails + circuit.live_in_flight(now) + 1 > policy.in_flight_limit:
+                return _view(circuit, now), False
+            circuit.in_flight[token] = now + policy.probe_lease
+            circuit.expires = now + policy.ttl
+            return _view(circuit, now), True
         if op == "probe":
             if circuit is None or circuit.open_until == 0:
                 return _view(circuit, now), True
@@ -138,8 +161,10 @@ class MemoryStore:
             circuit.expires = now + policy.ttl
             return _view(circuit, now), True
         if op == "release":
-            if circuit is not None and token and circuit.probe == token:
-                circuit.probe, circuit.probe_until = "", 0.0
+            if circuit is not None and token:
+                if circuit.probe == token:
+                    circuit.probe, circuit.probe_until = "", 0.0
+                circuit.in_flight.pop(token, None)
             return _view(circuit, now), False
         if op == "result":
             if circuit is None or not token or circuit.probe != token:
@@ -152,6 +177,8 @@ class MemoryStore:
                 circuit = None
             return _view(circuit, now), False
         # report
+        if circuit is not None and token:
+            circuit.in_flight.pop(token, None)
         if circuit is not None and circuit.open_until != 0:
             return _view(circuit, now), False  # stragglers have no say while open
         if circuit is None:
@@ -160,10 +187,14 @@ class MemoryStore:
             self._make_room(now)
             circuit = self._circuits[key] = _Circuit(policy.window)
         if policy.failure_rate_threshold is None:
-            circuit.fails = (0 if reset else circuit.fails) + failures
+            if success_age is not None and now - success_age >= circuit.run_start:
+                circuit.fails = 0  # the success came during the run: it breaks it
+            if circuit.fails == 0 and failures:
+                circuit.run_start = now
+            circuit.fails += failures
             if circuit.fails >= policy.failure_threshold:
                 _open(circuit, now, policy)
-            elif circuit.fails == 0:
+            elif circuit.fails == 0 and not circuit.live_in_flight(now):
                 del self._circuits[key]
                 return CLOSED_VIEW, False
         else:
@@ -241,6 +272,7 @@ def _open(circuit: _Circuit, now: float, policy: CircuitPolicy) -> None:
     circuit.fails = 0
     circuit.probe, circuit.probe_until = "", 0.0
     circuit.counts = SlidingCounts(policy.window)
+    circuit.in_flight.clear()  # requests still out are stragglers now: no say
 
 
 def _view(circuit: _Circuit | None, now: float) -> CircuitView:

@@ -9,16 +9,27 @@ a 429) wait for an answer, within a short timeout.
 Circuits, per ``scope`` (the breaker's name) and origin:
 
 * ``report``: outcomes of requests admitted while the circuit was closed: ``failures``
-  and ``successes`` since the last report, ``reset`` if a success came before the failures
-  (count mode: a success breaks the run). Opens the circuit for ``recovery_time`` when the
-  count reaches ``failure_threshold`` (or, in rate mode, the failure ratio over ``window`` its
-  threshold with at least ``minimum_calls`` calls). Ignored while the circuit is open.
+  and ``successes`` since the last report, and ``success_age``, the seconds since the latest
+  success among them if there was one (count mode: a success breaks the run of failures, but
+  only a run that began before it: failures that other workers reported after it still
+  count). Opens the circuit for ``recovery_time`` when the count reaches
+  ``failure_threshold`` (or, in rate mode, the failure ratio over ``window`` its threshold
+  with at least ``minimum_calls`` calls). Ignored while the circuit is open. With a
+  ``token``, also gives back that request's in-flight reservation (``admit``).
+* ``admit`` (count mode): a request asks to go. Refused unless the circuit is closed. While
+  the run of failures is empty, granted without more ado; while it is not, granted with an
+  in-flight reservation under ``token`` (a lease of ``probe_lease`` seconds) as long as the
+  failures counted plus the reservations out stay within ``CircuitPolicy.in_flight_limit``,
+  else refused (the caller holds its request a moment and asks again). So once the fleet has
+  seen a failure, the requests that reach the upstream before its circuit opens are at most
+  that limit, however many workers send at once. In rate mode the same as ``read``.
 * ``probe``: claim the one probe of a half-open circuit; granted to exactly one claimant
   until its result comes in or its lease (``probe_lease`` seconds) runs out. Granted at once
   when the circuit is closed.
 * ``result``: the probe's outcome, with the token of its claim: success closes the circuit,
   failure opens it for another ``recovery_time``.
-* ``release``: give the probe's claim back unused (the probe was cancelled).
+* ``release``: give the probe's claim, or the in-flight reservation, ``token`` back unused
+  (the request was cancelled).
 * ``read``: the state only.
 
 The retry budget, per ``scope``: ``budget`` adds ``requests`` and, if ``want``, spends one
@@ -72,7 +83,7 @@ def check_settings(owner: str, settings: StoreSettings) -> None:
     check("probe_lease", settings.probe_lease, minimum=0.001, maximum=86400.0)
 
 
-CircuitOp = Literal["report", "probe", "result", "release", "read"]
+CircuitOp = Literal["report", "admit", "probe", "result", "release", "read"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +96,16 @@ class CircuitPolicy:
     minimum_calls: int
     window: float
     probe_lease: float
+
+    @property
+    def in_flight_limit(self) -> int:
+        """Count mode: failures in the run plus reserved requests in flight (``admit``) that
+        the fleet allows at most while the run is not empty: ``failure_threshold`` and a
+        quarter of it again (at least one more). A quarter, not more: the requests that were
+        already in flight when the first failure came add to it, and together they should
+        stay near 1.5 x ``failure_threshold``. Not less: requests are held whenever that many
+        are out, which a flaky but working origin should rarely see."""
+        return self.failure_threshold + max(1, self.failure_threshold // 4)
 
     @property
     def ttl(self) -> float:
@@ -139,7 +160,7 @@ class StateStore(Protocol):
         *,
         failures: int = 0,
         successes: int = 0,
-        reset: bool = False,
+        success_age: float | None = None,
         token: str = "",
     ) -> tuple[CircuitView, bool]:
         """Apply ``op``; return the circuit's view after it and whether a probe was granted."""

@@ -36,15 +36,18 @@ __all__ = ["RedisStore"]
 _STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN)
 
 # KEYS[1]: the circuit hash. ARGV: op, mode (count|rate), threshold, recovery ms, rate,
-# minimum calls, window ms, failures, successes, reset (0|1), lease ms, token, ttl ms.
-# Returns {state (0 closed, 1 open, 2 half-open), ms until a probe, failures, granted}.
+# minimum calls, window ms, failures, successes, success age ms (-1: none), lease ms, token, ttl ms,
+# in-flight limit. Returns {state (0 closed, 1 open, 2 half-open), ms until a probe, failures,
+# granted}. Count mode keeps each in-flight reservation (made while the run of failures is
+# not empty) as a field 'i:<token>' holding the end of its lease: at most the limit of them.
 _CIRCUIT = """
 local key = KEYS[1]
 local op, mode = ARGV[1], ARGV[2]
 local threshold, recovery = tonumber(ARGV[3]), tonumber(ARGV[4])
 local rate, min_calls, window = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local failures, successes = tonumber(ARGV[8]), tonumber(ARGV[9])
-local reset, lease, token, ttl = ARGV[10] == '1', tonumber(ARGV[11]), ARGV[12], tonumber(ARGV[13])
+local age, lease, token, ttl = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12], tonumber(ARGV[13])
+local limit = tonumber(ARGV[14])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local open_until = tonumber(redis.call('HGET', key, 'open_until') or '0')
@@ -62,7 +65,27 @@ local function open()
   redis.call('HSET', key, 'open_until', open_until)
 end
 
-if op == 'read' then return view(0) end
+local function live_in_flight()
+  local fields, live = redis.call('HGETALL', key), 0
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 2) == 'i:' then
+      if tonumber(fields[i + 1]) > now then live = live + 1
+      else redis.call('HDEL', key, fields[i]) end
+    end
+  end
+  return live
+end
+
+if op == 'read' or (op == 'admit' and mode ~= 'count') then return view(0) end
+if op == 'admit' then
+  if open_until ~= 0 then return view(0) end
+  local fails = tonumber(redis.call('HGET', key, 'fails') or '0')
+  if fails == 0 then return view(1) end
+  if fails + live_in_flight() + 1 > limit then return view(0) end
+  redis.call('HSET', key, 'i:' .. token, now + lease)
+  redis.call('PEXPIRE', key, ttl)
+  return view(1)
+end
 if op == 'probe' then
   if open_until == 0 then return view(1) end
   if open_until > now then return view(0) end
@@ -72,8 +95,11 @@ if op == 'probe' then
   return view(1)
 end
 if op == 'release' then
-  if token ~= '' and redis.call('HGET', key, 'probe') == token then
-    redis.call('HDEL', key, 'probe', 'probe_until')
+  if token ~= '' then
+    if redis.call('HGET', key, 'probe') == token then
+      redis.call('HDEL', key, 'probe', 'probe_until')
+    end
+    redis.call('HDEL', key, 'i:' .. token)
   end
   return view(0)
 end
@@ -89,15 +115,19 @@ if op == 'result' then
   return view(0)
 end
 -- report: outcomes of requests admitted while closed; stragglers have no say while open
+if token ~= '' then redis.call('HDEL', key, 'i:' .. token) end
 if open_until ~= 0 then return view(0) end
 if mode == 'count' then
-  local fails = failures
-  if not reset then fails = fails + tonumber(redis.call('HGET', key, 'fails') or '0') end
+  local fails = tonumber(redis.call('HGET', key, 'fails') or '0')
+  -- a success breaks the run only if it came after the run began
+  if age >= 0 and now - age >= tonumber(redis.call('HGET', key, 'run') or '0') then fails = 0 end
+  if fails == 0 and failures > 0 then redis.call('HSET', key, 'run', now) end
+  fails = fails + failures
   if fails >= threshold then
     open()
   elseif fails == 0 then
-    redis.call('DEL', key)
-    return view(0)
+    redis.call('HDEL', key, 'fails', 'run')  -- the reservations out stay (an empty hash goes)
+    if redis.call('EXISTS', key) == 0 then return view(0) end
   else
     redis.call('HSET', key, 'fails', fails)
   end
@@ -256,12 +286,12 @@ class RedisStore:
         *,
         failures: int = 0,
         successes: int = 0,
-        reset: bool = False,
+        success_age: float | None = None,
         token: str = "",
     ) -> tuple[CircuitView, bool]:
         result = await self._circuit_script(
             keys=[self._key(scope, "cb", origin)],
-            args=_circuit_args(op, policy, failures, successes, reset, token),
+            args=_circuit_args(op, policy, failures, successes, success_age, token),
         )
         return _circuit_view(result)
 
@@ -299,7 +329,7 @@ class RedisStore:
                 if policy is not None:
                     await self._circuit_script(
                         keys=[self._key(scope, "cb", origin)],
-                        args=_circuit_args("read", policy, 0, 0, False, ""),
+                        args=_circuit_args("read", policy, 0, 0, None, ""),
                         client=pipe,
                     )
                 pipe.pttl(self._key(scope, "cd", origin))
@@ -324,7 +354,12 @@ _CLOSED = CircuitView(CircuitState.CLOSED, 0.0, 0)
 
 
 def _circuit_args(
-    op: str, policy: CircuitPolicy, failures: int, successes: int, reset: bool, token: str
+    op: str,
+    policy: CircuitPolicy,
+    failures: int,
+    successes: int,
+    success_age: float | None,
+    token: str,
 ) -> list[object]:
     rate = policy.failure_rate_threshold
     return [
@@ -337,10 +372,11 @@ def _circuit_args(
         max(10, int(policy.window * 1000)),
         failures,
         successes,
-        1 if reset else 0,
+        -1 if success_age is None else max(0, int(success_age * 1000)),
         max(1, int(policy.probe_lease * 1000)),
         token,
         max(1000, int(policy.ttl * 1000)),
+        policy.in_flight_limit,
     ]
 
 
