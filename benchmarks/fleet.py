@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +188,17 @@ def _worker(spec: dict[str, Any], results: Any) -> None:
     results.put(asyncio.run(_work(spec)))
 
 
-def run_phase(base: dict[str, Any], phase: str, store: str, **extra: Any) -> dict[str, Any]:
+def run_phase(
+    base: dict[str, Any],
+    phase: str,
+    store: str,
+    during: Callable[[], None] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Run ``phase`` in every worker at once; ``during()`` runs here once they start."""
     context = multiprocessing.get_context("fork")
     key = uuid.uuid4().hex
-    barrier = context.Barrier(base["workers"])
+    barrier = context.Barrier(base["workers"] + 1)
     results = context.Queue()
     spec = {**base, **extra, "phase": phase, "store": store, "key": key, "barrier": barrier}
     processes = [
@@ -198,6 +206,9 @@ def run_phase(base: dict[str, Any], phase: str, store: str, **extra: Any) -> dic
     ]
     for process in processes:
         process.start()
+    barrier.wait()
+    if during is not None:
+        during()
     outcomes = [results.get(timeout=300) for _ in processes]
     for process in processes:
         process.join(30)
@@ -236,7 +247,7 @@ def main() -> None:
         if "2" in args.phases:
             half_open(base, args.recovery, args.seconds)
         if "3" in args.phases:
-            budget(base, n)
+            budget(base, n, redis_server)
         if "4" in args.phases:
             happy(base, args.requests, args.rounds)
 
@@ -288,22 +299,34 @@ def half_open(base: dict[str, Any], recovery: float, seconds: float) -> None:
         opening = next((i + 1 for i, gap in enumerate(gaps) if gap >= recovery / 2),
                        len(stamps))  # fmt: skip
         probe_gaps = gaps[opening - 1 :]
-        # A second probe in one half-open period comes while the first is still out, ms later.
-        crowded = sum(1 for gap in probe_gaps if gap < recovery / 2)
+        # A failed probe opens the circuit for a whole recovery_time, so probes of different
+        # half-open periods are at least that far apart: a closer one shares a period.
+        crowded = sum(1 for gap in probe_gaps if gap < 0.9 * recovery)
         print(
-            f"   {store:<6} opening burst {opening:>3}, then {len(probe_gaps):>3} probes; "
-            f"half-open periods with more than one probe: {crowded}"
+            f"   {store:<6} opening burst {opening:>3}, then {len(probe_gaps):>3} probes in "
+            f"{len(probe_gaps) - crowded} half-open periods; more than one probe in a "
+            f"period: {crowded} times"
         )
 
 
-def budget(base: dict[str, Any], n: int) -> None:
+def budget(base: dict[str, Any], n: int, redis_server: RedisServer) -> None:
     print("\n3. retry budget: every request 503, max_retries=3, 20 % + 1/s over 10 s")
     requests = 100
-    for store in ("local", "redis"):
-        hits = len(run_phase(base, "budget", store, requests=requests)["hits"])
+
+    def stall() -> None:  # Redis answers nothing for 0.3-1.3 s: every call times out
+        time.sleep(0.3)
+        redis_server.pause()
+        try:
+            time.sleep(1.0)
+        finally:
+            redis_server.resume()
+
+    for store, during in (("local", None), ("redis", None), ("redis, stalled 1 s", stall)):
+        kind = store.split(",")[0]
+        hits = len(run_phase(base, "budget", kind, during, requests=requests)["hits"])
         total = n * requests
         print(
-            f"   {store:<6} {total} requests, {hits - total} retries (fleet-wide budget: "
+            f"   {store:<18} {total} requests, {hits - total} retries (fleet-wide budget: "
             f"{10 + 0.2 * total:.0f}; per-worker budgets add up to "
             f"{n * (10 + 0.2 * requests):.0f})"
         )

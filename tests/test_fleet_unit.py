@@ -51,6 +51,12 @@ class FlakyStore(MemoryStore):
             raise ConnectionError("store down")
         return await super().circuit(scope, origin, op, policy, **kw)
 
+    async def budget(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append("budget")
+        if self.down:
+            raise ConnectionError("store down")
+        return await super().budget(*args, **kwargs)
+
     async def read(self, *args: Any, **kwargs: Any) -> Any:
         self.calls.append("read")
         if self.down:
@@ -118,3 +124,78 @@ async def test_a_failing_store_falls_back_to_local_state_and_says_so(caplog: Any
 async def test_a_store_is_checked_on_construction() -> None:
     with pytest.raises(TypeError, match=r"ResilientTransport\.state_store must be a StateStore"):
         ResilientTransport(state_store=object())  # type: ignore[arg-type]
+
+
+async def test_without_the_store_the_fleet_stays_within_its_retry_budget() -> None:
+    clock = Clock()  # never moves: no budget window slides
+    store = FlakyStore(clock=clock, retry_interval=600.0)
+    retry = RetryConfig(
+        max_retries=3, base_delay=0.0, max_delay=0.0, budget_ratio=0.2,
+        budget_min_per_second=0.1, budget_window=10.0,
+    )  # fmt: skip
+    hits = [0]
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        hits[0] += 1
+        return httpx.Response(503)
+
+    transports = [
+        ResilientTransport(httpx.MockTransport(busy), retry=retry, state_store=store, clock=clock)
+        for _ in range(4)
+    ]
+    clients = [httpx.AsyncClient(transport=transport) for transport in transports]
+    retries = []
+    for down in (False, True, False):
+        store.down = down
+        before = hits[0]
+        for _ in range(10):
+            for client in clients:
+                assert (await client.get("http://a.example/")).status_code == 503
+        retries.append(hits[0] - before - 40)
+    for client in clients:
+        await client.aclose()
+    # The fleet's allowance: a floor of 1, plus 20 % of its requests.
+    assert retries[0] == 1 + 0.2 * 40  # shared: exactly the allowance
+    # Store down: each worker spends only its share of what was left (nothing) plus 20 % of
+    # its own requests since: 2 each. Its own budget would have allowed 1 + 0.2 * 20 = 5.
+    assert retries[1] == 4 * 2
+    assert sum(retries[:2]) <= 1 + 0.2 * 80
+    # Back: the retries spent meanwhile were reported, so the fleet's budget counts them.
+    assert sum(retries) <= 1 + 0.2 * 120
+    view = await store.budget("default", 0, False, retry_budget_policy(retry))
+    assert view.left == 1 + 0.2 * 120 - sum(retries)
+
+
+async def test_a_store_that_never_answered_leaves_only_the_ratio() -> None:
+    clock = Clock()
+    store = FlakyStore(clock=clock, retry_interval=600.0)
+    store.down = True
+    retry = RetryConfig(
+        max_retries=3, base_delay=0.0, max_delay=0.0, budget_ratio=0.2,
+        budget_min_per_second=0.1, budget_window=10.0,
+    )  # fmt: skip
+    hits = [0]
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        hits[0] += 1
+        return httpx.Response(503)
+
+    for _ in range(4):
+        transport = ResilientTransport(
+            httpx.MockTransport(busy), retry=retry, state_store=store, clock=clock
+        )
+        async with httpx.AsyncClient(transport=transport) as client:
+            for _ in range(10):
+                assert (await client.get("http://a.example/")).status_code == 503
+    # 20 % of each worker's 10 requests, without the floor of 1 each worker's own budget
+    # would add: the fleet's floor is not multiplied by its size.
+    assert hits[0] - 40 == 4 * 2
+
+
+def retry_budget_policy(retry: RetryConfig) -> Any:
+    from httpx_resilience._stores._protocol import BudgetPolicy
+
+    assert retry.budget_ratio is not None
+    return BudgetPolicy(
+        retry.budget_ratio, retry.budget_min_per_second * retry.budget_window, retry.budget_window
+    )

@@ -157,6 +157,30 @@ async def test_exactly_one_probe_per_half_open_period(store: StateStore) -> None
     assert granted  # closed: no probe needed, go
 
 
+async def test_a_dead_probes_claim_ends_with_its_lease(store: StateStore) -> None:
+    short = CircuitPolicy(3, 0.05, None, 10, 30.0, 0.1)  # 100 ms leases
+    await store.circuit("s", "o", "report", short, failures=3)
+    for _ in range(200):
+        view, granted = await store.circuit("s", "o", "probe", short, token="dies")
+        if granted:
+            break
+        await asyncio.sleep(0.01)
+    assert granted  # the worker holding it never reports
+    assert not (await store.circuit("s", "o", "probe", short, token="next"))[1]
+    for _ in range(200):
+        view, granted = await store.circuit("s", "o", "probe", short, token="next")
+        if granted:
+            break
+        assert view.state is CircuitState.HALF_OPEN
+        await asyncio.sleep(0.01)
+    assert granted
+    # The dead worker's late result has no say; the new holder's does.
+    view, _ = await store.circuit("s", "o", "result", short, token="dies")
+    assert view.state is CircuitState.HALF_OPEN
+    view, _ = await store.circuit("s", "o", "result", short, token="next")
+    assert view.state is CircuitState.CLOSED
+
+
 async def test_a_released_probe_can_be_claimed_again(store: StateStore) -> None:
     await store.circuit("s", "o", "report", COUNT, failures=3)
     await wait_for_state(store, CircuitState.HALF_OPEN)
@@ -177,11 +201,23 @@ async def test_rate_mode_opens_on_the_ratio(store: StateStore) -> None:
 
 async def test_budget_is_floor_plus_ratio_of_requests(store: StateStore) -> None:
     policy = BudgetPolicy(ratio=0.2, floor=2.0, window=30.0)
-    assert await store.budget("s", 10, False, policy) is False  # counting only
-    granted = [await store.budget("s", 0, True, policy) for _ in range(6)]
+    view = await store.budget("s", 10, False, policy)  # counting only
+    assert view == (False, 10, 4.0)
+    granted = [(await store.budget("s", 0, True, policy)).granted for _ in range(6)]
     assert granted == [True, True, True, True, False, False]  # 2 + 0.2 * 10
-    assert await store.budget("s", 5, True, policy) is True  # 2 + 0.2 * 15 = 5
-    assert await store.budget("s", 0, True, policy) is False
+    view = await store.budget("s", 5, True, policy)
+    assert view == (True, 15, 0.0)  # 2 + 0.2 * 15 = 5 spent
+    assert not (await store.budget("s", 0, True, policy)).granted
+
+
+async def test_retries_spent_without_the_store_are_reconciled(store: StateStore) -> None:
+    policy = BudgetPolicy(ratio=0.2, floor=2.0, window=30.0)
+    await store.budget("s", 20, False, policy)  # 2 + 0.2 * 20 = 6 allowed
+    # A worker spent 4 while it could not reach the store; they count now.
+    view = await store.budget("s", 0, True, policy, retries=4)
+    assert view == (True, 20, 1.0)
+    await store.read("s", [], None, requests=0, retries=1, budget=policy)  # and so in a flush
+    assert (await store.budget("s", 0, True, policy)) == (False, 20, 0.0)
 
 
 async def test_cool_downs_only_grow(store: StateStore) -> None:

@@ -77,8 +77,12 @@ class _Origin:
 
 class SharedBudget(RetryBudget):
     """The transport's retry budget when a store shares it: a retry is spent from a token the
-    fleet granted (`Fleet.reserve_retry`, awaited before each retry decision), or from the
-    local budget while the store is unavailable. Requests are counted in both."""
+    fleet granted (`Fleet.reserve_retry`, awaited before each retry decision). While the store
+    is unavailable, from this worker's share of what the fleet's budget had left when it last
+    answered plus the ratio of its requests since (`Fleet.fallback_allowance`), so that the
+    fleet as a whole stays within its allowance; if the store never answered, from the ratio
+    of this worker's own requests, without the floor (the floor is the fleet's). Requests are
+    counted locally too."""
 
     __slots__ = ("_fleet",)
 
@@ -86,15 +90,33 @@ class SharedBudget(RetryBudget):
         assert config.budget_ratio is not None
         super().__init__(config.budget_ratio, config.budget_min_per_second, config.budget_window)
         self._fleet = fleet
+        fleet.local_budget = self
+
+    def requests_in_window(self, now: float) -> float:
+        """This worker's requests over the budget's window."""
+        counts = self._counts
+        counts.slide(now)
+        return counts.first
 
     def try_spend(self, now: float) -> bool:
         fleet = self._fleet
-        if not fleet.sharing:
-            return super().try_spend(now)
-        if fleet.retry_tokens > 0:
-            fleet.retry_tokens -= 1
-            return True
-        return False
+        if fleet.sharing:
+            if fleet.retry_tokens > 0:
+                fleet.retry_tokens -= 1
+                return True
+            return False
+        allowance = fleet.fallback_allowance(self._ratio)
+        counts = self._counts
+        counts.slide(now)
+        if allowance is None:
+            # The store never answered: no share known. The floor is the fleet's, not each
+            # worker's: only the ratio of this worker's own requests.
+            allowance = self._ratio * counts.first - counts.second
+        if allowance < 1.0:
+            return False
+        counts.add(now, second=1)
+        fleet.spent_locally()
+        return True
 
 
 class Fleet:
@@ -139,6 +161,14 @@ class Fleet:
         self._origins: OrderedDict[Origin, _Origin] = OrderedDict()
         self._requests = 0  # counted since the last flush
         self.retry_tokens = 0  # retries the fleet's budget granted this process, unspent
+        self.local_budget: SharedBudget | None = None
+        # For when the store is unavailable: this worker's share of the retries the fleet's
+        # budget had left at its last answer (None: no answer yet), and the requests made and
+        # retries spent here since; the retries spent so are reported when it answers again.
+        self._budget_share: float | None = None
+        self._since_requests = 0
+        self._since_spent = 0
+        self._unreported_retries = 0
         self._next_sync = 0.0
         self._sync_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -209,6 +239,7 @@ class Fleet:
     def started(self, origin: Origin | None) -> None:
         """A request (not a retry) starts: count it; start a background sync if one is due."""
         self._requests += 1
+        self._since_requests += 1
         if origin is not None:
             self._local(origin)
         now = self._clock()
@@ -253,14 +284,19 @@ class Fleet:
         names = [str(origin) for origin in origins]
         store, policy, budget = self.store, self._circuit_policy, self._budget_policy
         requests, self._requests = self._requests, 0
+        retries, self._unreported_retries = self._unreported_retries, 0
         if budget is None:
-            requests = 0
-        if not names and not requests:
+            requests = retries = 0
+        if not names and not requests and not retries:
             return
         views = await self._call(
-            lambda: store.read(self.scope, names, policy, requests=requests, budget=budget)
-        )
+            lambda: store.read(self.scope, names, policy, requests=requests, retries=retries,
+                               budget=budget)
+        )  # fmt: skip
         if views is None:
+            # The retries are counted when the store answers again; the requests are not
+            # (the call may have reached it): the budget errs on the strict side.
+            self._unreported_retries += retries
             return
         for origin, name in zip(origins, names, strict=True):
             view, cool_down_left = views.get(name, (None, 0.0))
@@ -436,10 +472,37 @@ class Fleet:
         if budget is None or self.retry_tokens > 0 or not self.sharing:
             return
         requests, self._requests = self._requests, 0
+        retries, self._unreported_retries = self._unreported_retries, 0
         store = self.store
-        granted = await self._call(lambda: store.budget(self.scope, requests, True, budget))
-        if granted:
+        answer = await self._call(
+            lambda: store.budget(self.scope, requests, True, budget, retries=retries)
+        )
+        if answer is None:
+            self._unreported_retries += retries  # and the requests are not (see `_read`)
+            return
+        if answer.granted:
             self.retry_tokens += 1
+        # This worker's share of what is left, for when the store stops answering.
+        share = 1.0
+        if self.local_budget is not None and answer.requests > 0:
+            mine = self.local_budget.requests_in_window(self._clock())
+            share = min(1.0, mine / answer.requests)
+        self._budget_share = share * max(0.0, answer.left)
+        self._since_requests = self._since_spent = 0
+
+    def fallback_allowance(self, ratio: float) -> float | None:
+        """While the store is unavailable: the retries this worker may spend, its share of
+        what the fleet had left at the last answer plus ``ratio`` of its requests since, less
+        what it spent since; None if the store never answered."""
+        if self._budget_share is None:
+            return None
+        return self._budget_share + ratio * self._since_requests - self._since_spent
+
+    def spent_locally(self) -> None:
+        """A retry was spent while the store was unavailable: count it against the share, and
+        in the fleet's budget once the store answers again."""
+        self._since_spent += 1
+        self._unreported_retries += 1
 
     def share_cool_down(self, origin: Origin, seconds: float) -> None:
         """A 429/503 with ``Retry-After`` started or extended ``origin``'s cool-down: tell the

@@ -3,7 +3,8 @@
 * :class:`RedisServer` -- starts ``redis-server`` (from the system: ``apt-get install
   redis-server``; ``.ci/run`` installs it) on a free loopback port with no persistence, in a
   temporary directory. :meth:`RedisServer.kill` ends it with SIGKILL (a crash: everything in
-  memory lost) and :meth:`RedisServer.start` brings it back on the same port.
+  memory lost) and :meth:`RedisServer.start` brings it back on the same port;
+  :meth:`RedisServer.pause` stops it answering (SIGSTOP) until :meth:`RedisServer.resume`.
 * :class:`DelayProxy` -- a TCP forwarder on 127.0.0.1 in front of it that holds every chunk
   for ``delay`` seconds while :attr:`DelayProxy.delay` is above zero: a Redis that answers
   slowly.
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -121,6 +123,17 @@ class RedisServer:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections and its state but answers nothing (a
+        Redis stalled, every call times out) until `resume`."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: a paused server answers again, with its state intact."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def _terminate(self) -> None:
         process, self._process = self._process, None

@@ -5,11 +5,12 @@ and cool-downs. See `_protocol.py` for the operations and their guarantees."""
 from __future__ import annotations
 
 from ._memory import MemoryStore
-from ._protocol import BudgetPolicy, CircuitPolicy, CircuitView, StateStore
+from ._protocol import BudgetPolicy, BudgetView, CircuitPolicy, CircuitView, StateStore
 from ._redis import RedisStore
 
 __all__ = [
     "BudgetPolicy",
+    "BudgetView",
     "CircuitPolicy",
     "CircuitView",
     "MemoryStore",

@@ -18,6 +18,7 @@ from ._protocol import (
     CLOSED_VIEW,
     AvailabilityListener,
     BudgetPolicy,
+    BudgetView,
     CircuitOp,
     CircuitPolicy,
     CircuitView,
@@ -209,19 +210,22 @@ class MemoryStore:
         circuit.expires = now + policy.ttl
         return _view(circuit, now), False
 
-    async def budget(self, scope: str, requests: int, want: bool, policy: BudgetPolicy) -> bool:
+    async def budget(
+        self, scope: str, requests: int, want: bool, policy: BudgetPolicy, *, retries: int = 0
+    ) -> BudgetView:
         now = self._clock()
         entry = self._budgets.get(scope)
         if entry is None or entry[1] <= now:
             entry = (SlidingCounts(policy.window), 0.0)
         counts = entry[0]
-        counts.add(now, first=requests)
+        counts.add(now, first=requests, second=retries)
         granted = False
         if want and counts.second + 1 <= policy.floor + policy.ratio * counts.first:
             counts.add(now, second=1)
             granted = True
         self._budgets[scope] = (counts, now + 2 * policy.window)
-        return granted
+        left = policy.floor + policy.ratio * counts.first - counts.second
+        return BudgetView(granted, int(counts.first), left)
 
     async def note_cool_down(self, scope: str, origin: str, seconds: float) -> None:
         now = self._clock()
@@ -236,10 +240,11 @@ class MemoryStore:
         policy: CircuitPolicy | None,
         *,
         requests: int = 0,
+        retries: int = 0,
         budget: BudgetPolicy | None = None,
     ) -> dict[str, tuple[CircuitView, float]]:
-        if budget is not None and requests:
-            await self.budget(scope, requests, False, budget)
+        if budget is not None and (requests or retries):
+            await self.budget(scope, requests, False, budget, retries=retries)
         now = self._clock()
         views = {}
         for origin in origins:

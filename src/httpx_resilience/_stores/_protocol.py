@@ -32,8 +32,11 @@ Circuits, per ``scope`` (the breaker's name) and origin:
   (the request was cancelled).
 * ``read``: the state only.
 
-The retry budget, per ``scope``: ``budget`` adds ``requests`` and, if ``want``, spends one
-retry when ``retries + 1 <= floor + ratio * requests`` over the last ``window`` seconds.
+The retry budget, per ``scope``: ``budget`` adds ``requests`` and ``retries`` (spent while
+the caller could not reach the store: reconciled now) and, if ``want``, spends one retry when
+``spent + 1 <= floor + ratio * requests`` over the last ``window`` seconds. It answers with the
+fleet's requests in the window and the retries left, from which a caller works out its share
+for when the store becomes unreachable.
 
 Cool-downs, per ``scope`` and origin: ``note_cool_down`` extends the window to at least
 ``seconds`` from now; ``read`` reports what is left of it.
@@ -51,6 +54,7 @@ from .._validate import check_number
 
 __all__ = [
     "BudgetPolicy",
+    "BudgetView",
     "CircuitOp",
     "CircuitPolicy",
     "CircuitView",
@@ -122,6 +126,14 @@ class BudgetPolicy:
     window: float
 
 
+class BudgetView(NamedTuple):
+    """The fleet's retry budget as the store sees it after a `StateStore.budget` call."""
+
+    granted: bool  # whether the retry asked for was spent
+    requests: int  # the fleet's requests in the window
+    left: float  # retries the window allows still: floor + ratio * requests - spent
+
+
 class CircuitView(NamedTuple):
     """One origin's circuit as the store sees it."""
 
@@ -166,8 +178,11 @@ class StateStore(Protocol):
         """Apply ``op``; return the circuit's view after it and whether a probe was granted."""
         ...
 
-    async def budget(self, scope: str, requests: int, want: bool, policy: BudgetPolicy) -> bool:
-        """Count ``requests``; if ``want``, spend one retry if the budget allows (True)."""
+    async def budget(
+        self, scope: str, requests: int, want: bool, policy: BudgetPolicy, *, retries: int = 0
+    ) -> BudgetView:
+        """Count ``requests`` and ``retries``; if ``want``, spend one retry if the budget
+        allows (``granted``)."""
         ...
 
     async def note_cool_down(self, scope: str, origin: str, seconds: float) -> None:
@@ -181,10 +196,12 @@ class StateStore(Protocol):
         policy: CircuitPolicy | None,
         *,
         requests: int = 0,
+        retries: int = 0,
         budget: BudgetPolicy | None = None,
     ) -> dict[str, tuple[CircuitView, float]]:
         """Each origin's circuit view (closed if ``policy`` is None) and cool-down left; and,
-        in the same step, count ``requests`` in the ``budget`` if one is given."""
+        in the same step, count ``requests`` and ``retries`` in the ``budget`` if one is
+        given."""
         ...
 
     async def aclose(self) -> None:

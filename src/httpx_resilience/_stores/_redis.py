@@ -21,6 +21,7 @@ from .._breaker import CircuitState
 from ._protocol import (
     AvailabilityListener,
     BudgetPolicy,
+    BudgetView,
     CircuitOp,
     CircuitPolicy,
     CircuitView,
@@ -153,12 +154,14 @@ redis.call('PEXPIRE', key, ttl)
 return view(0)
 """
 
-# KEYS[1]: the budget hash. ARGV: requests, want (0|1), ratio, floor, window ms.
-# Returns 1 if a retry was spent.
+# KEYS[1]: the budget hash. ARGV: requests, want (0|1), ratio, floor, window ms, retries
+# spent elsewhere (reconciled). Returns {granted (0|1), requests in the window, retries left
+# (a string: it may have a fraction)}.
 _BUDGET = """
 local key = KEYS[1]
 local requests, want = tonumber(ARGV[1]), ARGV[2] == '1'
 local ratio, floor, window = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local retries = tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local width = window / 10
@@ -168,22 +171,22 @@ if tonumber(redis.call('HGET', key, 'e' .. slot) or '-1') ~= bucket then
   redis.call('HSET', key, 'e' .. slot, bucket, 'r' .. slot, 0, 't' .. slot, 0)
 end
 if requests > 0 then redis.call('HINCRBY', key, 'r' .. slot, requests) end
-local granted = 0
-if want then
-  local seen, spent = 0, 0
-  for i = 0, 9 do
-    if tonumber(redis.call('HGET', key, 'e' .. i) or '-1') > bucket - 10 then
-      seen = seen + tonumber(redis.call('HGET', key, 'r' .. i) or '0')
-      spent = spent + tonumber(redis.call('HGET', key, 't' .. i) or '0')
-    end
-  end
-  if spent + 1 <= floor + ratio * seen then
-    redis.call('HINCRBY', key, 't' .. slot, 1)
-    granted = 1
+if retries > 0 then redis.call('HINCRBY', key, 't' .. slot, retries) end
+local seen, spent = 0, 0
+for i = 0, 9 do
+  if tonumber(redis.call('HGET', key, 'e' .. i) or '-1') > bucket - 10 then
+    seen = seen + tonumber(redis.call('HGET', key, 'r' .. i) or '0')
+    spent = spent + tonumber(redis.call('HGET', key, 't' .. i) or '0')
   end
 end
+local granted = 0
+if want and spent + 1 <= floor + ratio * seen then
+  redis.call('HINCRBY', key, 't' .. slot, 1)
+  spent = spent + 1
+  granted = 1
+end
 redis.call('PEXPIRE', key, 2 * window)
-return granted
+return {granted, seen, tostring(floor + ratio * seen - spent)}
 """
 
 # KEYS[1]: the cool-down key. ARGV: ms. The key's TTL is the cool-down left; only extended.
@@ -295,11 +298,14 @@ class RedisStore:
         )
         return _circuit_view(result)
 
-    async def budget(self, scope: str, requests: int, want: bool, policy: BudgetPolicy) -> bool:
-        granted = await self._budget_script(
-            keys=[self._key(scope, "budget")], args=_budget_args(requests, want, policy)
+    async def budget(
+        self, scope: str, requests: int, want: bool, policy: BudgetPolicy, *, retries: int = 0
+    ) -> BudgetView:
+        granted, seen, left = await self._budget_script(
+            keys=[self._key(scope, "budget")],
+            args=_budget_args(requests, want, policy, retries),
         )
-        return bool(granted)
+        return BudgetView(bool(int(granted)), int(seen), float(left))
 
     async def note_cool_down(self, scope: str, origin: str, seconds: float) -> None:
         ms = max(1, int(seconds * 1000))
@@ -312,9 +318,10 @@ class RedisStore:
         policy: CircuitPolicy | None,
         *,
         requests: int = 0,
+        retries: int = 0,
         budget: BudgetPolicy | None = None,
     ) -> dict[str, tuple[CircuitView, float]]:
-        flush = budget is not None and requests > 0
+        flush = budget is not None and (requests > 0 or retries > 0)
         if not origins and not flush:
             return {}
         async with self._client.pipeline(transaction=False) as pipe:
@@ -322,7 +329,7 @@ class RedisStore:
                 assert budget is not None
                 await self._budget_script(
                     keys=[self._key(scope, "budget")],
-                    args=_budget_args(requests, False, budget),
+                    args=_budget_args(requests, False, budget, retries),
                     client=pipe,
                 )
             for origin in origins:
@@ -380,10 +387,10 @@ def _circuit_args(
     ]
 
 
-def _budget_args(requests: int, want: bool, policy: BudgetPolicy) -> list[object]:
+def _budget_args(requests: int, want: bool, policy: BudgetPolicy, retries: int) -> list[object]:
     return [
         requests, 1 if want else 0, repr(policy.ratio), repr(policy.floor),
-        int(policy.window * 1000),
+        int(policy.window * 1000), retries,
     ]  # fmt: skip
 
 
