@@ -3,6 +3,7 @@ parsing, and 50 concurrent callers against a real rate-limiting Hypercorn upstre
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -13,7 +14,11 @@ import pytest
 
 from httpx_resilience import (
     CoolDown,
+    CoolDownEnd,
     CoolDownError,
+    CoolDownRefusal,
+    CoolDownStart,
+    Hook,
     Origin,
     ResilienceError,
     ResilientTransport,
@@ -301,3 +306,58 @@ async def test_retry_waits_retry_after_ms(h1_server: ServerThread, key: str) -> 
         response = await client.get(f"{h1_server.url}/throttle/{key}?period=60&ms=300")
     assert response.status_code == 429
     assert waits == [0.3, 0.3]  # retry-after-ms, not Retry-After: 1
+
+
+class CoolDownEvents(Hook):
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    def on_cool_down_start(self, start: CoolDownStart) -> None:
+        self.events.append(start)
+
+    def on_cool_down_end(self, end: CoolDownEnd) -> None:
+        self.events.append(end)
+
+    def on_cool_down_refusal(self, refusal: CoolDownRefusal) -> None:
+        self.events.append(refusal)
+
+
+@pytest.mark.anyio
+async def test_hooks_hear_a_window_start_refuse_and_end(
+    h1_server: ServerThread, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="httpx_resilience")
+    hook = CoolDownEvents()
+    cool = CoolDown(max_wait=0.1, name="api")
+    transport = ResilientTransport(retry=RetryConfig(max_retries=0), cool_down=cool, hooks=[hook])
+    origin = Origin("http", "127.0.0.1", h1_server.port)
+    async with httpx.AsyncClient(transport=transport) as client:
+        # The throttle lasts 0.5 s and asks for 0.5 s: above max_wait, so refused at once.
+        assert (
+            await client.get(f"{h1_server.url}/throttle/{key}?period=0.5&ms=500")
+        ).status_code == 429
+        with pytest.raises(CoolDownError):
+            await client.get(f"{h1_server.url}/ok/{key}")
+        for _ in range(200):  # until the window has passed
+            if cool.retry_in(origin) == 0:
+                break
+            await anyio.sleep(0.01)
+        # The probe: the throttle is over (200), so the cool-down ends.
+        assert (await client.get(f"{h1_server.url}/throttle/{key}")).status_code == 200
+    start, refusal, end = hook.events
+    assert isinstance(start, CoolDownStart)
+    assert (start.origin, start.status, start.cool_down) == (origin, 429, "api")
+    assert 0 < start.seconds <= 0.5
+    assert isinstance(refusal, CoolDownRefusal)
+    assert (refusal.method, refusal.origin, refusal.attempt, refusal.reason) == (
+        "GET",
+        origin,
+        1,
+        "max_wait",
+    )
+    assert 0 < refusal.retry_in <= 0.5
+    assert refusal.url == f"{h1_server.url}/ok/{key}"
+    assert end == CoolDownEnd(origin, "api")
+    # The default LoggingHook's lines.
+    assert f"Cool-down 'api' for {origin}: 429 with Retry-After" in caplog.text
+    assert f"Cool-down 'api' ended for {origin}" in caplog.text

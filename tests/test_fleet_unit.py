@@ -14,9 +14,13 @@ import pytest
 from httpx_resilience import (
     CircuitBreaker,
     CircuitOpenError,
+    CoolDownStart,
+    Hook,
     MemoryStore,
+    Origin,
     ResilientTransport,
     RetryConfig,
+    StoreAvailability,
 )
 
 pytestmark = pytest.mark.anyio
@@ -96,9 +100,11 @@ async def test_a_failing_store_falls_back_to_local_state_and_says_so(caplog: Any
     )  # fmt: skip
     store.down = True
     breaker = CircuitBreaker(failure_threshold=3, recovery_time=60.0, clock=clock)
+    hook = AvailabilityEvents()
     transport = ResilientTransport(
-        upstream(500), retry=NO_RETRY, circuit_breaker=breaker, state_store=store, clock=clock
-    )
+        upstream(500), retry=NO_RETRY, circuit_breaker=breaker, state_store=store, clock=clock,
+        hooks=[hook],
+    )  # fmt: skip
     async with httpx.AsyncClient(transport=transport) as client:
         for _ in range(3):
             assert (await client.get("http://a.example/")).status_code == 500
@@ -119,6 +125,45 @@ async def test_a_failing_store_falls_back_to_local_state_and_says_so(caplog: Any
             await anyio.sleep(0.01)
     assert events[-1] == (True, "NoneType")
     assert "sharing state with the fleet resumed" in caplog.text
+    # The same, as hook events.
+    down, up = hook.changes
+    assert (down.store, down.available, down.retry_in) == ("MemoryStore()", False, 5.0)
+    assert isinstance(down.error, ConnectionError)
+    assert up == StoreAvailability("MemoryStore()", True, None, 0.0)
+
+
+class AvailabilityEvents(Hook):
+    def __init__(self) -> None:
+        self.changes: list[StoreAvailability] = []
+        self.cool_downs: list[CoolDownStart] = []
+
+    def on_store_availability(self, change: StoreAvailability) -> None:
+        self.changes.append(change)
+
+    def on_cool_down_start(self, start: CoolDownStart) -> None:
+        self.cool_downs.append(start)
+
+
+async def test_a_cool_down_from_the_fleet_is_a_hook_event() -> None:
+    store = MemoryStore(sync_interval=0.001)
+
+    def throttle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"retry-after": "30"})
+
+    first = ResilientTransport(httpx.MockTransport(throttle), retry=NO_RETRY, state_store=store)
+    hook = AvailabilityEvents()
+    second = ResilientTransport(upstream(200), retry=NO_RETRY, state_store=store, hooks=[hook])
+    async with httpx.AsyncClient(transport=first) as a, httpx.AsyncClient(transport=second) as b:
+        assert (await b.get("http://a.example/")).status_code == 200  # b uses the origin too
+        assert (await a.get("http://a.example/")).status_code == 429
+        for _ in range(100):  # b's background syncs read the fleet's cool-down
+            if hook.cool_downs:
+                break
+            await anyio.sleep(0.01)
+            await b.get("http://b.example/")
+    [start] = hook.cool_downs
+    assert (start.origin, start.status) == (Origin("http", "a.example", 80), None)
+    assert 25.0 < start.seconds <= 30.0
 
 
 async def test_a_store_is_checked_on_construction() -> None:

@@ -25,6 +25,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from httpx_resilience import (
     CircuitBreaker,
     CircuitOpenError,
+    CoolDown,
+    CoolDownError,
+    MemoryStore,
     OpenTelemetryHook,
     ResilientTransport,
     RetryConfig,
@@ -325,3 +328,42 @@ def test_invalid_providers_are_refused_at_construction() -> None:
         OpenTelemetryHook(meter_provider="x")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"OpenTelemetryHook.propagate must be a bool"):
         OpenTelemetryHook(propagate="yes")  # type: ignore[arg-type]
+
+
+class _DownStore(MemoryStore):
+    """A store that never answers: every call fails."""
+
+    async def read(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("store down")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # stores work on asyncio only
+async def test_cool_downs_refusals_and_store_failures_counted(
+    h1_server: ServerThread, key: str, otel: OTel
+) -> None:
+    transport = ResilientTransport(
+        retry=NO_JITTER.replace(max_retries=0), cool_down=CoolDown(max_wait=1.0),
+        state_store=_DownStore(), hooks=[otel.hook],
+    )  # fmt: skip
+    async with httpx.AsyncClient(transport=transport) as client:
+        url = f"{h1_server.url}/throttle/{key}?period=60&ms=30000"
+        assert (await client.get(url)).status_code == 429
+        otel.exporter.clear()
+        with otel.tracer.start_as_current_span("checkout"), pytest.raises(CoolDownError):
+            await client.get(f"{h1_server.url}/ok/{key}")
+        for _ in range(100):  # the background sync fails: the store is unavailable
+            if "httpx_resilience.store_unavailable" in otel.metrics():
+                break
+            await anyio.sleep(0.01)
+    [parent] = otel.spans()  # nothing went on the wire
+    [event] = parent.events
+    assert event.name == "httpx_resilience.cool_down"
+    attrs = dict(event.attributes or {})
+    assert (attrs["httpx_resilience.reason"], attrs["httpx_resilience.attempt"]) == ("max_wait", 1)
+    metrics = otel.metrics()
+    [(started, cool_downs)] = metrics["httpx_resilience.cool_downs"]
+    assert (cool_downs.value, started["httpx_resilience.shared"]) == (1, False)
+    [(refused, refusals)] = metrics["httpx_resilience.cool_down_refusals"]
+    assert (refusals.value, refused["httpx_resilience.reason"]) == (1, "max_wait")
+    [(failed, unavailable)] = metrics["httpx_resilience.store_unavailable"]
+    assert (unavailable.value, failed["error.type"]) == (1, "ConnectionError")

@@ -134,9 +134,11 @@ async def test_origins_and_scopes_are_apart(store: StateStore) -> None:
 
 
 async def test_exactly_one_probe_per_half_open_period(store: StateStore) -> None:
-    await store.circuit("s", "o", "report", COUNT, failures=3)
-    _, granted = await store.circuit("s", "o", "probe", COUNT, token="early")
+    long = CircuitPolicy(3, 600.0, None, 10, 30.0, 5.0)
+    await store.circuit("s", "long", "report", long, failures=3)
+    _, granted = await store.circuit("s", "long", "probe", long, token="early")
     assert not granted  # still open
+    await store.circuit("s", "o", "report", COUNT, failures=3)
     await wait_for_state(store, CircuitState.HALF_OPEN)
     claims = await asyncio.gather(
         *(store.circuit("s", "o", "probe", COUNT, token=f"w{n}") for n in range(20))

@@ -19,10 +19,10 @@ cools down.
 from __future__ import annotations
 
 import enum
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -31,9 +31,51 @@ from ._origin import Origin
 from ._retry_after import parse_retry_after, parse_retry_after_ms
 from ._validate import check_number, check_statuses
 
-__all__ = ["CoolDown", "Gate", "GateKind", "server_wait"]
+__all__ = ["CoolDown", "CoolDownEnd", "CoolDownStart", "Gate", "GateKind", "server_wait"]
 
 CoolDownListener = Callable[[Origin, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CoolDownStart:
+    """An origin's cool-down window started: requests to it are held until it ends.
+
+    Attributes:
+        origin: The origin cooling down.
+        seconds: How long the window is.
+        status: The status (429, 503) whose ``Retry-After`` started it, or None when the
+            window came from another worker through a shared state store.
+        cool_down: The `CoolDown`'s ``name``, if it has one.
+    """
+
+    origin: Origin
+    seconds: float
+    status: int | None
+    cool_down: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CoolDownEnd:
+    """An origin's cool-down ended: its probe got an answer that asked for no more waiting,
+    and every held request goes.
+
+    Attributes:
+        origin: The origin.
+        cool_down: The `CoolDown`'s ``name``, if it has one.
+    """
+
+    origin: Origin
+    cool_down: str | None
+
+
+def _no_report(cool_down: CoolDown, event: str, make: Callable[[], object]) -> None:
+    return None
+
+
+#: Where a `CoolDown` reports its windows' starts and ends, as ``(cool_down, event, make)``
+#: (``make()`` builds the record). The instrumentation shell (`_instrument/_hooks.py`) plugs
+#: its hook dispatch in here when it is imported, so that this pure module imports no hooks.
+report: Callable[[CoolDown, str, Callable[[], object]], None] = _no_report
 
 
 class GateKind(enum.Enum):
@@ -227,7 +269,8 @@ class CoolDown:
             return None
         if answered:
             del self._entries[origin]
-            logger.info("Cool-down %sended for %s", self._label(), origin)
+            # Logged by the default LoggingHook, like every other report.
+            report(self, "on_cool_down_end", lambda: CoolDownEnd(origin, self.name))
         else:
             entry.probing = False
         signal, entry.signal = entry.signal, None
@@ -244,20 +287,19 @@ class CoolDown:
             entry = self._entries[origin] = _Entry(now + seconds)
             self._windows += 1
             entry.window = self._windows
+            report(
+                self, "on_cool_down_start", lambda: CoolDownStart(origin, seconds, None, self.name)
+            )
         elif now + seconds > entry.until:
             entry.until = now + seconds
 
     # --- internals --------------------------------------------------------------------------
 
-    def _label(self) -> str:
-        return f"{self.name!r} " if self.name else ""
-
     def _started(self, origin: Origin, seconds: float, status: int) -> None:
-        if logger.isEnabledFor(logging.WARNING):
-            logger.warning(
-                "Cool-down %sfor %s: %d with Retry-After; holding its requests for %.3fs",
-                self._label(), origin, status, seconds,
-            )  # fmt: skip
+        # Logged by the default LoggingHook, like every other report.
+        report(
+            self, "on_cool_down_start", lambda: CoolDownStart(origin, seconds, status, self.name)
+        )
         if self.on_cool_down is not None:
             try:
                 self.on_cool_down(origin, seconds)

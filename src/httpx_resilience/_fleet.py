@@ -38,6 +38,7 @@ from ._breaker import CircuitBreaker, CircuitState, Origin, Permit
 from ._budget import RetryBudget
 from ._config import RetryConfig
 from ._cooldown import CoolDown
+from ._instrument._hooks import StoreAvailability, emit
 from ._logging import logger
 from ._stores._protocol import BudgetPolicy, CircuitPolicy, CircuitView, StateStore
 
@@ -207,7 +208,6 @@ class Fleet:
             return None
         if not self._available:
             self._available = True
-            logger.warning("%r answers again: sharing state with the fleet resumed", self.store)
             self._notify(True, None)
         return result
 
@@ -219,14 +219,13 @@ class Fleet:
             local.reserved.clear()
         if self._available:
             self._available = False
-            logger.warning(
-                "%r failed (%s: %s): using local state, trying again in %.1fs",
-                self.store, type(error).__name__, error or "timed out",
-                self.store.retry_interval,
-            )  # fmt: skip
             self._notify(False, error)
 
     def _notify(self, available: bool, error: BaseException | None) -> None:
+        # Logged by the default LoggingHook, like every other report.
+        retry_in = 0.0 if available else self.store.retry_interval
+        emit(self, "on_store_availability",
+             lambda: StoreAvailability(repr(self.store), available, error, retry_in))  # fmt: skip
         hook = getattr(self.store, "on_availability", None)
         if hook is not None:
             try:

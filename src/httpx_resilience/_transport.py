@@ -34,10 +34,11 @@ from ._instrument._hooks import (
     AttemptOutcome,
     AttemptStart,
     BudgetRefusal,
+    CoolDownRefusal,
     FailFast,
     GiveUp,
     HookSet,
-    attach_to_breaker,
+    attach_hooks,
     check_hooks,
     current_hooks,
 )
@@ -196,8 +197,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         self._cool_down: CoolDown | None = cool_down
         self._hooks = check_hooks("ResilientTransport.hooks", hooks)
         self._hook_cache: list[object] = [-1, None]  # [global hooks' version, HookSet]
-        if circuit_breaker is not None and self._hooks:
-            attach_to_breaker(circuit_breaker, self._hooks)
+        if circuit_breaker is not None:
+            attach_hooks(circuit_breaker, self._hooks)
+        if cool_down is not None:
+            attach_hooks(cool_down, self._hooks)
         self._counts = AttemptCounts()
         self._budget = _make_budget(retry)
         self._fleet: Fleet | None = None
@@ -211,6 +214,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 state_store, breaker=circuit_breaker, cool_down=self._cool_down, retry=retry,
                 clock=clock,
             )  # fmt: skip
+            attach_hooks(self._fleet, self._hooks)
             if self._budget is not None:
                 self._budget = SharedBudget(self._fleet, retry)
         self._clock = clock
@@ -459,8 +463,14 @@ class ResilientTransport(httpx.AsyncBaseTransport):
 
     @staticmethod
     def _cool_down_error(cool: CoolDown, run: _Run, reason: str) -> CoolDownError:
-        error = CoolDownError(run.target, cool.retry_in(run.target), reason, request=run.request)
+        retry_in = cool.retry_in(run.target)
+        error = CoolDownError(run.target, retry_in, reason, request=run.request)
         attach_history(error, tuple(run.history))
+        if run.hooks.on_cool_down_refusal:
+            refusal = CoolDownRefusal(
+                run.request.method, run.url, run.target, len(run.history) + 1, retry_in, reason
+            )
+            run.hooks.emit("on_cool_down_refusal", refusal)
         return error
 
     @staticmethod

@@ -10,6 +10,11 @@ Every report is a frozen record handed to the hooks that have the matching metho
     CircuitChange  -> Hook.on_circuit_change a circuit breaker changed an origin's state
     FailFast       -> Hook.on_fail_fast      an open circuit refused an attempt (nothing sent)
     BudgetRefusal  -> Hook.on_budget_refusal the retry budget refused a retry
+    CoolDownStart  -> Hook.on_cool_down_start   an origin's cool-down window started
+    CoolDownEnd    -> Hook.on_cool_down_end     ... and ended (its probe got another answer)
+    CoolDownRefusal -> Hook.on_cool_down_refusal a cool-down failed a request at once
+    StoreAvailability -> Hook.on_store_availability  a shared state store stopped or resumed
+                                             answering (the transport keeps to local state)
 
 Hooks are registered globally (`set_hooks`, `add_hook`; the default is one `LoggingHook`) and
 per transport (``ResilientTransport(hooks=...)``). Two rules keep them harmless:
@@ -32,6 +37,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import _cooldown
+from .._cooldown import CoolDownEnd, CoolDownStart
+
 if TYPE_CHECKING:
     import httpx
 
@@ -44,13 +52,18 @@ __all__ = [
     "AttemptStart",
     "BudgetRefusal",
     "CircuitChange",
+    "CoolDownEnd",
+    "CoolDownRefusal",
+    "CoolDownStart",
     "FailFast",
     "GiveUp",
     "Hook",
     "HookSet",
+    "StoreAvailability",
     "add_hook",
-    "attach_to_breaker",
+    "attach_hooks",
     "current_hooks",
+    "emit",
     "emit_circuit_change",
     "get_hooks",
     "set_hooks",
@@ -223,6 +236,49 @@ class BudgetRefusal:
     available: float
 
 
+@dataclass(frozen=True, slots=True)
+class CoolDownRefusal:
+    """A cool-down failed a request at once: nothing was sent, `CoolDownError` follows.
+
+    Attributes:
+        method: The request method.
+        url: The request URL, redacted.
+        origin: The origin cooling down.
+        attempt: The number the refused attempt would have had (1: the request's first).
+        retry_in: Seconds left in the origin's window.
+        reason: ``"max_wait"`` (the wait is longer than ``CoolDown.max_wait``) or
+            ``"total_timeout"`` (it would pass the request's deadline).
+    """
+
+    method: str
+    url: str
+    origin: Origin
+    attempt: int
+    retry_in: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAvailability:
+    """A shared state store (`RedisStore`, ...) stopped answering, or answers again.
+
+    While it does not answer, the transport decides on local state alone (its own breaker,
+    budget share and cool-downs); no request fails because of it.
+
+    Attributes:
+        store: The store's repr, such as ``RedisStore(prefix='httpx-resilience')``.
+        available: False when it stopped answering, True when it answers again.
+        error: What the failed call raised (`TimeoutError` when it took longer than the
+            store's ``timeout``); None when available. Left out of the repr.
+        retry_in: Seconds until the transport tries the store again (0 when available).
+    """
+
+    store: str
+    available: bool
+    error: BaseException | None = field(repr=False)
+    retry_in: float
+
+
 AttemptEndHook = Callable[[AttemptEnd], None]
 
 
@@ -258,6 +314,18 @@ class Hook:
     def on_budget_refusal(self, refusal: BudgetRefusal) -> None:
         """The retry budget refused a retry."""
 
+    def on_cool_down_start(self, start: CoolDownStart) -> None:
+        """An origin's cool-down window started."""
+
+    def on_cool_down_end(self, end: CoolDownEnd) -> None:
+        """An origin's cool-down ended."""
+
+    def on_cool_down_refusal(self, refusal: CoolDownRefusal) -> None:
+        """A cool-down failed a request at once."""
+
+    def on_store_availability(self, change: StoreAvailability) -> None:
+        """A shared state store stopped answering, or answers again."""
+
 
 #: The hook methods, one per event.
 EVENTS = (
@@ -268,6 +336,10 @@ EVENTS = (
     "on_circuit_change",
     "on_fail_fast",
     "on_budget_refusal",
+    "on_cool_down_start",
+    "on_cool_down_end",
+    "on_cool_down_refusal",
+    "on_store_availability",
 )
 
 
@@ -340,6 +412,10 @@ class HookSet:
         on_circuit_change: tuple[Any, ...]
         on_fail_fast: tuple[Any, ...]
         on_budget_refusal: tuple[Any, ...]
+        on_cool_down_start: tuple[Any, ...]
+        on_cool_down_end: tuple[Any, ...]
+        on_cool_down_refusal: tuple[Any, ...]
+        on_store_availability: tuple[Any, ...]
 
     def start(self, start: AttemptStart) -> list[tuple[object, AttemptEndHook]]:
         """Call every ``on_attempt``; return the end callbacks they gave, with their hooks."""
@@ -437,26 +513,41 @@ def current_hooks(own: tuple[object, ...], cache: list[Any]) -> HookSet:
     return hook_set
 
 
-# --- circuit transitions ----------------------------------------------------------------------
+# --- events of shared objects: breakers, cool-downs, fleet links ----------------------------
 
-# Hooks of the transports that use each breaker; a breaker shared by several transports
-# reports a transition to all of their hooks (and the global ones), once per hook.
-_breaker_hooks: weakref.WeakKeyDictionary[CircuitBreaker, tuple[object, ...]] = (
-    weakref.WeakKeyDictionary()
-)
+# Hooks of the transports that use each object; a breaker or cool-down shared by several
+# transports reports an event to all of their hooks (and the global ones), once per hook.
+_owner_hooks: weakref.WeakKeyDictionary[object, tuple[object, ...]] = weakref.WeakKeyDictionary()
 
 
-def attach_to_breaker(breaker: CircuitBreaker, hooks: tuple[object, ...]) -> None:
-    """Have ``breaker`` report its transitions to ``hooks`` too (a transport's own hooks)."""
-    current = _breaker_hooks.get(breaker, ())
-    _breaker_hooks[breaker] = (*current, *(h for h in hooks if all(h is not c for c in current)))
+def attach_hooks(owner: object, hooks: tuple[object, ...]) -> None:
+    """Have ``owner`` (a breaker, cool-down or fleet link) report its events to ``hooks`` too
+    (a transport's own)."""
+    if not hooks:
+        return
+    current = _owner_hooks.get(owner, ())
+    _owner_hooks[owner] = (*current, *(h for h in hooks if all(h is not c for c in current)))
+
+
+def emit(owner: object, event: str, make: Callable[[], object]) -> None:
+    """Report ``event`` of ``owner`` to the global hooks and its transports' hooks; the record
+    is made (``make()``) only if some hook implements the event."""
+    own = _owner_hooks.get(owner)
+    hook_set = _registry.hook_set() if not own else HookSet((*_registry.get(), *own))
+    if getattr(hook_set, event):
+        hook_set.emit(event, make())
 
 
 def emit_circuit_change(
     breaker: CircuitBreaker, origin: Origin, old: CircuitState, new: CircuitState, retry_in: float
 ) -> None:
     """Report a transition of ``breaker`` to the global hooks and its transports' hooks."""
-    own = _breaker_hooks.get(breaker)
-    hook_set = _registry.hook_set() if not own else HookSet((*_registry.get(), *own))
-    if hook_set.on_circuit_change:
-        hook_set.emit("on_circuit_change", CircuitChange(origin, old, new, breaker.name, retry_in))
+    emit(
+        breaker,
+        "on_circuit_change",
+        lambda: CircuitChange(origin, old, new, breaker.name, retry_in),
+    )
+
+
+# The cool-down table is pure and imports no hooks: it reports through this dispatch.
+_cooldown.report = emit

@@ -2,8 +2,10 @@
 
 Registered globally by default. It logs to the ``httpx_resilience`` logger: each retry and free
 resend at INFO, a circuit opening at WARNING and closing at INFO, half-opening, give-ups,
-fail-fasts and budget refusals at DEBUG. URLs arrive redacted in the records. It implements no
-per-attempt method, so a request that succeeds first time costs it nothing.
+fail-fasts and budget refusals at DEBUG; a cool-down starting at WARNING, ending at INFO, and
+the requests it fails at DEBUG; a shared state store failing and answering again at WARNING.
+URLs arrive redacted in the records. It implements no per-attempt method, so a request that
+succeeds first time costs it nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +13,18 @@ from __future__ import annotations
 import logging
 
 from .._breaker import CircuitState
-from ._hooks import AttemptEnd, BudgetRefusal, CircuitChange, FailFast, GiveUp, Hook
+from ._hooks import (
+    AttemptEnd,
+    BudgetRefusal,
+    CircuitChange,
+    CoolDownEnd,
+    CoolDownRefusal,
+    CoolDownStart,
+    FailFast,
+    GiveUp,
+    Hook,
+    StoreAvailability,
+)
 
 __all__ = ["LoggingHook"]
 
@@ -71,4 +84,40 @@ class LoggingHook(Hook):
             self.logger.debug(
                 "Retry budget exhausted: %s %s not retried after attempt %d",
                 refusal.method, refusal.url, refusal.attempt,
+            )  # fmt: skip
+
+    def on_cool_down_start(self, start: CoolDownStart) -> None:
+        name = f"{start.cool_down!r} " if start.cool_down else ""
+        if start.status is None:
+            self.logger.warning(
+                "Cool-down %sfor %s: another worker got Retry-After (shared); "
+                "holding its requests for %.3fs",
+                name, start.origin, start.seconds,
+            )  # fmt: skip
+        else:
+            self.logger.warning(
+                "Cool-down %sfor %s: %d with Retry-After; holding its requests for %.3fs",
+                name, start.origin, start.status, start.seconds,
+            )  # fmt: skip
+
+    def on_cool_down_end(self, end: CoolDownEnd) -> None:
+        name = f"{end.cool_down!r} " if end.cool_down else ""
+        self.logger.info("Cool-down %sended for %s", name, end.origin)
+
+    def on_cool_down_refusal(self, refusal: CoolDownRefusal) -> None:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(
+                "Cool-down for %s: %s %s failed at once (%s; %.1fs left)",
+                refusal.origin, refusal.method, refusal.url, refusal.reason, refusal.retry_in,
+            )  # fmt: skip
+
+    def on_store_availability(self, change: StoreAvailability) -> None:
+        if change.available:
+            self.logger.warning("%s answers again: sharing state with the fleet resumed",
+                                change.store)  # fmt: skip
+        else:
+            error = change.error
+            self.logger.warning(
+                "%s failed (%s: %s): using local state, trying again in %.1fs",
+                change.store, type(error).__name__, error or "timed out", change.retry_in,
             )  # fmt: skip

@@ -25,9 +25,12 @@ from ._hooks import (
     AttemptStart,
     BudgetRefusal,
     CircuitChange,
+    CoolDownRefusal,
+    CoolDownStart,
     FailFast,
     GiveUp,
     Hook,
+    StoreAvailability,
 )
 
 if TYPE_CHECKING:
@@ -67,6 +70,15 @@ METRICS: Mapping[str, tuple[str, str, str]] = {
     ),
     "httpx_resilience.circuit_transitions": (
         "counter", "{transition}", "Circuit state changes, by origin and new state.",
+    ),
+    "httpx_resilience.cool_downs": (
+        "counter", "{window}", "Cool-down windows started after 429/503 with Retry-After.",
+    ),
+    "httpx_resilience.cool_down_refusals": (
+        "counter", "{request}", "Requests a cool-down failed at once (nothing sent).",
+    ),
+    "httpx_resilience.store_unavailable": (
+        "counter", "{event}", "Times a shared state store stopped answering (local state used).",
     ),
 }  # fmt: skip
 
@@ -145,6 +157,9 @@ class OpenTelemetryHook(Hook):
         self._fail_fasts = instruments["httpx_resilience.fail_fasts"]
         self._budget_refusals = instruments["httpx_resilience.budget_refusals"]
         self._transitions = instruments["httpx_resilience.circuit_transitions"]
+        self._cool_downs = instruments["httpx_resilience.cool_downs"]
+        self._cool_down_refusals = instruments["httpx_resilience.cool_down_refusals"]
+        self._store_unavailable = instruments["httpx_resilience.store_unavailable"]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -262,9 +277,44 @@ class OpenTelemetryHook(Hook):
             },
         )
 
+    def on_cool_down_start(self, start: CoolDownStart) -> None:
+        self._cool_downs.add(
+            1,
+            {
+                "server.address": start.origin.host,
+                "server.port": start.origin.port,
+                "url.scheme": start.origin.scheme,
+                # From a response here, or from another worker through a shared store.
+                "httpx_resilience.shared": start.status is None,
+            },
+        )
+
+    def on_cool_down_refusal(self, refusal: CoolDownRefusal) -> None:
+        self._cool_down_refusals.add(1, _request_attributes(refusal, reason=refusal.reason))
+        span = self._trace.get_current_span()
+        if span.is_recording():
+            span.add_event(
+                "httpx_resilience.cool_down",
+                {
+                    "server.address": refusal.origin.host,
+                    "server.port": refusal.origin.port,
+                    "http.request.method": refusal.method,
+                    "url.full": refusal.url,
+                    "httpx_resilience.retry_in": refusal.retry_in,
+                    "httpx_resilience.reason": refusal.reason,
+                    "httpx_resilience.attempt": refusal.attempt,
+                },
+            )
+
+    def on_store_availability(self, change: StoreAvailability) -> None:
+        if not change.available:
+            error = "" if change.error is None else _error_type(change.error)
+            self._store_unavailable.add(1, {"error.type": error or "unknown"})
+
 
 def _request_attributes(
-    record: AttemptEnd | GiveUp | FailFast | BudgetRefusal, reason: str | None = None
+    record: AttemptEnd | GiveUp | FailFast | BudgetRefusal | CoolDownRefusal,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     method = record.method if record.method in _KNOWN_METHODS else "_OTHER"
     attributes: dict[str, Any] = {
