@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
@@ -244,3 +245,41 @@ def retry_budget_policy(retry: RetryConfig) -> Any:
     return BudgetPolicy(
         retry.budget_ratio, retry.budget_min_per_second * retry.budget_window, retry.budget_window
     )
+
+
+async def test_rate_mode_flushes_every_origins_successes_in_one_call() -> None:
+    clock = Clock()
+    store = FlakyStore(clock=clock)
+    breaker = CircuitBreaker(failure_rate_threshold=0.5, minimum_calls=4, clock=clock)
+    transport = ResilientTransport(
+        upstream(200), retry=NO_RETRY, circuit_breaker=breaker, state_store=store, clock=clock
+    )
+    hosts = ("a", "b", "c")
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(3):  # three sync intervals
+            for host in hosts:
+                for _ in range(5):
+                    assert (await client.get(f"http://{host}.example/")).status_code == 200
+            clock.now += store.sync_interval
+            await synced(transport)
+        await client.get("http://a.example/")  # a last sync: flushes the third round
+        await synced(transport)
+    # One call per sync, whatever the number of origins: no per-origin reports.
+    assert set(store.calls) == {"read"}
+    assert len(store.calls) == 4
+    # Every success reached the fleet's window (15 per origin, and the last request's if
+    # it ended before the sync read its count).
+    calls = {h: store._circuits[("default", f"http://{h}.example:80")].counts.first for h in hosts}
+    assert calls["b"] == calls["c"] == 15
+    assert calls["a"] in (15, 16)
+
+
+async def synced(transport: ResilientTransport) -> None:
+    """Wait (bounded) until the transport's background sync, if one runs, is done."""
+    fleet = transport._fleet
+    assert fleet is not None
+    for _ in range(200):
+        await anyio.sleep(0.001)
+        if fleet._sync_task is None:
+            return
+    raise AssertionError("the background sync never ended")

@@ -201,6 +201,15 @@ async def test_rate_mode_opens_on_the_ratio(store: StateStore) -> None:
     assert view.state is CircuitState.OPEN  # 3 of 6
 
 
+async def test_a_read_reports_successes_in_the_same_step(store: StateStore) -> None:
+    views = await store.read("s", ["r", "idle"], RATE, reports={"r": (3, 0.0)})
+    assert views["r"][0].state is CircuitState.CLOSED
+    view, _ = await store.circuit("s", "r", "report", RATE, failures=2)
+    assert view.state is CircuitState.CLOSED  # 2 of 5: the 3 successes counted
+    view, _ = await store.circuit("s", "r", "report", RATE, failures=1)
+    assert view.state is CircuitState.OPEN  # 3 of 6
+
+
 async def test_budget_is_floor_plus_ratio_of_requests(store: StateStore) -> None:
     policy = BudgetPolicy(ratio=0.2, floor=2.0, window=30.0)
     view = await store.budget("s", 10, False, policy)  # counting only

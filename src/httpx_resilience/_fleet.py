@@ -258,27 +258,13 @@ class Fleet:
 
     async def _sync(self) -> None:
         try:
-            await self._flush_successes()
             await self._read()
         finally:
             self._sync_task = None
 
-    async def _flush_successes(self) -> None:
-        policy = self._circuit_policy
-        if policy is None:
-            return
-        rate_mode = policy.failure_rate_threshold is not None
-        for origin, local in list(self._origins.items()):
-            successes, local.successes = local.successes, 0
-            # Count mode: a success matters to the fleet only to break a run of failures.
-            if successes and (rate_mode or local.fleet_failures > 0):
-                await self._report(origin, local, successes=successes,
-                                   success_at=local.success_at)  # fmt: skip
-                local.success_at = None
-
     async def _read(self) -> None:
-        """Flush the request count and read the fleet's view of the origins in use: one call
-        (one round trip to Redis)."""
+        """Flush the request count and the successes, and read the fleet's view of the
+        origins in use: one call (one round trip to Redis, whatever the number of origins)."""
         origins = list(self._origins)
         names = [str(origin) for origin in origins]
         store, policy, budget = self.store, self._circuit_policy, self._budget_policy
@@ -286,15 +272,28 @@ class Fleet:
         retries, self._unreported_retries = self._unreported_retries, 0
         if budget is None:
             requests = retries = 0
+        # Successes since the last flush: in rate mode they are calls in the fleet's window;
+        # in count mode they matter only to break a run of failures.
+        reports: dict[str, tuple[int, float | None]] = {}
+        if policy is not None:
+            rate_mode = policy.failure_rate_threshold is not None
+            now = self._clock()
+            for name, local in zip(names, self._origins.values(), strict=True):
+                successes, local.successes = local.successes, 0
+                if successes and (rate_mode or local.fleet_failures > 0):
+                    age = None if local.success_at is None else max(0.0, now - local.success_at)
+                    reports[name] = (successes, age)
+                    local.success_at = None
         if not names and not requests and not retries:
             return
         views = await self._call(
             lambda: store.read(self.scope, names, policy, requests=requests, retries=retries,
-                               budget=budget)
+                               budget=budget, reports=reports)
         )  # fmt: skip
         if views is None:
-            # The retries are counted when the store answers again; the requests are not
-            # (the call may have reached it): the budget errs on the strict side.
+            # The retries are counted when the store answers again; the requests and
+            # successes are not (the call may have reached it): the budget and the breaker
+            # err on the strict side.
             self._unreported_retries += retries
             return
         for origin, name in zip(origins, names, strict=True):

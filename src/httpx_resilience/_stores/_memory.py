@@ -9,7 +9,7 @@ Redis key does, so memory stays bounded by the origins in use.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from .._breaker import CircuitState
 from .._validate import check_number
@@ -242,6 +242,7 @@ class MemoryStore:
         requests: int = 0,
         retries: int = 0,
         budget: BudgetPolicy | None = None,
+        reports: Mapping[str, tuple[int, float | None]] | None = None,
     ) -> dict[str, tuple[CircuitView, float]]:
         if budget is not None and (requests or retries):
             await self.budget(scope, requests, False, budget, retries=retries)
@@ -250,7 +251,14 @@ class MemoryStore:
         for origin in origins:
             view = CLOSED_VIEW
             if policy is not None:
-                view = self.circuit_now(scope, origin, "read", policy)[0]
+                report = None if reports is None else reports.get(origin)
+                if report is None:
+                    view = self.circuit_now(scope, origin, "read", policy)[0]
+                else:
+                    successes, age = report
+                    view = self.circuit_now(
+                        scope, origin, "report", policy, successes=successes, success_age=age
+                    )[0]
             left = self._cool_downs.get((scope, origin), 0.0) - now
             views[origin] = (view, max(0.0, left))
         return views

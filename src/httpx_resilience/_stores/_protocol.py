@@ -44,7 +44,7 @@ Cool-downs, per ``scope`` and origin: ``note_cool_down`` extends the window to a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
@@ -198,10 +198,12 @@ class StateStore(Protocol):
         requests: int = 0,
         retries: int = 0,
         budget: BudgetPolicy | None = None,
+        reports: Mapping[str, tuple[int, float | None]] | None = None,
     ) -> dict[str, tuple[CircuitView, float]]:
         """Each origin's circuit view (closed if ``policy`` is None) and cool-down left; and,
-        in the same step, count ``requests`` and ``retries`` in the ``budget`` if one is
-        given."""
+        in the same step (one round trip), count ``requests`` and ``retries`` in the
+        ``budget`` if one is given, and ``report`` each origin's successes in ``reports``
+        (``(successes, success_age)``) before its view is taken."""
         ...
 
     async def aclose(self) -> None:

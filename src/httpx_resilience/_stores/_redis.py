@@ -15,6 +15,7 @@ client (``pip install 'httpx-resilience[redis]'``), which works on asyncio only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._breaker import CircuitState
@@ -320,6 +321,7 @@ class RedisStore:
         requests: int = 0,
         retries: int = 0,
         budget: BudgetPolicy | None = None,
+        reports: Mapping[str, tuple[int, float | None]] | None = None,
     ) -> dict[str, tuple[CircuitView, float]]:
         flush = budget is not None and (requests > 0 or retries > 0)
         if not origins and not flush:
@@ -334,9 +336,11 @@ class RedisStore:
                 )
             for origin in origins:
                 if policy is not None:
+                    successes, age = (reports or {}).get(origin, (0, None))
+                    op = "report" if successes else "read"
                     await self._circuit_script(
                         keys=[self._key(scope, "cb", origin)],
-                        args=_circuit_args("read", policy, 0, 0, None, ""),
+                        args=_circuit_args(op, policy, 0, successes, age, ""),
                         client=pipe,
                     )
                 pipe.pttl(self._key(scope, "cd", origin))
