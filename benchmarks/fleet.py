@@ -6,21 +6,28 @@ when (its monotonic clock, which is the machine's: the same in every process). r
 started on a free loopback port (tests/support/redis.py). Each phase runs once with
 ``state_store=None`` ("local") and once with a `RedisStore` per worker ("redis"):
 
-1. Outage: every request fails (500); breaker ``failure_threshold`` T, long recovery. Each worker
-   sends one request at a time until 20 in a row fail fast. Reported: the requests that reached
-   the upstream before the fleet stopped sending (local: about 8 x T; redis: at most 1.5 x T).
-2. Half-open: the upstream stays down; recovery ``--recovery`` seconds; 4 callers per worker
-   keep asking for ``--seconds`` (every 20 ms while failed fast). Reported: the opening burst
-   (T plus the requests in flight when the circuit opened), the probes after it, and how many
-   half-open periods saw more than one probe (two probes less than ``recovery / 2`` apart).
+1. Outage: each worker first sends 3 requests that succeed (a fleet in its steady state:
+   connections made, the origin's circuit read), then every request fails (500); breaker
+   ``failure_threshold`` T, long recovery. Each worker sends one request at a time until 20 in
+   a row fail fast. Reported: the requests that reached the upstream before the fleet stopped
+   sending (local: about 8 x T; redis: at most 1.5 x T), and for redis how many of them
+   arrived after Redis opened the fleet's circuit, split into those the workers had started
+   before it opened (in flight) and after.
+2. Half-open: the same warm-up; then the upstream stays down; recovery ``--recovery`` seconds;
+   4 callers per worker keep asking for ``--seconds`` (every 20 ms while failed fast).
+   Reported: the opening burst (the requests until the first pause), the probes after it, and
+   how many times a half-open period saw a second probe (two probes less than 0.9 x
+   ``recovery`` apart: a failed probe opens the circuit for a whole ``recovery``).
 3. Retry budget: no breaker; every request gets 503; ``max_retries=3``, budget 20 % of requests
-   plus 1 retry/s over a 10 s window. Reported: retries against the budget's allowance.
-4. Happy path: every request succeeds; breaker, budget and cool-down on; 10 callers per
-   worker. Reported: each worker's CPU time (process time) per request with no store, with a
-   `MemoryStore` and with the `RedisStore`, alternated over ``--rounds`` rounds (median).
+   plus 1 retry/s over a 10 s window. Reported: retries against the budget's allowance, on
+   local state, with Redis, and with Redis stalled (SIGSTOP) for 1 s of the run.
+4. Happy path: every request succeeds; breaker (``--mode``: rate, whose successes are flushed
+   to the store, or count), budget and cool-down on; 10 callers per worker. Reported: each
+   worker's CPU time (process time) per request with no store, with a `MemoryStore` and with
+   the `RedisStore`, alternated over ``--rounds`` rounds (median).
 
     python benchmarks/fleet.py [--workers 8] [--threshold 20] [--recovery 0.5] [--seconds 3]
-        [--requests 1000] [--rounds 3] [--timeout 0.1] [--phases 1234]
+        [--requests 1000] [--rounds 3] [--timeout 0.1] [--phases 1234] [--mode rate]
 """
 
 from __future__ import annotations
@@ -149,7 +156,10 @@ async def _work(spec: dict[str, Any]) -> dict[str, Any]:
     breaker = None
     if phase in ("outage", "half-open", "happy"):
         recovery = 600.0 if phase in ("outage", "happy") else spec["recovery"]
-        breaker = CircuitBreaker(spec["threshold"], recovery, name=f"bench-{key}")
+        rate = 0.5 if phase == "happy" and spec["mode"] == "rate" else None
+        breaker = CircuitBreaker(
+            spec["threshold"], recovery, name=f"bench-{key}", failure_rate_threshold=rate
+        )
     retry = RetryConfig(max_retries=0, budget_ratio=None)
     if phase == "budget":
         retry = RetryConfig(
@@ -230,12 +240,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=0.1, help="the store's timeout")
     parser.add_argument("--phases", default="1234", help="which phases to run")
+    parser.add_argument(
+        "--mode", choices=("rate", "count"), default="rate",
+        help="the breaker's mode in the happy path (rate: successes are flushed to the store)",
+    )  # fmt: skip
     args = parser.parse_args()
     t, n = args.threshold, args.workers
     with RedisServer() as redis_server, child_server(app) as url:
         base = {
             "url": url, "redis_url": redis_server.url, "workers": n, "threshold": t,
             "recovery": args.recovery, "seconds": args.seconds, "timeout": args.timeout,
+            "mode": args.mode,
         }  # fmt: skip
         print(
             f"{n} workers, failure_threshold={t}, store timeout {args.timeout}s, "
@@ -333,7 +348,10 @@ def budget(base: dict[str, Any], n: int, redis_server: RedisServer) -> None:
 
 
 def happy(base: dict[str, Any], requests: int, rounds: int) -> None:
-    print(f"\n4. happy path: CPU per request, {requests} requests per worker, 10 callers each")
+    print(
+        f"\n4. happy path: CPU per request, {requests} requests per worker, 10 callers each, "
+        f"breaker in {base['mode']} mode"
+    )
     cpu: dict[str, list[float]] = {"local": [], "memory": [], "redis": []}
     for _ in range(rounds):
         for store in cpu:
