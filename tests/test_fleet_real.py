@@ -203,6 +203,42 @@ async def test_exactly_one_probe_per_half_open_period_fleet_wide(
     assert probes == {"local": 4, "shared": 1}
 
 
+async def test_a_dead_probe_holder_blocks_the_fleet_only_for_its_lease(
+    h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
+) -> None:
+    name = f"dead-{key}"
+    fleet = workers(3, h1_server.url, redis_server.url, name=name,
+                    breaker={"failure_threshold": 2, "recovery_time": 0.2},
+                    store_kwargs={"probe_lease": 0.5, "sync_interval": 0.02})  # fmt: skip
+    origin = str(Origin("http", "127.0.0.1", h1_server.port))
+    for _ in range(2):  # the fleet's circuit opens
+        assert await fleet[0].get(f"/status/{key}-open?code=500") == 500
+    # A worker claims the half-open probe and dies: its claim is never answered.
+    store, policy = fleet[0].store, CircuitPolicy(2, 0.2, None, 10, 30.0, 0.5)
+    for _ in range(500):
+        _, granted = await store.circuit(name, origin, "probe", policy, token="dead")
+        if granted:
+            break
+        await anyio.sleep(0.01)
+    assert granted
+    # Until its lease ends the others fail fast; then exactly one of them probes.
+    results: list[int | str] = []
+    path = f"/status/{key}?code=500"
+    for _ in range(200):
+        for worker in fleet:
+            results.append(await worker.get(path))
+        if 500 in results:
+            break
+        await anyio.sleep(0.02)
+    for worker in fleet:  # the probe failed: the circuit is open again
+        results.append(await worker.get(path))
+    # Right after the claim (its lease has most of 0.5 s to run), every worker failed fast.
+    assert results[:3] == ["CircuitOpenError"] * 3
+    assert results.count(500) == 1
+    assert set(results) == {500, "CircuitOpenError"}
+    assert h1_server.app.hits(key) == 1  # type: ignore[attr-defined]
+
+
 async def test_the_retry_budget_is_fleet_wide(
     h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
 ) -> None:

@@ -5,17 +5,23 @@ asks this class to share it:
 
 * Happy path: nothing waits on the store. A request is counted locally (for the fleet's retry
   budget) and a success is noted locally; a background task flushes the counts and reads the
-  fleet's view of the origins in use every ``sync_interval`` seconds, and the transport starts
-  one only when requests flow. So the happy path's view of the fleet is at most
-  ``sync_interval + timeout`` old.
+  fleet's view of the origins in use every ``sync_interval`` seconds (one call), and the
+  transport starts one only when requests flow. So the happy path's view of the fleet is at
+  most ``sync_interval + timeout`` old. In count mode the first request to an origin asks the
+  fleet's circuit first (once per origin).
 * Failure paths wait for the store (each call at most ``timeout`` seconds): a failed request is
-  reported at once and the answer applied (the fleet opened the circuit: open it here too); a
-  half-open probe must claim the fleet's one probe first; a retry must be granted by the
-  fleet's budget; a 429/503 with ``Retry-After`` is shared (in the background).
+  reported at once and the answer applied (the fleet opened the circuit: open it here too);
+  while the fleet counts failures for an origin (count mode), each request to it reserves an
+  in-flight place first, or is held until the requests out decide (`check`); a half-open
+  probe must claim the fleet's one probe first; a retry must be granted by the fleet's
+  budget; a 429/503 with ``Retry-After`` is shared (in the background).
 * The store fails (down, slow, restarted, or an event loop it does not support): the call is
-  given up after ``timeout``, one warning is logged and ``on_availability`` called, and for
-  ``retry_interval`` seconds every decision is local. Then the next call tries again; the first
-  that works logs that sharing resumed. No caller ever sees the store's exception.
+  given up after ``timeout``, a `StoreAvailability` hook event (logged by the default
+  `LoggingHook`) and ``on_availability`` report it, and for ``retry_interval`` seconds every
+  decision is local, the retry budget kept to this worker's share of what the fleet had left
+  (`SharedBudget`). Then the next call tries again; the first that works reports that sharing
+  resumed, and the retries spent meanwhile are added to the fleet's budget. No caller ever
+  sees the store's exception.
 
 Calls are cancel-safe: a cancelled request cancels its store call, and redis-py (>= 5.0.1)
 drops that connection rather than reusing it with an answer in flight.
