@@ -27,8 +27,12 @@ started on a free loopback port (tests/support/redis.py). Each phase runs once w
    worker's CPU time (process time) per request with no store, with a `MemoryStore` and with
    the `RedisStore`, alternated over ``--rounds`` rounds (median).
 
+5. The link's own cost: one process, an instant in-memory upstream (``httpx.MockTransport``),
+   through ``httpx.AsyncClient``; CPU per request with no store, a `MemoryStore` and the
+   `RedisStore`, count and rate mode, median of 5 rounds of 3,000 requests.
+
     python benchmarks/fleet.py [--workers 8] [--threshold 20] [--recovery 0.5] [--seconds 3]
-        [--requests 1000] [--rounds 3] [--timeout 0.1] [--phases 1234] [--mode rate]
+        [--requests 1000] [--rounds 3] [--timeout 0.1] [--phases 12345] [--mode rate]
 """
 
 from __future__ import annotations
@@ -240,7 +244,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=0.1, help="the store's timeout")
-    parser.add_argument("--phases", default="1234", help="which phases to run")
+    parser.add_argument("--phases", default="12345", help="which phases to run")
     parser.add_argument(
         "--mode", choices=("rate", "count"), default="rate",
         help="the breaker's mode in the happy path (rate: successes are flushed to the store)",
@@ -266,6 +270,8 @@ def main() -> None:
             budget(base, n, redis_server)
         if "4" in args.phases:
             happy(base, args.requests, args.rounds)
+        if "5" in args.phases:
+            asyncio.run(link_cost(redis_server.url))
 
 
 def outage(base: dict[str, Any], t: int) -> None:
@@ -368,6 +374,35 @@ def happy(base: dict[str, Any], requests: int, rounds: int) -> None:
         listed = ", ".join(f"{v:.0f}" for v in values)
         print(f"   {store:<6} {medians[store]:>6.0f} us/request (rounds: {listed})")
     print(f"   redis vs memory store: {medians['redis'] / medians['memory'] - 1:+.1%}")
+
+
+async def link_cost(redis_url: str, requests: int = 3000, rounds: int = 5) -> None:
+    print("\n5. the link's own cost: CPU per request over an instant in-memory upstream")
+    logging.getLogger("httpx_resilience").setLevel(logging.ERROR)
+    for mode in ("count", "rate"):
+        cpu: dict[str, list[float]] = {"local": [], "memory": [], "redis": []}
+        for round_ in range(rounds):
+            for kind in cpu:
+                store = _store(kind, redis_url, 0.1)
+                breaker = CircuitBreaker(
+                    name=f"link-{mode}-{kind}-{round_}",
+                    failure_rate_threshold=0.5 if mode == "rate" else None,
+                )
+                upstream = httpx.MockTransport(lambda request: httpx.Response(200))
+                transport = ResilientTransport(
+                    upstream, retry=RetryConfig(), circuit_breaker=breaker, state_store=store
+                )
+                async with httpx.AsyncClient(transport=transport) as client:
+                    for _ in range(200):  # warm up
+                        await client.get("http://a.example/")
+                    started = time.process_time()
+                    for _ in range(requests):
+                        await client.get("http://a.example/")
+                    cpu[kind].append((time.process_time() - started) / requests * 1e6)
+                if store is not None:
+                    await store.aclose()
+        medians = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in cpu.items())
+        print(f"   {mode} mode: {medians} us/request")
 
 
 if __name__ == "__main__":
