@@ -283,3 +283,31 @@ async def synced(transport: ResilientTransport) -> None:
         if fleet._sync_task is None:
             return
     raise AssertionError("the background sync never ended")
+
+
+async def test_a_request_held_at_the_in_flight_limit_waits_at_most_sync_interval() -> None:
+    store = FlakyStore(sync_interval=0.02)
+    breaker = CircuitBreaker(failure_threshold=4, recovery_time=60.0)
+    transport = ResilientTransport(
+        upstream(500), retry=NO_RETRY, circuit_breaker=breaker, state_store=store
+    )
+    policy = transport._fleet._circuit_policy  # type: ignore[union-attr]
+    assert policy is not None
+    assert policy.in_flight_limit == 5
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get("http://a.example/")).status_code == 500  # the run: 1
+        # Other workers' requests hold the 4 other places and never answer (until their
+        # leases end).
+        for n in range(4):
+            _, granted = await store.circuit("default", "http://a.example:80", "admit", policy,
+                                             token=f"elsewhere{n}")  # fmt: skip
+            assert granted
+        store.calls.clear()
+        # Held: it asks again and again, then goes without a place (it is not refused).
+        assert (await client.get("http://a.example/")).status_code == 500
+    asked = [call for call in store.calls if call != "read"]  # background reads aside
+    # Asked again while held (5, 10, 20 ms...), then the failure's report (no place to give
+    # back).
+    assert asked[-1] == "report"
+    assert 2 <= len(asked) - 1 <= 10
+    assert set(asked[:-1]) == {"admit"}

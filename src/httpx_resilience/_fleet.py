@@ -342,13 +342,14 @@ class Fleet:
             and self.sharing
         )
 
-    async def check(self, origin: Origin) -> None:
+    async def check(self, origin: Origin, deadline: float | None = None) -> None:
         """Read ``origin``'s circuit from the fleet and apply it; in count mode, reserve one
         of the fleet's in-flight places for the request about to go (`StateStore`'s
         ``admit``). While the fleet is at its limit (failures in the run plus requests out),
-        hold the request and ask again, for at most ``sync_interval`` seconds: then it goes
-        without a reservation. The requests out decide meanwhile: if they fail, the circuit
-        opens and the request fails fast; a success ends the run and lets it go."""
+        hold the request and ask again, for at most ``sync_interval`` seconds and never past
+        ``deadline`` (the request's, on this fleet's clock): then it goes without a
+        reservation. The requests out decide meanwhile: if they fail, the circuit opens and
+        the request fails fast; a success ends the run and lets it go."""
         policy, store, name = self._circuit_policy, self.store, str(origin)
         if policy is None:
             return
@@ -376,6 +377,10 @@ class Fleet:
                 return
             if view.state is not CircuitState.CLOSED or held >= store.sync_interval:
                 return
+            if deadline is not None:
+                wait = min(wait, deadline - self._clock())
+                if wait <= 0:
+                    return
             await anyio.sleep(wait)
             held += wait
             wait = min(2 * wait, _HOLD_MAX_WAIT)

@@ -303,7 +303,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     probe = await self._hold(cool, run, gate)
             try:
                 if fleet is not None and origin is not None and fleet.suspect(origin):
-                    await fleet.check(origin)
+                    await fleet.check(origin, deadline)
                 permit = None if origin is None else self._admit(run)
                 if fleet is not None and permit is not None and permit.generation:
                     await self._claim_probe(fleet, permit, run)

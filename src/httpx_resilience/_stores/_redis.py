@@ -4,8 +4,9 @@ Each operation is one script, so it is atomic on the server (no read-modify-writ
 workers), and reads the time from the server's ``TIME``, so workers' clocks never meet. Every
 key gets a TTL on every write. Keys, for a ``prefix`` and a ``scope`` (the breaker's name):
 
-* ``{prefix}:{scope}:cb:{origin}`` -- a hash: one origin's circuit (count, or 10 buckets of
-  calls and failures in rate mode; the open-until time; the probe's lease);
+* ``{prefix}:{scope}:cb:{origin}`` -- a hash: one origin's circuit (count and when its run
+  began, or 10 buckets of calls and failures in rate mode; the open-until time; the probe's
+  lease; in count mode, the in-flight reservations, at most ``in_flight_limit``);
 * ``{prefix}:{scope}:cd:{origin}`` -- a string whose TTL is what is left of the cool-down;
 * ``{prefix}:{scope}:budget`` -- a hash: 10 buckets of requests and retries.
 
