@@ -135,8 +135,10 @@ async def test_requests_in_flight_while_the_fleet_counts_failures_are_bounded(
 ) -> None:
     # failure_threshold 8: the fleet lets failures + reserved requests out reach 10.
     breaker = {"failure_threshold": 8, "recovery_time": 60.0}
-    # Requests held at the limit wait up to sync_interval for the ones out to decide.
-    settings = {"sync_interval": 5.0}
+    # Requests held at the limit wait up to sync_interval for the ones out to decide. A
+    # generous timeout: on a loaded machine a store call that times out means local state,
+    # which is another test's subject.
+    settings = {"sync_interval": 5.0, "timeout": 2.0}
     hits: dict[str, int] = {}
     outcomes: dict[str, list[int | str]] = {}
     for mode, redis_url in (("local", None), ("shared", redis_server.url)):
@@ -209,12 +211,13 @@ async def test_a_dead_probe_holder_blocks_the_fleet_only_for_its_lease(
     name = f"dead-{key}"
     fleet = workers(3, h1_server.url, redis_server.url, name=name,
                     breaker={"failure_threshold": 2, "recovery_time": 0.2},
-                    store_kwargs={"probe_lease": 0.5, "sync_interval": 0.02})  # fmt: skip
+                    store_kwargs={"probe_lease": 1.0, "sync_interval": 0.02,
+                                  "timeout": 2.0})  # fmt: skip
     origin = str(Origin("http", "127.0.0.1", h1_server.port))
     for _ in range(2):  # the fleet's circuit opens
         assert await fleet[0].get(f"/status/{key}-open?code=500") == 500
     # A worker claims the half-open probe and dies: its claim is never answered.
-    store, policy = fleet[0].store, CircuitPolicy(2, 0.2, None, 10, 30.0, 0.5)
+    store, policy = fleet[0].store, CircuitPolicy(2, 0.2, None, 10, 30.0, 1.0)
     for _ in range(500):
         _, granted = await store.circuit(name, origin, "probe", policy, token="dead")
         if granted:
@@ -232,7 +235,7 @@ async def test_a_dead_probe_holder_blocks_the_fleet_only_for_its_lease(
         await anyio.sleep(0.02)
     for worker in fleet:  # the probe failed: the circuit is open again
         results.append(await worker.get(path))
-    # Right after the claim (its lease has most of 0.5 s to run), every worker failed fast.
+    # Right after the claim (its lease has most of 1 s to run), every worker failed fast.
     assert results[:3] == ["CircuitOpenError"] * 3
     assert results.count(500) == 1
     assert set(results) == {500, "CircuitOpenError"}
