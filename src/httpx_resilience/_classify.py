@@ -1,8 +1,9 @@
 """Whether a failed attempt could have reached the server: the question every retry rests on.
 
 ``NOT_PROCESSED``: the server said it did not process the request (an HTTP/2 stream above the
-``last_stream_id`` of its GOAWAY, or refused with ``REFUSED_STREAM``; see `_http2.py`); retried
-for every method, at first without spending retries (``RetryConfig.max_unprocessed_retries``).
+``last_stream_id`` of its GOAWAY, or refused with ``REFUSED_STREAM``; see
+`_connection/http2.py`); retried for every method, at first without spending retries
+(``RetryConfig.max_unprocessed_retries``).
 ``NOT_SENT``: the request provably never left the client (no connection, or no pool slot), so
 sending it again cannot repeat any effect; retried for every method.
 ``MAYBE_PROCESSED``: the request may have reached the server and been acted on (the connection
@@ -18,9 +19,9 @@ import ssl
 
 import httpx
 
+from ._connection.errors import is_not_processed
 from ._decision import FailureKind
 from ._exceptions import DeadlineExceeded
-from ._http2 import is_not_processed
 
 __all__ = ["FailureKind", "classify_error", "counts_against_upstream"]
 

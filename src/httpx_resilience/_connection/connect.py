@@ -100,6 +100,25 @@ class _NullSink:
 _NULL_SINK = _NullSink()
 
 
+class _EarlySink:
+    """Holds what arrives before the connection sets its sink: an HTTP/2 server sends its
+    SETTINGS as soon as the connection is up, possibly before `connect` has returned."""
+
+    __slots__ = ("data", "eof", "error")
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.eof = False
+        self.error: BaseException | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def eof_received(self, exc: BaseException | None) -> None:
+        self.eof = True
+        self.error = exc
+
+
 class ConnectOptions:
     """The connection settings of one pool: immutable once built."""
 
@@ -252,7 +271,7 @@ class AsyncioStream(asyncio.Protocol):
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
-        self._sink: Sink = _NULL_SINK
+        self._sink: Sink = _EarlySink()
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -311,7 +330,32 @@ class AsyncioStream(asyncio.Protocol):
     # NetworkStream
 
     def set_sink(self, sink: Sink) -> None:
+        early = self._sink
         self._sink = sink
+        if isinstance(early, _EarlySink):
+            for data in early.data:
+                sink.data_received(data)
+            if early.eof:
+                sink.eof_received(early.error)
+
+    def write(self, data: bytes) -> bool:
+        """Write without waiting (for frames a callback must answer at once: HTTP/2 SETTINGS
+        and PING acknowledgements, window updates). Returns whether the write buffer is over
+        its high-water mark (`send` with ``b""`` then waits for it to drain). Does nothing on
+        a closed stream: the sink has been told of the end."""
+        transport = self._transport
+        if not self._closed and transport is not None and not transport.is_closing():
+            transport.write(data)
+        return self._write_paused
+
+    def has_unread(self) -> bool:
+        """Whether bytes wait in the socket that the event loop has not delivered yet. (A
+        write that fails makes asyncio drop them: HTTP/2 reads a GOAWAY before writing.)"""
+        transport = self._transport
+        if self._closed or transport is None:
+            return False
+        sock = transport.get_extra_info("socket")
+        return sock is not None and _readable(sock)
 
     def pause_reading(self) -> None:
         transport = self._transport

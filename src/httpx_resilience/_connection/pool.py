@@ -1,24 +1,33 @@
-"""The connection pool: per-origin idle connections and FIFO waiters, O(1) per request.
+"""The connection pool: per-origin idle connections and FIFO waiters, O(1) per request, with
+HTTP/1.1 connections (one request at a time) and HTTP/2 connections (many streams at once).
 
 Bookkeeping (all of it synchronous, so no lock is needed on one event loop):
 
 * ``_total``: connections that exist or are being opened; never above ``max_connections``.
-* per origin, ``idle``: connections that may take a request now, most recently used last (a
-  request takes the warmest one; expiry and liveness are checked on that one only);
-  ``_idle_all``: the same connections across origins, oldest first, to close when another
-  origin needs the slot or when more than ``max_keepalive_connections`` would be idle.
-* ``_waiters``: requests waiting for a connection, first come first served across origins, and
-  the same waiters per origin. A released connection goes to the first waiter of its origin;
-  a freed slot (a connection closed) to the first waiter of any origin, who opens a new one.
+* per origin, ``idle``: HTTP/1.1 connections that may take a request now, most recently used
+  last (a request takes the warmest one; expiry and liveness are checked on that one only);
+  ``shared``: HTTP/2 connections with room for another stream (`HTTP2Connection.capacity`);
+  ``_idle_all``: connections carrying no request, across origins and protocols, oldest first, to
+  close when another origin needs the slot or when more than ``max_keepalive_connections``
+  would be idle.
+* ``_waiters``: requests waiting for a connection slot, first come first served across
+  origins, and the same waiters per origin. A released HTTP/1.1 connection, or a stream freed
+  on an HTTP/2 one, goes to the first waiter of its origin; a freed slot (a connection closed)
+  to the first waiter of any origin, who opens a new one.
+* per origin, ``stream_waiters`` and ``pending``: requests waiting for a stream on an HTTP/2
+  connection that is still being opened, and how many more streams the connections being
+  opened are expected to take. While ``pending`` covers them, requests to an origin that may
+  speak HTTP/2 wait for the connection being opened instead of each opening one (as hyper-util
+  does, and httpcore, which waits for the first connection's ALPN answer). Expected is the
+  origin's stream limit seen last (at first our own, 100; 1 for an origin that answered in
+  HTTP/1.1), capped by its learned request limit. When the connection is up, its streams go to
+  those waiters first; the ones it cannot take open connections of their own (or wait for a
+  slot, at the back of the queue).
 
-Every lease ends in `_release` exactly once, whatever happens: the response ends, is closed early,
-the request fails, or the caller is cancelled at any await (waiting for a slot, connecting, TLS,
-writing, reading the head or the body, closing). A waiter granted a connection at the moment it
-is cancelled hands it on.
-
-A connection says how many more requests it may take (``capacity``); HTTP/1.1 connections take
-one. HTTP/2 connections (stream capacity, per-origin learned request limits) are meant to plug in
-here by reporting a larger capacity and staying in ``idle`` while they have some.
+Every lease ends exactly once, whatever happens: the response ends, is closed early, the
+request fails, or the caller is cancelled at any await (waiting for a slot or a stream,
+connecting, TLS, the HTTP/2 preface, writing, reading the head or the body, closing). A waiter
+granted a connection or a stream at the moment it is cancelled hands it on.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import httpx
 import sniffio
 
 from .connect import AnyIOStream, ConnectOptions, connect
+from .http2 import LOCAL_MAX_STREAMS, ConnectionUnavailable, HTTP2Connection
 from .http11 import HTTP11Connection, make_parser
 
 __all__ = ["ConnectionPool", "PoolStats"]
@@ -40,6 +50,12 @@ __all__ = ["ConnectionPool", "PoolStats"]
 OriginKey = tuple[str, str, int]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _ALPN_HTTP11 = ["http/1.1"]
+_ALPN_BOTH = ["h2", "http/1.1"]
+_ALPN_HTTP2 = ["h2"]
+#: How many origins' learned facts (stream limit, request limit) a pool remembers.
+_ORIGIN_MEMORY = 1024
+
+Connection = HTTP11Connection | HTTP2Connection
 
 
 class PoolStats(NamedTuple):
@@ -47,36 +63,56 @@ class PoolStats(NamedTuple):
 
     connections: int  #: open or being opened
     idle: int  #: open and not carrying a request
-    in_use: int  #: open (or opening) and leased to a request
-    waiting: int  #: requests waiting for a connection
+    in_use: int  #: open (or opening) and carrying (or leased to) a request
+    waiting: int  #: requests waiting for a connection or a stream
 
 
 class _NewConnection:
-    """The grant of a slot: the holder opens a connection in it."""
+    """The grant of a slot: the holder opens a connection in it. ``covers``: the streams
+    beyond its own it is expected to carry (counted in the origin's ``pending``)."""
+
+    __slots__ = ("covers",)
+
+    def __init__(self, covers: int) -> None:
+        self.covers = covers
 
     __repr__ = object.__repr__
 
 
-_NEW = _NewConnection()
-_Grant = HTTP11Connection | _NewConnection
+_NEW = _NewConnection(0)
+_Grant = HTTP11Connection | HTTP2Connection | _NewConnection
+
+
+class _BoundedMemory(collections.OrderedDict[OriginKey, int]):
+    """Per-origin facts, the most recently learned kept, at most ``_ORIGIN_MEMORY``."""
+
+    def __setitem__(self, key: OriginKey, value: int) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        if len(self) > _ORIGIN_MEMORY:
+            self.popitem(last=False)
 
 
 class _Origin:
-    __slots__ = ("idle", "waiters")
+    __slots__ = ("idle", "pending", "shared", "stream_waiters", "waiters")
 
     def __init__(self) -> None:
         self.idle: collections.OrderedDict[HTTP11Connection, None] = collections.OrderedDict()
+        self.shared: collections.OrderedDict[HTTP2Connection, None] = collections.OrderedDict()
         self.waiters: collections.OrderedDict[_Waiter, None] = collections.OrderedDict()
+        self.stream_waiters: collections.OrderedDict[_Waiter, None] = collections.OrderedDict()
+        self.pending = 0
 
 
 class _Waiter:
     """A request waiting for a connection. asyncio: one future; elsewhere: an anyio Event."""
 
-    __slots__ = ("_event", "_future", "key", "value")
+    __slots__ = ("_event", "_future", "for_stream", "key", "value")
 
     def __init__(self, key: OriginKey, loop: asyncio.AbstractEventLoop | None) -> None:
         self.key = key
         self.value: _Grant | None = None
+        self.for_stream = False
         self._future: asyncio.Future[None] | None = None
         self._event: anyio.Event | None = None
         if loop is not None:
@@ -117,6 +153,13 @@ def _expire(future: asyncio.Future[None]) -> None:
         future.set_exception(httpx.PoolTimeout("timed out waiting for a connection"))
 
 
+class _StreamWait:
+    """`_acquire`'s answer: wait for a stream on a connection being opened."""
+
+
+_STREAM_WAIT = _StreamWait()
+
+
 class ConnectionPool:
     """Connections to any number of origins under one ``max_connections``."""
 
@@ -128,6 +171,8 @@ class ConnectionPool:
         max_keepalive_connections: int | None,
         keepalive_expiry: float | None,
         parser: str,
+        http1: bool = True,
+        http2: bool = False,
         use_anyio: bool = False,
     ) -> None:
         self._options = options
@@ -137,20 +182,29 @@ class ConnectionPool:
         )
         self._keepalive_expiry = keepalive_expiry
         self._parser = parser
+        self._http1 = http1
+        self._http2 = http2
         self._use_anyio = use_anyio
         self._origins: dict[OriginKey, _Origin] = {}
-        self._idle_all: collections.OrderedDict[HTTP11Connection, None] = collections.OrderedDict()
+        self._idle_all: collections.OrderedDict[Connection, None] = collections.OrderedDict()
         self._waiters: collections.OrderedDict[_Waiter, None] = collections.OrderedDict()
-        self._open: set[HTTP11Connection] = set()
-        self._to_close: list[HTTP11Connection] = []
+        self._stream_waiting = 0
+        self._open: set[Connection] = set()
+        self._to_close: list[Connection] = []
         self._total = 0
+        #: Requests per connection each origin's server accepts, learned from its GOAWAYs.
+        self._request_limits: _BoundedMemory = _BoundedMemory()
+        #: How many streams each origin's connections took at once (1: it spoke HTTP/1.1).
+        self._origin_streams: _BoundedMemory = _BoundedMemory()
 
     # --- introspection ------------------------------------------------------------------------
 
     @property
     def stats(self) -> PoolStats:
         idle = len(self._idle_all)
-        return PoolStats(self._total, idle, self._total - idle, len(self._waiters))
+        return PoolStats(
+            self._total, idle, self._total - idle, len(self._waiters) + self._stream_waiting
+        )
 
     # --- a request ------------------------------------------------------------------------------
 
@@ -170,85 +224,200 @@ class ConnectionPool:
         loop = None
         if not self._use_anyio and sniffio.current_async_library() == "asyncio":
             loop = asyncio.get_running_loop()
-        if self._to_close:
-            await self._close_pending()
-        grant = self._acquire(key)
-        if grant is None:
-            grant = await self._wait(key, timeouts.get("pool"), loop)
-        if grant is _NEW:
+        while True:
+            if self._to_close:
+                await self._close_pending()
+            found = self._acquire(key)
+            if found is None or isinstance(found, _StreamWait):
+                grant = await self._wait(key, timeouts.get("pool"), loop, found is _STREAM_WAIT)
+            else:
+                grant = found
+            conn: Connection
+            if isinstance(grant, _NewConnection):
+                conn = await self._open_connection(key, grant, request, timeouts, loop)
+            else:
+                conn = grant
+            if type(conn) is HTTP11Connection:
+                try:
+                    return await conn.handle(request, timeouts)
+                except BaseException:
+                    conn.close()
+                    self._release(conn)
+                    raise
+            assert isinstance(conn, HTTP2Connection)
             try:
-                conn = await self._connect(key, request, timeouts, loop)
-            except BaseException:
-                self._slot_freed()
-                raise
-        else:
-            assert isinstance(grant, HTTP11Connection)
-            conn = grant
-        try:
-            return await conn.handle(request, timeouts)
-        except BaseException:
-            conn.close()
-            self._release(conn)
-            raise
+                # The connection ends the lease itself, on every path.
+                return await conn.handle(request, timeouts)
+            except ConnectionUnavailable:
+                continue  # nothing was sent: the connection is done for; place it again
 
-    def _acquire(self, key: OriginKey) -> _Grant | None:
-        """A connection, a slot for a new one, or None: wait."""
+    def _acquire(self, key: OriginKey) -> _Grant | _StreamWait | None:
+        """A connection, a slot for a new one, `_STREAM_WAIT`, or None: wait for a slot."""
         origin = self._origins.get(key)
-        if origin is not None and origin.idle:
+        if origin is not None:
+            if origin.shared:
+                h2conn = self._take_stream(origin)
+                if h2conn is not None:
+                    return h2conn
             idle = origin.idle
-            now = time.monotonic()
-            while idle:
-                conn, _ = idle.popitem()
-                del self._idle_all[conn]
-                if conn.is_reusable(now):
-                    conn.leased = True
-                    if not idle and not origin.waiters:
-                        del self._origins[key]
-                    return conn
-                self._discard(conn)
-                self._total -= 1
-            self._forget(key, origin)
+            if idle:
+                now = time.monotonic()
+                while idle:
+                    conn, _ = idle.popitem()
+                    del self._idle_all[conn]
+                    if conn.is_reusable(now):
+                        conn.leased = True
+                        self._forget(key, origin)
+                        return conn
+                    self._discard(conn)
+                    self._total -= 1
+                self._forget(key, origin)
+            if origin.pending > len(origin.stream_waiters):
+                return _STREAM_WAIT
         if self._waiters:
             return None  # first come, first served
         if self._total < self._max_connections:
             self._total += 1
-            return _NEW
+            return self._new_grant(key)
         if self._idle_all:
-            # Full, but another origin has an idle connection: replace it.
-            conn, _ = self._idle_all.popitem(last=False)
-            other = self._origins[conn.key]
-            del other.idle[conn]
-            self._forget(conn.key, other)
-            self._discard(conn)
-            return _NEW
+            # Full, but a connection idles (another origin's, or a stale one): replace it.
+            self._close_idle(next(iter(self._idle_all)))
+            return self._new_grant(key)
         return None
 
+    def _take_stream(self, origin: _Origin) -> HTTP2Connection | None:
+        """A stream on one of the origin's HTTP/2 connections, or None. Amortised O(1): a
+        connection found full or done for leaves ``shared`` and is not looked at again."""
+        shared = origin.shared
+        now = time.monotonic()
+        while shared:
+            conn = next(iter(shared))
+            if conn.leases == 0 and not conn.is_reusable(now):
+                self._close_idle(conn)
+                self._total -= 1
+                continue
+            if conn.capacity > 0:
+                self._lease_stream(conn, origin)
+                return conn
+            del shared[conn]
+        return None
+
+    def _lease_stream(self, conn: HTTP2Connection, origin: _Origin) -> None:
+        if conn.leases == 0:
+            self._idle_all.pop(conn, None)
+        conn.leases += 1
+        conn.placed += 1
+        if conn.capacity <= 0:
+            origin.shared.pop(conn, None)
+
+    def _expected_streams(self, key: OriginKey) -> int:
+        """How many requests a new connection to ``key`` is expected to carry at once."""
+        if not self._http2 or (key[0] == "http" and self._http1):
+            return 1
+        expected = self._origin_streams.get(key, LOCAL_MAX_STREAMS)
+        limit = self._request_limits.get(key)
+        if limit is not None:
+            expected = min(expected, limit)
+        return max(expected, 1)
+
+    def _new_grant(self, key: OriginKey) -> _NewConnection:
+        covers = self._expected_streams(key) - 1
+        if covers <= 0:
+            return _NEW
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = self._origins[key] = _Origin()
+        origin.pending += covers
+        return _NewConnection(covers)
+
     async def _wait(
-        self, key: OriginKey, seconds: float | None, loop: asyncio.AbstractEventLoop | None
+        self,
+        key: OriginKey,
+        seconds: float | None,
+        loop: asyncio.AbstractEventLoop | None,
+        for_stream: bool,
     ) -> _Grant:
         waiter = _Waiter(key, loop)
         origin = self._origins.get(key)
         if origin is None:
             origin = self._origins[key] = _Origin()
-        origin.waiters[waiter] = None
-        self._waiters[waiter] = None
+        if for_stream:
+            waiter.for_stream = True
+            origin.stream_waiters[waiter] = None
+            self._stream_waiting += 1
+        else:
+            origin.waiters[waiter] = None
+            self._waiters[waiter] = None
         try:
             await waiter.wait(seconds)
         except BaseException:
             value = waiter.value
             if value is None:
-                del self._waiters[waiter]
-                del origin.waiters[waiter]
-                self._forget(key, origin)
-            elif value is _NEW:
-                self._slot_freed()
+                self._unqueue(waiter)
+            elif isinstance(value, _NewConnection):
+                self._connect_failed(key, value)
             else:
-                assert isinstance(value, HTTP11Connection)
-                self._release(value)
+                self._give_back(value)
             raise
         value = waiter.value
         assert value is not None
         return value
+
+    def _unqueue(self, waiter: _Waiter) -> None:
+        origin = self._origins[waiter.key]
+        if waiter.for_stream:
+            del origin.stream_waiters[waiter]
+            self._stream_waiting -= 1
+        else:
+            del self._waiters[waiter]
+            del origin.waiters[waiter]
+        self._forget(waiter.key, origin)
+
+    async def _open_connection(
+        self,
+        key: OriginKey,
+        grant: _NewConnection,
+        request: httpx.Request,
+        timeouts: dict[str, Any],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> Connection:
+        try:
+            conn = await self._connect(key, request, timeouts, loop)
+        except BaseException:
+            self._connect_failed(key, grant)
+            raise
+        origin = self._origins.get(key)
+        if grant.covers:
+            assert origin is not None
+            origin.pending -= grant.covers
+        self._open.add(conn)
+        if isinstance(conn, HTTP2Connection):
+            self._origin_streams[key] = conn.max_streams
+            if origin is None:
+                origin = self._origins[key] = _Origin()
+            conn.leases = conn.placed = 1  # this request's stream
+            self._serve(conn, origin)
+            if conn.capacity > 0:
+                origin.shared[conn] = None
+        else:
+            if self._http2:
+                self._origin_streams[key] = 1
+            conn.leased = True
+        if origin is not None:
+            self._reroute(key, origin)
+            self._forget(key, origin)
+        return conn
+
+    def _connect_failed(self, key: OriginKey, grant: _NewConnection) -> None:
+        """A slot granted for a new connection went unused (connect failed, or cancelled)."""
+        origin = self._origins.get(key)
+        if grant.covers and origin is not None:
+            origin.pending -= grant.covers
+        self._slot_freed()
+        origin = self._origins.get(key)
+        if origin is not None:
+            self._reroute(key, origin)
+            self._forget(key, origin)
 
     async def _connect(
         self,
@@ -256,35 +425,61 @@ class ConnectionPool:
         request: httpx.Request,
         timeouts: dict[str, Any],
         loop: asyncio.AbstractEventLoop | None,
-    ) -> HTTP11Connection:
+    ) -> Connection:
         scheme, host, port = key
         sni = request.extensions.get("sni_hostname")
+        if not self._http2:
+            alpn = _ALPN_HTTP11
+        elif not self._http1:
+            alpn = _ALPN_HTTP2
+        else:
+            alpn = _ALPN_BOTH
         stream = await connect(
             self._options,
             scheme=scheme,
             host=host,
             port=port,
             sni_hostname=sni if isinstance(sni, str) else None,
-            alpn=_ALPN_HTTP11,
+            alpn=alpn,
             seconds=timeouts.get("connect"),
             use_asyncio=loop is not None,
         )
+        # HTTP/2 when ALPN says so, or by prior knowledge when HTTP/1.1 is off (h2c over
+        # http://), as httpx's own transport decides.
+        if stream.alpn == "h2" or (self._http2 and not self._http1):
+            try:
+                conn = HTTP2Connection(
+                    stream, key, self._keepalive_expiry, self._release_stream, self._request_limits
+                )
+                await conn.start(timeouts.get("read"))
+            except BaseException:
+                stream.abort()
+                if isinstance(stream, AnyIOStream):
+                    with anyio.CancelScope(shield=True):
+                        await stream.aclose()
+                raise
+            return conn
         if stream.alpn not in (None, "http/1.1"):
             await stream.aclose()
             raise httpx.ConnectError(
                 f"the server chose {stream.alpn!r} by ALPN; this connection speaks HTTP/1.1 only"
             )
-        conn = HTTP11Connection(
+        return HTTP11Connection(
             stream, make_parser(self._parser), key, self._keepalive_expiry, self._release
         )
-        conn.leased = True
-        self._open.add(conn)
-        return conn
 
     # --- giving back -----------------------------------------------------------------------------
 
+    def _give_back(self, conn: Connection) -> None:
+        """End a lease that was granted but never used (the waiter was cancelled)."""
+        if isinstance(conn, HTTP2Connection):
+            self._release_stream(conn)
+        else:
+            self._release(conn)
+
     def _release(self, conn: HTTP11Connection) -> None:
-        """The end of a lease (called exactly once per lease; later calls do nothing)."""
+        """The end of an HTTP/1.1 lease (called exactly once per lease; later calls do
+        nothing)."""
         if not conn.leased:
             return
         conn.leased = False
@@ -293,9 +488,8 @@ class ConnectionPool:
             self._discard(conn)
             self._slot_freed()
             return
-        if origin is not None and origin.waiters:
-            waiter, _ = origin.waiters.popitem(last=False)
-            del self._waiters[waiter]
+        if origin is not None and (origin.waiters or origin.stream_waiters):
+            waiter = self._pop_waiter(origin)
             self._forget(conn.key, origin)
             conn.leased = True
             waiter.grant(conn)
@@ -315,6 +509,82 @@ class ConnectionPool:
         self._idle_all[conn] = None
         self._expire_oldest()
 
+    def _release_stream(self, conn: HTTP2Connection) -> None:
+        """The end of a stream's lease on an HTTP/2 connection (called once per lease)."""
+        conn.leases -= 1
+        key = conn.key
+        origin = self._origins.get(key)
+        if not conn.usable:
+            if origin is not None:
+                origin.shared.pop(conn, None)
+                self._forget(key, origin)
+            if conn.leases == 0:
+                self._discard(conn)
+                self._slot_freed()
+            return
+        if origin is None:
+            origin = self._origins[key] = _Origin()
+        self._serve(conn, origin)
+        if conn.capacity > 0:
+            origin.shared[conn] = None
+        if conn.leases == 0:
+            if conn.capacity <= 0:  # its learned request limit is used up
+                origin.shared.pop(conn, None)
+                self._discard(conn)
+                self._forget(key, origin)
+                self._slot_freed()
+                return
+            if self._waiters:
+                origin.shared.pop(conn, None)
+                self._discard(conn)
+                self._forget(key, origin)
+                self._grant_new()
+                return
+            if len(self._idle_all) >= self._max_idle:
+                origin.shared.pop(conn, None)
+                self._discard(conn)
+                self._forget(key, origin)
+                self._total -= 1
+                return
+            conn.went_idle()
+            self._idle_all[conn] = None
+            self._expire_oldest()
+        self._forget(key, origin)
+
+    def _serve(self, conn: HTTP2Connection, origin: _Origin) -> None:
+        """Give the connection's free streams to the origin's waiters, oldest first."""
+        while (origin.stream_waiters or origin.waiters) and conn.capacity > 0:
+            waiter = self._pop_waiter(origin)
+            self._lease_stream(conn, origin)
+            waiter.grant(conn)
+
+    def _pop_waiter(self, origin: _Origin) -> _Waiter:
+        if origin.stream_waiters:
+            waiter, _ = origin.stream_waiters.popitem(last=False)
+            self._stream_waiting -= 1
+            return waiter
+        waiter, _ = origin.waiters.popitem(last=False)
+        del self._waiters[waiter]
+        return waiter
+
+    def _reroute(self, key: OriginKey, origin: _Origin) -> None:
+        """Requests waiting for streams that the connections being opened will not carry
+        (fewer than expected, HTTP/1.1, or a failure): they open connections of their own, or
+        wait for a slot."""
+        while len(origin.stream_waiters) > origin.pending:
+            waiter, _ = origin.stream_waiters.popitem()  # the newest: beyond what is covered
+            self._stream_waiting -= 1
+            if self._total < self._max_connections:
+                self._total += 1
+            elif self._idle_all:
+                self._close_idle(next(iter(self._idle_all)))
+            else:
+                waiter.for_stream = False
+                origin.waiters[waiter] = None
+                self._waiters[waiter] = None
+                continue
+            waiter.grant(self._new_grant(key))
+
     def _slot_freed(self) -> None:
         self._total -= 1
         if self._waiters:
@@ -325,26 +595,39 @@ class ConnectionPool:
         waiter, _ = self._waiters.popitem(last=False)
         origin = self._origins[waiter.key]
         del origin.waiters[waiter]
+        waiter.grant(self._new_grant(waiter.key))
         self._forget(waiter.key, origin)
-        waiter.grant(_NEW)
+
+    def _close_idle(self, conn: Connection) -> None:
+        """Close a connection that carries no request; its slot is the caller's to reuse."""
+        del self._idle_all[conn]
+        origin = self._origins[conn.key]
+        if isinstance(conn, HTTP2Connection):
+            origin.shared.pop(conn, None)
+        else:
+            origin.idle.pop(conn, None)
+        self._forget(conn.key, origin)
+        self._discard(conn)
 
     def _expire_oldest(self) -> None:
         """Close the oldest idle connection if it has expired: O(1), and over time it keeps
         expired connections from lingering behind warmer ones."""
         conn = next(iter(self._idle_all))
         if conn.expires_at <= time.monotonic():
-            del self._idle_all[conn]
-            origin = self._origins[conn.key]
-            del origin.idle[conn]
-            self._discard(conn)
+            self._close_idle(conn)
             self._total -= 1
-            self._forget(conn.key, origin)
 
     def _forget(self, key: OriginKey, origin: _Origin) -> None:
-        if not origin.idle and not origin.waiters:
+        if (
+            not origin.idle
+            and not origin.waiters
+            and not origin.shared
+            and not origin.stream_waiters
+            and not origin.pending
+        ):
             self._origins.pop(key, None)
 
-    def _discard(self, conn: HTTP11Connection) -> None:
+    def _discard(self, conn: Connection) -> None:
         conn.close()
         self._open.discard(conn)
         if isinstance(conn._stream, AnyIOStream):
@@ -363,10 +646,11 @@ class ConnectionPool:
         self._idle_all.clear()
         for key, origin in list(self._origins.items()):
             origin.idle.clear()
+            origin.shared.clear()
             self._forget(key, origin)
         for conn in list(self._open):
-            conn.close()
             self._open.discard(conn)
+            conn.close()
             if isinstance(conn._stream, AnyIOStream):
                 self._to_close.append(conn)
         await self._close_pending()

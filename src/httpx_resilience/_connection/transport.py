@@ -1,12 +1,9 @@
 """`AsyncConnectionPoolTransport`: this package's connection layer behind httpx's transport API.
 
-A drop-in for `httpx.AsyncHTTPTransport` (the same keyword arguments). HTTP/1.1 to direct
-origins goes through this package's pool (`pool.py`) and HTTP/1.1 connections (`http11.py`).
-Two routes still go through the previous layer, for now:
-
-* ``http2=True``: `_pool.build_http_transport` (httpcore's connections with this package's
-  HTTP/2 handling, `_http2.py`), until `_connection` has its own HTTP/2;
-* ``proxy=...``: httpx's own transport (httpcore's proxy connections).
+A drop-in for `httpx.AsyncHTTPTransport` (the same keyword arguments). Requests to direct
+origins go through this package's pool (`pool.py`), HTTP/1.1 connections (`http11.py`) and
+HTTP/2 connections (`http2.py`). Proxied requests (``proxy=...``) go through httpx's own
+`httpx.AsyncHTTPTransport` (its public API; httpcore's proxy connections underneath).
 """
 
 from __future__ import annotations
@@ -88,14 +85,12 @@ def _check_parser(parser: str | None) -> None:
 
 
 class AsyncConnectionPoolTransport(httpx.AsyncBaseTransport):
-    """An `httpx.AsyncHTTPTransport` replacement whose HTTP/1.1 connection pool is this
-    package's own: O(1) per request, FIFO among waiting requests, and every cancellation
-    gives its connection slot back.
+    """An `httpx.AsyncHTTPTransport` replacement whose connection pool is this package's own:
+    O(1) per request, FIFO among waiting requests, HTTP/2 streams multiplexed up to each
+    connection's limit, and every cancellation gives its stream and connection slot back.
 
     Takes `httpx.AsyncHTTPTransport`'s keyword arguments, with the same meaning and defaults,
-    plus ``http1_parser``. With ``http2=True`` or a ``proxy`` the requests go through the
-    previous (httpcore-based) layer: httpcore's connections with this package's HTTP/2 handling,
-    or httpx's own proxy transport.
+    plus ``http1_parser``. With a ``proxy`` the requests go through httpx's own transport.
 
     Args:
         verify: How to verify the server's certificate, as in httpx: True (certifi's CA
@@ -104,7 +99,8 @@ class AsyncConnectionPoolTransport(httpx.AsyncBaseTransport):
         trust_env: Read ``SSL_CERT_FILE``/``SSL_CERT_DIR`` (as httpx's
             `httpx.create_ssl_context` does).
         http1: Speak HTTP/1.1.
-        http2: Speak HTTP/2 (through the previous layer, for now).
+        http2: Speak HTTP/2: offered by ALPN over TLS; with ``http1=False`` also over plain
+            ``http://`` (prior knowledge), as in httpx.
         limits: ``max_connections`` (open or opening), ``max_keepalive_connections`` (idle
             ones kept) and ``keepalive_expiry`` (seconds an idle connection is reused for);
             httpx's defaults: 100, 20 and 5 s.
@@ -141,8 +137,8 @@ class AsyncConnectionPoolTransport(httpx.AsyncBaseTransport):
         _check_parser(http1_parser)
         self._delegate: httpx.AsyncBaseTransport | None = None
         self._pool: ConnectionPool | None = None
-        if http2 or proxy is not None:
-            self._delegate = _previous_layer(
+        if proxy is not None:
+            self._delegate = httpx.AsyncHTTPTransport(
                 verify=verify, cert=cert, trust_env=trust_env, http1=http1, http2=http2,
                 limits=limits, proxy=proxy, uds=uds, local_address=local_address,
                 retries=retries, socket_options=socket_options,
@@ -160,12 +156,14 @@ class AsyncConnectionPoolTransport(httpx.AsyncBaseTransport):
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
             parser=http1_parser or default_parser(),
+            http1=http1,
+            http2=http2,
         )
 
     @property
     def pool_stats(self) -> PoolStats | None:
         """The pool's counts (connections, idle, in use, waiting); None when the requests go
-        through the previous layer (HTTP/2 or a proxy)."""
+        through httpx's own transport (a proxy)."""
         return None if self._pool is None else self._pool.stats
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -194,12 +192,6 @@ class AsyncConnectionPoolTransport(httpx.AsyncBaseTransport):
         await self.aclose()
 
 
-def _previous_layer(**options: object) -> httpx.AsyncBaseTransport:
-    from .._pool import build_http_transport
-
-    return build_http_transport(**options)
-
-
 def build_transport(
     *,
     verify: ssl.SSLContext | str | bool,
@@ -214,13 +206,11 @@ def build_transport(
     retries: int,
     socket_options: Iterable[SocketOption] | None,
 ) -> httpx.AsyncBaseTransport:
-    """The inner transport `ResilientTransport` builds: this layer for HTTP/1.1, the previous
-    layer (an `httpx.AsyncHTTPTransport`) for HTTP/2 and proxies."""
+    """The inner transport `ResilientTransport` builds: this layer, which hands proxied
+    requests to httpx's own transport."""
     options = {
         "verify": verify, "cert": cert, "trust_env": trust_env, "http1": http1,
         "http2": http2, "limits": limits, "proxy": proxy, "uds": uds,
         "local_address": local_address, "retries": retries, "socket_options": socket_options,
     }  # fmt: skip
-    if http2 or proxy is not None:
-        return _previous_layer(**options)
     return AsyncConnectionPoolTransport(**options)  # type: ignore[arg-type]

@@ -1,0 +1,818 @@
+"""HTTP/2 over one connection: many requests at once, each on a stream, with h2 as the protocol
+machine and httpx's `Request`/`Response` at the edge.
+
+**How reading works.** One reader per connection dispatches what arrives to per-stream queues,
+and a stream waits only for its own queue:
+
+* under asyncio the reader is the stream's `asyncio.Protocol` callback itself
+  (`connect.AsyncioStream`): ``data_received`` feeds h2, appends each event to its stream's
+  queue and wakes that stream's future; acknowledgements (SETTINGS, PING, window updates) are
+  written from the callback. No task, no lock, nothing read twice; an idle connection notices a
+  GOAWAY or a close the moment it arrives.
+* under trio (anyio's pull-based streams) a callback cannot read, and a background task would
+  need a nursery that outlives every request; so whoever waits reads: a stream takes the read
+  lock, reads once, dispatches to every stream's queue, and lets go. A stream whose events a
+  previous reader already queued returns without reading.
+
+httpcore's `AsyncHTTP2Connection` uses the second design on every backend; the first is simpler
+to reason about (the reader never waits for a consumer, events go to the one stream they name)
+and costs nothing per read under asyncio. Parts of the protocol handling follow httpcore's
+``_async/http2.py`` (BSD-3-Clause, Copyright © 2020, Encode OSS Ltd.): the local SETTINGS, the
+2**24 flow-control windows, the request header mapping, DATA chunked to the window and the frame
+size.
+
+**What the server did, and did not, process** (RFC 9113 §6.8, §8.7):
+
+* GOAWAY is graceful: h2 closes its state machine on *receiving* GOAWAY (python-hyper/h2#1181);
+  `_GracefulH2Connection` keeps it open, so streams at or below ``last_stream_id`` are read to
+  their end. After a GOAWAY the connection takes no new stream.
+* A stream above ``last_stream_id``, or reset with ``REFUSED_STREAM``, raises
+  `StreamNotProcessed` -- unless the server sent anything for it (headers, data, trailers): that
+  evidence beats the GOAWAY's number, and such a stream is never "not processed".
+* After a connection-level failure (a write that failed, the connection lost) without a GOAWAY
+  seen, a stream reads what the server sent before judging, for at most a second: a GOAWAY there
+  says which streams it never saw. Not after a timeout (the connection may be alive).
+* Before writing (trio) what the server has sent is read first, so a write into a connection the
+  server closed is judged by the GOAWAY that preceded the close. Under asyncio the callback has
+  already read it.
+* One stream's failed write does not fail the streams that are only reading: the connection takes
+  no new stream, and the others are decided by what arrives.
+* Frames that break the protocol (h2's ``ProtocolError`` on what was received) and a server whose
+  SETTINGS allow no stream are the server's failure: `httpx.RemoteProtocolError` for every
+  stream.
+
+**Capacity.** The pool asks `capacity`: ``min(server's MAX_CONCURRENT_STREAMS, 100)`` minus the
+streams placed here, 0 once the connection takes no new stream, and never more in total than the
+origin's request limit learned from an earlier GOAWAY (see `capacity`).
+
+**Leases.** The pool counts the requests it placed here in ``leases`` and ``placed``; each ends by
+exactly one call of the pool's ``release`` callback: when the response body has been read or
+closed, or the request failed or was cancelled at any await. A response closed before its end
+resets only its own stream (``CANCEL``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import httpx
+
+from .connect import AsyncioStream, NetworkStream
+from .errors import StreamNotProcessed
+
+if TYPE_CHECKING:
+    from hyperframe.frame import Frame, GoAwayFrame
+
+__all__ = ["LOCAL_MAX_STREAMS", "ConnectionUnavailable", "HTTP2Connection"]
+
+#: How many concurrent streams a connection asks the server to allow (httpcore's value).
+LOCAL_MAX_STREAMS = 100
+#: The flow-control windows opened for the connection and each stream (httpcore's value).
+_WINDOW = 1 << 24
+#: How long a stream that failed with its connection reads what the server had sent before the
+#: failure, to find a GOAWAY that says whether it was processed.
+_GOAWAY_SEARCH_SECONDS = 1.0
+#: The most a stream waits for an RST_STREAM or acknowledgement to be written when it ends
+#: while cancelled (trio; under asyncio such writes never wait).
+_CLOSE_FLUSH_SECONDS = 1.0
+#: How many event-loop turns a writer gives the asyncio callback to read what is waiting.
+_CATCH_UP_TURNS = 4
+#: Request headers HTTP/2 forbids (RFC 9113 §8.2.2); ``host`` becomes ``:authority``.
+_DROPPED_HEADERS = frozenset(
+    {b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+_NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
+_REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
+_CONFIG = h2.config.H2Configuration(validate_inbound_headers=False, header_encoding=None)
+
+#: Events that prove the server processed a stream (it answered), whatever a later GOAWAY says.
+_ANSWERS = (
+    h2.events.ResponseReceived,
+    h2.events.DataReceived,
+    h2.events.InformationalResponseReceived,
+    h2.events.TrailersReceived,
+)
+#: Events a stream's reader consumes (the rest are evidence only).
+_QUEUED = (
+    h2.events.ResponseReceived,
+    h2.events.DataReceived,
+    h2.events.StreamEnded,
+    h2.events.StreamReset,
+)
+
+
+class ConnectionUnavailable(Exception):
+    """The connection cannot take this request, and nothing of it was sent: the pool places it
+    on another connection. Never seen outside the pool."""
+
+
+class _GracefulH2Connection(h2.connection.H2Connection):
+    """An h2 client connection that keeps receiving after the server's GOAWAY.
+
+    h2 moves its connection state machine to CLOSED on a received GOAWAY, after which every
+    frame for the streams the server is still finishing raises ``ProtocolError``. RFC 9113 §6.8
+    says those streams "might still complete successfully"; this subclass reports the GOAWAY as
+    `h2.events.ConnectionTerminated` and leaves the state machine open. `HTTP2Connection` opens
+    no stream after a GOAWAY.
+    """
+
+    def _receive_goaway_frame(
+        self, frame: GoAwayFrame
+    ) -> tuple[list[Frame], list[h2.events.Event]]:
+        event = h2.events.ConnectionTerminated()
+        try:
+            event.error_code = h2.errors.ErrorCodes(frame.error_code)
+        except ValueError:
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+class _Expired(Exception):
+    """A wait passed its timeout (mapped to httpx's timeouts by the waiter)."""
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
+
+
+class _Stream:
+    """One request's stream: the events the reader queued for it, and how to wake it."""
+
+    __slots__ = ("answered", "closed", "events", "id", "signal", "waiter")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.events: collections.deque[h2.events.Event] = collections.deque()
+        #: The server sent something for this stream: it was processed.
+        self.answered = False
+        #: Something changed (an event, a window update, GOAWAY, the connection's end).
+        self.signal = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+
+class HTTP2Connection:
+    """One HTTP/2 connection, shared by up to `capacity` more requests at once."""
+
+    #: Pool bookkeeping: requests placed here and not yet ended; requests placed here ever.
+    leases: int
+    placed: int
+
+    def __init__(
+        self,
+        stream: NetworkStream,
+        key: Any,
+        keepalive_expiry: float | None,
+        release: Callable[[HTTP2Connection], None],
+        request_limits: MutableMapping[Any, int],
+    ) -> None:
+        self._stream = stream
+        self.key = key
+        self._keepalive_expiry = keepalive_expiry
+        self._release = release
+        #: Learned per-origin request limits, shared by a pool's connections.
+        self._limits = request_limits
+        self.leases = 0
+        self.placed = 0
+        self.expires_at = float("inf")
+        self._finished = 0
+        self._streams: dict[int, _Stream] = {}
+        self._setup = _Stream(0)  # woken by the server's SETTINGS (and by failures)
+        self._settings_received = False
+        self._goaway: h2.events.ConnectionTerminated | None = None
+        #: Why the connection cannot go on (read failure, end of stream, protocol violation).
+        self._failure: httpx.TransportError | None = None
+        self._write_failed = False
+        self._exhausted = False  # no stream ids left
+        self._closed = False
+        self._asyncio = isinstance(stream, AsyncioStream)
+        self._loop = asyncio.get_running_loop() if self._asyncio else None
+        # asyncio: one drain waiter at a time; anyio: one reader and one writer at a time.
+        self._drain_lock = asyncio.Lock() if self._asyncio else None
+        self._read_lock = None if self._asyncio else anyio.Lock()
+        self._write_lock = None if self._asyncio else anyio.Lock()
+
+        state = self._h2 = _GracefulH2Connection(config=_CONFIG)
+        state.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: LOCAL_MAX_STREAMS,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
+            },
+        )
+        # Some servers balk at a setting the original RFC did not define (as httpcore notes).
+        del state.local_settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL]
+        state.initiate_connection()
+        state.increment_flow_control_window(_WINDOW)
+        stream.set_sink(self)  # last: what arrived early is dispatched now
+
+    # --- what the pool asks ---------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """Whether a new stream may be opened here (no GOAWAY, no failure, not closed)."""
+        return (
+            self._goaway is None
+            and self._failure is None
+            and not self._write_failed
+            and not self._exhausted
+            and not self._closed
+        )
+
+    @property
+    def max_streams(self) -> int:
+        """How many streams may be open at once: the server's limit capped at ours."""
+        return min(self._h2.remote_settings.max_concurrent_streams, LOCAL_MAX_STREAMS)
+
+    @property
+    def capacity(self) -> int:
+        """How many more requests the pool may place here now.
+
+        A server that closes connections after N requests (nginx's ``keepalive_requests``, a
+        load balancer's limit) says so only by GOAWAY, after the pool may have placed far more
+        streams here; those are refused and resent, and at high concurrency a resent request
+        could be refused again and again. So a GOAWAY's ``last_stream_id`` is remembered as the
+        origin's request limit, and no connection is given more requests in total. A connection
+        that finishes that many without a GOAWAY shows the limit stale: it is forgotten.
+        """
+        if not self.usable:
+            return 0
+        capacity = self.max_streams - self.leases
+        limits = self._limits
+        if limits:
+            limit = limits.get(self.key)
+            if limit is not None:
+                left = limit - self.placed
+                if left <= 0 and self._finished >= limit:
+                    limits.pop(self.key, None)
+                else:
+                    capacity = min(capacity, left)
+        return capacity
+
+    def is_reusable(self, now: float) -> bool:
+        """For an idle connection (no lease): usable and not expired. Under asyncio a GOAWAY or
+        a close has already been read by the callback; under trio the request reads what is
+        waiting before it writes (`_catch_up`) and backs out if the connection is done for."""
+        return self.usable and now < self.expires_at
+
+    def went_idle(self) -> None:
+        """The last lease ended: the keep-alive expiry starts."""
+        if self._keepalive_expiry is not None:
+            self.expires_at = time.monotonic() + self._keepalive_expiry
+
+    def close(self) -> None:
+        """Close at once (safe in any state, even while cancelled); open streams fail."""
+        if not self._closed:
+            self._closed = True
+            if self._failure is None:
+                self._failure = httpx.ReadError("the connection was closed")
+            self._wake_all()
+        self._stream.abort()
+
+    async def aclose(self) -> None:
+        self.close()
+        await self._stream.aclose()
+
+    # --- connect.Sink: what the server sent ------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._failure is not None:
+            return
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            failure = httpx.RemoteProtocolError(f"the server broke the HTTP/2 protocol: {exc!r}")
+            failure.__cause__ = exc
+            self._fail(failure)
+            return
+        streams = self._streams
+        for event in events:
+            if isinstance(event, (*_QUEUED, *_ANSWERS)):
+                stream_id: int = event.stream_id
+                s = streams.get(stream_id)
+                if s is None:
+                    if isinstance(event, h2.events.DataReceived):
+                        # A stream already ended here: give its window back to the connection.
+                        with contextlib.suppress(h2.exceptions.ProtocolError):
+                            self._h2.acknowledge_received_data(
+                                event.flow_controlled_length or 0, stream_id
+                            )
+                    continue
+                if isinstance(event, _ANSWERS):
+                    s.answered = True
+                if isinstance(event, _QUEUED):
+                    s.events.append(event)
+                    _wake(s)
+            elif isinstance(event, h2.events.WindowUpdated):
+                self._wake_all()  # senders waiting for window
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                self._settings_received = True
+                self._wake_all()
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self._note_goaway(event)
+        if self._asyncio:
+            out = self._h2.data_to_send()
+            if out:
+                stream = self._stream
+                assert isinstance(stream, AsyncioStream)
+                stream.write(out)
+
+    def eof_received(self, exc: BaseException | None) -> None:
+        if self._failure is None:
+            if exc is None:
+                self._fail(httpx.RemoteProtocolError("Server disconnected"))
+            else:
+                failure = httpx.ReadError(str(exc) or type(exc).__name__)
+                failure.__cause__ = exc
+                self._fail(failure)
+
+    def _fail(self, failure: httpx.TransportError) -> None:
+        self._failure = failure
+        self._wake_all()
+
+    def _note_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        self._goaway = event
+        accepted = ((event.last_stream_id or 0) + 1) // 2  # client streams are 1, 3, 5, ...
+        # Learned only from a GOAWAY that cuts into traffic: one on an idle connection is an
+        # idle timeout (or a shutdown), not a request limit.
+        if self._streams and event.error_code == _NO_ERROR and accepted > 0:
+            self._limits[self.key] = accepted
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        _wake(self._setup)
+        for s in self._streams.values():
+            _wake(s)
+
+    # --- waiting and writing ------------------------------------------------------------------
+
+    async def _wait(self, s: _Stream, seconds: float | None, kind: type[Exception]) -> None:
+        """Wait until something changes for ``s`` (or, under trio, until one read is done).
+        Raises ``kind`` (a timeout) after ``seconds``."""
+        if s.signal:
+            s.signal = False
+            return
+        if self._asyncio:
+            loop = self._loop
+            assert loop is not None
+            future = s.waiter = loop.create_future()
+            handle = None if seconds is None else loop.call_later(seconds, _expire, future)
+            try:
+                await future
+            except _Expired:
+                raise kind(_timeout_message(kind)) from None
+            finally:
+                s.waiter = None
+                s.signal = False
+                if handle is not None:
+                    handle.cancel()
+            return
+        lock = self._read_lock
+        assert lock is not None
+        try:
+            with anyio.fail_after(seconds):
+                async with lock:
+                    if s.signal or self._failure is not None:
+                        s.signal = False
+                        return
+                    await self._stream.receive(None)
+        except TimeoutError:
+            raise kind(_timeout_message(kind)) from None
+        s.signal = False
+        await self._flush_quietly()
+
+    async def _catch_up(self) -> None:
+        """Trio: read what the server sent while nobody was reading (a GOAWAY, a close,
+        SETTINGS or PING), before anything more is written. Never blocks on a read."""
+        lock = self._read_lock
+        if lock is None or lock.locked() or self._failure is not None:
+            return
+        if self._stream.is_alive():  # on the anyio stream: nothing waiting to be read
+            return
+        with anyio.move_on_after(_GOAWAY_SEARCH_SECONDS):
+            async with lock:
+                if self._failure is None and not self._stream.is_alive():
+                    await self._stream.receive(None)
+        await self._flush_quietly(catch_up=False)
+
+    async def _flush(self, seconds: float | None, *, catch_up: bool = True) -> None:
+        """Write what h2 has to send. Raises `httpx.WriteError` or `httpx.WriteTimeout`."""
+        stream = self._stream
+        if isinstance(stream, AsyncioStream):
+            if catch_up and stream.has_unread():
+                # Read first: a GOAWAY waiting there says which streams the server will not
+                # process, and a write that fails on a closed socket would discard it.
+                for _ in range(_CATCH_UP_TURNS):
+                    await anyio.lowlevel.checkpoint()
+                    if not stream.has_unread():
+                        break
+            out = self._h2.data_to_send()
+            if out and stream.write(out):
+                drain_lock = self._drain_lock
+                assert drain_lock is not None
+                async with drain_lock:
+                    await stream.send(b"", seconds)  # waits for the buffer to drain
+            return
+        if catch_up:
+            await self._catch_up()
+        lock = self._write_lock
+        assert lock is not None
+        async with lock:
+            out = self._h2.data_to_send()
+            if not out:
+                return
+            try:
+                # Cut short, a write would leave a partial frame (or TLS record) on the wire
+                # for every stream: finish it, within the write timeout.
+                with anyio.CancelScope(shield=True):
+                    await stream.send(out, seconds)
+            except (httpx.WriteError, httpx.WriteTimeout):
+                self._write_failed = True
+                raise
+
+    async def _flush_quietly(self, *, catch_up: bool = True) -> None:
+        """Write acknowledgements and resets; a failure is left to whoever writes or reads
+        next (a reader's stream is decided by what the server sent)."""
+        with contextlib.suppress(httpx.TransportError):
+            await self._flush(None, catch_up=catch_up)
+
+    # --- one request ----------------------------------------------------------------------------
+
+    async def start(self, seconds: float | None) -> None:
+        """Send the connection preface and wait for the server's SETTINGS (RFC 9113 §3.4), so
+        that its MAX_CONCURRENT_STREAMS is known before streams are placed here."""
+        s = self._setup
+        await self._flush(seconds, catch_up=False)
+        while not self._settings_received:
+            if self._failure is not None:
+                raise _copy(self._failure)
+            await self._wait(s, seconds, httpx.ReadTimeout)
+        if self._h2.remote_settings.max_concurrent_streams == 0:
+            # Legal only as a pause, with no way to learn when it ends: a server that allows
+            # no stream is failing, like one that refuses connections.
+            self._failure = httpx.RemoteProtocolError(
+                "the server's SETTINGS allow no streams (MAX_CONCURRENT_STREAMS = 0)"
+            )
+            raise _copy(self._failure)
+
+    async def handle(self, request: httpx.Request, timeouts: dict[str, Any]) -> httpx.Response:
+        """Send ``request`` on a new stream and read the response head. The caller holds a
+        lease; it ends with the response (or here, if this raises)."""
+        try:
+            if not self._asyncio:
+                await self._catch_up()
+            if not self.usable:
+                raise ConnectionUnavailable()
+            try:
+                stream_id = self._h2.get_next_available_stream_id()
+            except h2.exceptions.NoAvailableStreamIDError:  # pragma: no cover - 2**30 streams
+                self._exhausted = True
+                raise ConnectionUnavailable() from None
+        except BaseException:
+            self._release(self)
+            raise
+        # No await between taking the id and sending the HEADERS that open the stream (the
+        # start of `_send_request`): h2 gives the same id to whoever asks until then.
+        s = self._streams[stream_id] = _Stream(stream_id)
+        read_timeout = timeouts.get("read")
+        try:
+            try:
+                await self._send_request(s, request, timeouts.get("write"))
+            except httpx.WriteError:
+                if not s.events:
+                    raise
+                # The server answered before the request was all written (an early response,
+                # or an answer read just before its close): the answer decides.
+            status, headers = await self._read_head(s, read_timeout)
+        except ConnectionUnavailable:
+            self._streams.pop(stream_id, None)
+            self._release(self)
+            raise
+        except BaseException as exc:
+            failure: BaseException = exc
+            try:
+                if isinstance(exc, Exception) and not isinstance(exc, httpx.TimeoutException):
+                    await self._read_before_judging(s, exc)
+                    failure = self._explain(s, exc)
+            finally:
+                flush = self._finish(s)  # no await before it: the lease ends even if cancelled
+            if flush:
+                await self._flush_after_finish()
+            if failure is exc:
+                raise
+            raise failure from exc
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=_ResponseStream(self, s, read_timeout),
+            extensions={"http_version": b"HTTP/2", "stream_id": stream_id},
+        )
+
+    async def _send_request(
+        self, s: _Stream, request: httpx.Request, seconds: float | None
+    ) -> None:
+        url = request.url
+        authority = b""
+        has_body = False
+        fields: list[tuple[bytes, bytes]] = []
+        for name, value in request.headers.raw:
+            lowered = name.lower()
+            if lowered == b"host":
+                authority = value
+            elif lowered == b"content-length" or lowered == b"transfer-encoding":
+                has_body = True
+            if lowered in _DROPPED_HEADERS:
+                continue
+            if lowered == b"te" and value.lower() != b"trailers":
+                continue  # the one value HTTP/2 allows (§8.2.2)
+            fields.append((lowered, value))
+        headers = [
+            (b":method", request.method.encode("ascii")),
+            (b":authority", authority or url.netloc),
+            (b":scheme", url.scheme.encode("ascii")),
+            (b":path", url.raw_path),
+            *fields,
+        ]
+        state = self._h2
+        try:
+            state.send_headers(s.id, headers, end_stream=not has_body)
+        except h2.exceptions.TooManyStreamsError:
+            # The server lowered its limit since the pool placed this request: nothing sent.
+            raise ConnectionUnavailable() from None
+        except h2.exceptions.ProtocolError as exc:
+            raise httpx.LocalProtocolError(f"invalid HTTP/2 request: {exc}") from exc
+        state.increment_flow_control_window(_WINDOW, stream_id=s.id)
+        await self._flush(seconds)
+        if not has_body:
+            return
+        body = request.stream
+        if type(body) is httpx.ByteStream:
+            await self._send_data(s, request.content, seconds)
+        else:
+            assert isinstance(body, httpx.AsyncByteStream), (
+                "a sync body cannot go through an async transport"
+            )
+            chunks = body.__aiter__()
+            try:
+                async for chunk in chunks:
+                    if not await self._send_data(s, chunk, seconds):
+                        break
+            finally:
+                # Closed when a write fails mid-body: an async generator abandoned half-way
+                # is only finalised by the garbage collector (and trio warns about it).
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    with anyio.CancelScope(shield=True):
+                        await aclose()
+        if self._can_send(s):
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                state.end_stream(s.id)
+            await self._flush(seconds)
+
+    def _can_send(self, s: _Stream) -> bool:
+        """False once the server has ended or reset the stream (it answered early): the rest
+        of the body is not sent, and the answer is read."""
+        return not any(
+            isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) for e in s.events
+        )
+
+    async def _send_data(self, s: _Stream, data: bytes, seconds: float | None) -> bool:
+        """Send ``data`` within the flow-control windows and the frame size. False when the
+        server ended the stream first."""
+        state = self._h2
+        while data:
+            if not self._can_send(s):
+                return False
+            self._raise_failure(s, writing=True)
+            try:
+                window = state.local_flow_control_window(s.id)
+            except h2.exceptions.StreamClosedError:
+                return False
+            size = min(len(data), window, state.max_outbound_frame_size)
+            if size <= 0:
+                await self._wait(s, seconds, httpx.WriteTimeout)
+                continue
+            try:
+                state.send_data(s.id, data[:size])
+            except h2.exceptions.StreamClosedError:
+                return False
+            data = data[size:]
+            await self._flush(seconds)
+        return True
+
+    def _raise_failure(self, s: _Stream, *, writing: bool = False) -> None:
+        """Raise what keeps stream ``s`` from going on: a GOAWAY that excludes it (not
+        processed), a GOAWAY with an error, or the connection's failure."""
+        goaway = self._goaway
+        if goaway is not None:
+            if not s.answered and s.id > (goaway.last_stream_id or 0):
+                raise StreamNotProcessed(
+                    f"HTTP/2 stream {s.id} is above the last_stream_id "
+                    f"({goaway.last_stream_id}) of the server's GOAWAY: not processed"
+                )
+            if goaway.error_code != _NO_ERROR:
+                raise httpx.RemoteProtocolError(
+                    f"the server closed the connection: GOAWAY({goaway.error_code!r}, "
+                    f"last_stream_id={goaway.last_stream_id})"
+                )
+        if self._failure is not None:
+            raise _copy(self._failure)
+        if writing and self._write_failed:
+            raise httpx.WriteError("an earlier write on this connection failed")
+
+    async def _read_head(
+        self, s: _Stream, seconds: float | None
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        events = s.events
+        while True:
+            while events:
+                event = events[0]
+                if isinstance(event, h2.events.ResponseReceived):
+                    events.popleft()
+                    status = 200
+                    headers = []
+                    for name, value in event.headers or ():
+                        if name == b":status":
+                            status = int(value.decode("ascii", errors="ignore"))
+                        elif not name.startswith(b":"):
+                            headers.append((name, value))
+                    return status, headers
+                if isinstance(event, h2.events.StreamReset):
+                    raise self._reset_error(s, event)
+                events.popleft()  # DATA or the end before any HEADERS: h2 refuses those
+            self._raise_failure(s)
+            await self._wait(s, seconds, httpx.ReadTimeout)
+
+    async def read_body(self, s: _Stream, seconds: float | None) -> bytes | None:
+        """The next part of the body, or None at its end."""
+        events = s.events
+        while True:
+            chunks: list[bytes] = []
+            acknowledged = 0
+            while events:
+                event = events[0]
+                if isinstance(event, h2.events.DataReceived):
+                    events.popleft()
+                    acknowledged += event.flow_controlled_length or 0
+                    if event.data:
+                        chunks.append(event.data)
+                elif isinstance(event, h2.events.StreamEnded):
+                    if chunks:
+                        break
+                    events.popleft()
+                    return None
+                elif isinstance(event, h2.events.StreamReset):
+                    if chunks:
+                        break
+                    raise self._reset_error(s, event)
+                else:
+                    events.popleft()
+            if acknowledged:
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    self._h2.acknowledge_received_data(acknowledged, s.id)
+                await self._flush_quietly()
+            if chunks:
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._raise_failure(s)
+            await self._wait(s, seconds, httpx.ReadTimeout)
+
+    def _reset_error(self, s: _Stream, event: h2.events.StreamReset) -> httpx.TransportError:
+        if event.error_code == _REFUSED and not s.answered:
+            return StreamNotProcessed(
+                f"HTTP/2 stream {s.id} was refused by the server (REFUSED_STREAM): not processed"
+            )
+        return httpx.RemoteProtocolError(
+            f"the server reset HTTP/2 stream {s.id} ({event.error_code!r})"
+        )
+
+    async def _read_before_judging(self, s: _Stream, exc: Exception) -> None:
+        """After a stream failed with its connection and no GOAWAY seen: read what the server
+        sent before it went, to its end, for at most a second -- a GOAWAY there says which
+        streams it never processed. A write into a socket the server already closed fails
+        before any reader has seen the GOAWAY that preceded the close."""
+        if self._goaway is not None or isinstance(exc, StreamNotProcessed):
+            return
+        if self._failure is None and not self._write_failed:
+            return  # the connection is fine: the stream's own failure
+        with anyio.move_on_after(_GOAWAY_SEARCH_SECONDS):
+            while self._goaway is None and self._failure is None:
+                await self._wait(s, None, httpx.ReadTimeout)
+
+    def _explain(self, s: _Stream, exc: Exception) -> BaseException:
+        """How stream ``s`` failed with ``exc``: "not processed" only when nothing from the
+        server says otherwise."""
+        goaway = self._goaway
+        if (
+            goaway is not None
+            and not s.answered
+            and s.id > (goaway.last_stream_id or 0)
+            and not isinstance(exc, StreamNotProcessed)
+        ):
+            return StreamNotProcessed(
+                f"HTTP/2 stream {s.id} is above the last_stream_id "
+                f"({goaway.last_stream_id}) of the server's GOAWAY: not processed"
+            )
+        return exc
+
+    def _finish(self, s: _Stream) -> bool:
+        """The stream is done with (read, closed early, failed or cancelled): reset it if the
+        server may still send on it, and end its lease. Synchronous, so that it happens even
+        when the caller is being cancelled. True when a reset waits to be written (trio)."""
+        if s.closed:
+            return False
+        s.closed = True
+        self._streams.pop(s.id, None)
+        self._finished += 1
+        reset = False
+        state = self._h2.streams.get(s.id)
+        if state is not None and not state.closed and self._failure is None:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.reset_stream(s.id, h2.errors.ErrorCodes.CANCEL)
+                reset = True
+        self._release(self)
+        if reset and isinstance(self._stream, AsyncioStream):
+            out = self._h2.data_to_send()
+            if out:
+                self._stream.write(out)
+            return False
+        return reset
+
+    async def _flush_after_finish(self) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_FLUSH_SECONDS):
+            await self._flush_quietly(catch_up=False)
+
+    async def end_stream(self, s: _Stream) -> None:
+        if self._finish(s):
+            await self._flush_after_finish()
+
+
+def _wake(s: _Stream) -> None:
+    s.signal = True
+    waiter = s.waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+def _copy(failure: httpx.TransportError) -> httpx.TransportError:
+    """A fresh exception per stream (one instance raised in many tasks would collect all their
+    tracebacks), chained to the same cause."""
+    exc = type(failure)(str(failure))
+    exc.__cause__ = failure.__cause__
+    return exc
+
+
+def _timeout_message(kind: type[Exception]) -> str:
+    return "timed out while writing" if kind is httpx.WriteTimeout else "timed out while reading"
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """A response body: the stream's DATA, acknowledged as the caller reads it."""
+
+    __slots__ = ("_conn", "_stream", "_timeout")
+
+    def __init__(self, conn: HTTP2Connection, s: _Stream, seconds: float | None) -> None:
+        self._stream = s
+        self._timeout = seconds
+        # Held until the body has been read to its end or the response is closed; then None.
+        self._conn: HTTP2Connection | None = conn
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self._conn
+        if conn is None:
+            raise StopAsyncIteration
+        try:
+            chunk = await conn.read_body(self._stream, self._timeout)
+        except BaseException:
+            self._conn = None
+            await conn.end_stream(self._stream)
+            raise
+        if chunk is None:
+            self._conn = None
+            await conn.end_stream(self._stream)
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.end_stream(self._stream)
