@@ -3,11 +3,11 @@
 A Hypercorn server in a child process answers 200 on 127.0.0.1 over HTTP/1.1. This process sends
 the same requests through ``httpx.AsyncClient`` over (A) a plain ``httpx.AsyncHTTPTransport`` and
 (B) the same kind of transport wrapped in ``ResilientTransport``, and (C) ``ResilientTransport``
-building its own transport (the default use: its own connection pool, ``_pool.py``), alternating
-A, B and C in rounds so that machine noise hits all alike. It reports client CPU seconds per
-request (process time, so the server's work and waiting on the network do not count) and the
-ratios B / A and C / A, from the median round. A second section times the wrapper alone over an
-instant in-memory transport, to show its absolute cost in microseconds.
+building its own transport (the default use: this package's connection layer, ``_connection``),
+alternating A, B and C in rounds so that machine noise hits all alike. It reports client CPU
+seconds per request (process time, so the server's work and waiting on the network do not
+count) and the ratios B / A and C / A, from the median round. A second section times the
+wrapper alone over an instant in-memory transport, to show its absolute cost in microseconds.
 
 Given several concurrency levels, it measures each in turn and also prints the requests per
 second of each client (wall clock, median round) as a Markdown table; with ``--chart PATH`` it

@@ -235,7 +235,7 @@ async def test_connection_options_reach_the_connections(
     api = AsyncAPIClient(h2_server.url, verify=client_ssl_context, max_connections=3,
                          max_keepalive_connections=2)  # fmt: skip
     pool = api.client._transport.transport._pool  # type: ignore[attr-defined]
-    assert (pool._max_connections, pool._max_keepalive_connections) == (3, 2)
+    assert (pool._max_connections, pool._max_idle) == (3, 2)
     await api.close()
 
 
@@ -269,8 +269,8 @@ async def test_a_thousand_concurrent_requests(
             async with anyio.create_task_group() as group:
                 for index in range(1000):
                     group.start_soon(one, index)
-        pool = api.client._transport.transport._pool  # type: ignore[attr-defined]
-        assert pool._requests == []
+        stats = api.client._transport.transport.pool_stats  # type: ignore[attr-defined]
+        assert (stats.in_use, stats.waiting) == (0, 0), stats
     assert all(r["http_version"] == server.http_version.removeprefix("HTTP/") for r in results)
     assert sum(server.app.hits(f"{key}-{n}") for n in range(10)) == 1000
 
@@ -279,9 +279,8 @@ async def test_cancelling_mid_request_leaks_nothing(server: ServerInfo, key: str
     async with api_for(server) as api:
         with anyio.move_on_after(0.2):
             await api.get(f"/slow/{key}?delay=5")
-        pool = api.client._transport.transport._pool  # type: ignore[attr-defined]
-        assert pool._requests == []
-        assert all(c.is_idle() or c.is_closed() for c in pool.connections)
+        stats = api.client._transport.transport.pool_stats  # type: ignore[attr-defined]
+        assert (stats.in_use, stats.waiting) == (0, 0), stats
         assert (await api.get(f"/ok/{key}")).status_code == 200
 
 

@@ -67,21 +67,16 @@ def h2_closing(ca: trustme.CA, client_ssl_context: ssl.SSLContext) -> Iterator[T
         yield Target(nginx.url, app, {"verify": client_ssl_context}, pause=0.35)
 
 
-# The own connection layer has no HTTP/2 yet: HTTP/2 runs on the previous one only.
-@pytest.mark.parametrize(
-    ("protocol", "layer"),
-    [("HTTP/1.1", "previous"), ("HTTP/1.1", "own"), ("HTTP/2", "previous")],
-)
+# Both protocols run on this package's own connection layer (`AsyncConnectionPoolTransport`).
+@pytest.mark.parametrize("protocol", ["HTTP/1.1", "HTTP/2"])
 async def test_no_request_lost_when_servers_close_connections(
-    protocol: str, layer: str, request: pytest.FixtureRequest, anyio_backend: str
+    protocol: str, request: pytest.FixtureRequest, anyio_backend: str
 ) -> None:
     fixture = "h1_closing" if protocol == "HTTP/1.1" else "h2_closing"
     target: Target = request.getfixturevalue(fixture)
-    prefix = f"{anyio_backend}-{protocol.replace('/', '')}-{layer}-"
+    prefix = f"{anyio_backend}-{protocol.replace('/', '')}-"
     retry = RetryConfig(base_delay=0.01, max_delay=0.1, budget_ratio=None)
-    # HTTP/1.1 over plain http: http2=True keeps the previous (httpcore-based) layer, http2=False
-    # takes this package's own (AsyncConnectionPoolTransport).
-    options = {**target.options, "http2": layer == "previous"}
+    options = {**target.options, "http2": protocol == "HTTP/2"}
     transport = ResilientTransport(retry=retry, **options)  # type: ignore[arg-type]
     errors: collections.Counter[str] = collections.Counter()
     versions: collections.Counter[str] = collections.Counter()

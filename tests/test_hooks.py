@@ -359,5 +359,7 @@ async def test_stats_report_the_own_connection_layers_pool(
         stats = transport.stats()
     assert stats.pool == ConnectionStats(in_use=0, idle=1, waiting=0)
     assert stats.as_dict()["pool"] == {"in_use": 0, "idle": 1, "waiting": 0}
-    # httpx's own transport (HTTP/2, proxies) reports none.
-    assert ResilientTransport().stats().pool is None
+    # HTTP/2 (the default) goes through the same layer and reports its pool too; httpx's own
+    # transport (proxies) reports none.
+    assert ResilientTransport().stats().pool == ConnectionStats(in_use=0, idle=0, waiting=0)
+    assert ResilientTransport(proxy="http://127.0.0.1:9").stats().pool is None

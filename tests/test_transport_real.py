@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from httpx_resilience import (
+    AsyncConnectionPoolTransport,
     DeadlineExceeded,
     ResilientTransport,
     RetryConfig,
@@ -61,15 +62,15 @@ def pool_of(client: httpx.AsyncClient) -> Any:
     transport = client._transport
     assert isinstance(transport, ResilientTransport)
     inner = transport.transport
-    assert isinstance(inner, httpx.AsyncHTTPTransport)
-    return inner._pool
+    assert isinstance(inner, AsyncConnectionPoolTransport)
+    return inner
 
 
 def assert_pool_idle(client: httpx.AsyncClient) -> None:
-    """No request is waiting for or holding a connection."""
-    pool = pool_of(client)
-    assert pool._requests == []
-    assert all(conn.is_idle() or conn.is_closed() for conn in pool.connections)
+    """No request is waiting for or holding a connection (or an HTTP/2 stream)."""
+    stats = pool_of(client).pool_stats
+    assert stats is not None
+    assert (stats.in_use, stats.waiting) == (0, 0), stats
 
 
 def chain(exc: BaseException | None) -> list[BaseException]:

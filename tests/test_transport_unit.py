@@ -14,6 +14,7 @@ import pytest
 
 from httpx_resilience import (
     HISTORY_EXTENSION,
+    AsyncConnectionPoolTransport,
     DeadlineExceeded,
     ResilientTransport,
     RetryConfig,
@@ -292,7 +293,8 @@ def test_constructor_rejects_options_with_a_given_transport() -> None:
 async def test_builds_an_http2_transport_by_default_and_closes_it_once() -> None:
     transport = ResilientTransport()
     inner = transport.transport
-    assert isinstance(inner, httpx.AsyncHTTPTransport)
+    assert isinstance(inner, AsyncConnectionPoolTransport)
+    assert inner._pool is not None
     assert inner._pool._http2 is True
     await transport.aclose()
     await transport.aclose()

@@ -13,7 +13,7 @@ import pytest
 
 from httpx_resilience import CircuitBreaker, ResilientTransport, RetryConfig, get_retry_history
 from httpx_resilience._classify import FailureKind, classify_error, counts_against_upstream
-from httpx_resilience._http2 import StreamNotProcessed, is_not_processed
+from httpx_resilience._connection.errors import StreamNotProcessed, is_not_processed
 from tests.test_transport_unit import FAST, Script
 
 pytestmark = pytest.mark.anyio
