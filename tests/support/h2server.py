@@ -10,6 +10,8 @@ connection does is scripted by a `Plan`:
 * advertise a small ``SETTINGS_MAX_CONCURRENT_STREAMS`` and answer slowly;
 * close an idle connection with GOAWAY after a pause;
 * answer a request with response HEADERS, then GOAWAY(0) before the body ends;
+* stall: withhold flow-control window (a request body stops mid-write), or answer with HEADERS
+  and part of the body and never finish it;
 * break the protocol (flow-control window overflow, PUSH_PROMISE with push disabled, a
   CONTINUATION flood).
 
@@ -83,6 +85,11 @@ class Plan:
     #: Break the protocol on the first request: "window_overflow", "push_promise" or
     #: "continuation_flood".
     violation: str | None = None
+    #: Never acknowledge received DATA: the client's flow-control window runs out, and a large
+    #: request body stalls mid-write.
+    withhold_window: bool = False
+    #: Answer with HEADERS and part of the body, then send nothing more (the stream stays open).
+    stall_body: bool = False
 
 
 @dataclass(frozen=True)
@@ -216,7 +223,8 @@ class H2Server:
                 self._violate(conn, event.stream_id, conn.plan.violation)
             return
         if isinstance(event, h2.events.DataReceived):
-            conn.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if not conn.plan.withhold_window:
+                conn.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             return
         if not isinstance(event, h2.events.StreamEnded):
             return
@@ -264,6 +272,11 @@ class H2Server:
             await asyncio.sleep(conn.plan.delay)
         method, path = conn.requests[stream_id]
         self.processed.append(Processed(conn.index, stream_id, method, path))
+        if conn.plan.stall_body:
+            conn.h2.send_headers(stream_id, [(":status", "200"), ("content-length", "100")])
+            conn.h2.send_data(stream_id, b"partial")
+            conn.flush()
+            return  # never finished: the stream stays active
         body = f"{method} {path} conn {conn.index} stream {stream_id}".encode()
         conn.h2.send_headers(stream_id, [(":status", "200"), ("content-length", str(len(body)))])
         conn.h2.send_data(stream_id, body, end_stream=True)

@@ -569,21 +569,30 @@ class ConnectionPool:
 
     def _reroute(self, key: OriginKey, origin: _Origin) -> None:
         """Requests waiting for streams that the connections being opened will not carry
-        (fewer than expected, HTTP/1.1, or a failure): they open connections of their own, or
-        wait for a slot."""
-        while len(origin.stream_waiters) > origin.pending:
-            waiter, _ = origin.stream_waiters.popitem()  # the newest: beyond what is covered
-            self._stream_waiting -= 1
-            if self._total < self._max_connections:
+        (fewer than expected, HTTP/1.1, or a failure): the newest ones, in their order, open
+        connections of their own, or else join the queue for a slot (at its back)."""
+        waiting = origin.stream_waiters
+        excess = len(waiting) - origin.pending
+        if excess <= 0:
+            return
+        batch = [waiting.popitem()[0] for _ in range(excess)]
+        batch.reverse()
+        self._stream_waiting -= excess
+        for waiter in batch:
+            if len(waiting) < origin.pending:
+                # Covered again, by a connection granted to an earlier one of the batch.
+                waiting[waiter] = None
+                self._stream_waiting += 1
+            elif self._total < self._max_connections:
                 self._total += 1
+                waiter.grant(self._new_grant(key))
             elif self._idle_all:
                 self._close_idle(next(iter(self._idle_all)))
+                waiter.grant(self._new_grant(key))
             else:
                 waiter.for_stream = False
                 origin.waiters[waiter] = None
                 self._waiters[waiter] = None
-                continue
-            waiter.grant(self._new_grant(key))
 
     def _slot_freed(self) -> None:
         self._total -= 1
