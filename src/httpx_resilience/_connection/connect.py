@@ -256,6 +256,7 @@ class AsyncioStream(asyncio.Protocol):
         "_drain",
         "_error",
         "_loop",
+        "_poller",
         "_sink",
         "_timer",
         "_transport",
@@ -277,6 +278,7 @@ class AsyncioStream(asyncio.Protocol):
         self._write_paused = False
         self._closed = False
         self._error: BaseException | None = None
+        self._poller: select.poll | None = None  # made on first use by `has_unread`
         self.alpn: str | None = None
 
     # asyncio.Protocol
@@ -351,11 +353,15 @@ class AsyncioStream(asyncio.Protocol):
     def has_unread(self) -> bool:
         """Whether bytes wait in the socket that the event loop has not delivered yet. (A
         write that fails makes asyncio drop them: HTTP/2 reads a GOAWAY before writing.)"""
-        transport = self._transport
-        if self._closed or transport is None:
-            return False
-        sock = transport.get_extra_info("socket")
-        return sock is not None and _readable(sock)
+        poller = self._poller
+        if poller is None:
+            transport = self._transport
+            sock = None if transport is None else transport.get_extra_info("socket")
+            if sock is None or sys.platform == "win32" or not hasattr(select, "poll"):
+                return False  # pragma: no cover - no socket (a test double) or no poll()
+            poller = self._poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+        return not self._closed and bool(poller.poll(0))
 
     def pause_reading(self) -> None:
         transport = self._transport
