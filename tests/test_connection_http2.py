@@ -301,3 +301,23 @@ async def test_cancelled_while_reading_the_body() -> None:
                 assert scope.cancelled_caught
             assert_nothing_held(transport)
     await next_request_succeeds(transport)
+
+
+@pytest.mark.parametrize("http2", [True, False], ids=["HTTP/2", "HTTP/1.1"])
+async def test_a_request_built_with_a_stream_is_sent(
+    h2_server: ServerThread, client_ssl_context: ssl.SSLContext, key: str, http2: bool
+) -> None:
+    # httpx builds redirected requests with ``stream=``: their content was never "read".
+    transport = AsyncConnectionPoolTransport(http2=http2, verify=client_ssl_context)
+    async with httpx.AsyncClient(transport=transport) as client:
+        url = httpx.URL(f"{h2_server.url}/ok/{key}")
+        request = httpx.Request(
+            "POST",
+            url,
+            headers={"host": url.netloc.decode(), "content-length": "7"},
+            stream=httpx.ByteStream(b"payload"),
+        )
+        response = await client.send(request)
+    assert response.status_code == 200
+    assert response.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+    assert h2_server.app.received[key][-1].body == b"payload"  # type: ignore[attr-defined]

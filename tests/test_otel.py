@@ -273,10 +273,10 @@ async def test_what_global_instrument_sees(h1_server: ServerThread, key: str, ot
     instrumentor = HTTPXClientInstrumentor()
     instrumentor.instrument(tracer_provider=otel.provider)
     try:
-        # Without the hook: instrument() patches httpx.AsyncHTTPTransport, which
-        # ResilientTransport builds for HTTP/2 (the default), so it sees each attempt, with no
+        # instrument() patches httpx.AsyncHTTPTransport, which ResilientTransport builds only
+        # for proxies (and wraps when given one): there it sees each attempt, with no
         # resend_count.
-        async with client_for_h1(h1_server) as client:
+        async with client_for_h1(h1_server, inner=httpx.AsyncHTTPTransport()) as client:
             await client.get(f"/flaky/{key}?fail=1")
         plain = otel.spans()
         assert len(plain) == 2
@@ -284,23 +284,29 @@ async def test_what_global_instrument_sees(h1_server: ServerThread, key: str, ot
         otel.exporter.clear()
         # With the hook: its spans only, one per attempt; the inner instrumentation is
         # suppressed inside each attempt.
-        async with client_for_h1(h1_server, hooks=[otel.hook]) as client:
+        inner = httpx.AsyncHTTPTransport()
+        async with client_for_h1(h1_server, inner=inner, hooks=[otel.hook]) as client:
             await client.get(f"/flaky/{key}-2?fail=1")
         assert [s.instrumentation_scope.name for s in otel.spans()] == [SCOPE, SCOPE]  # type: ignore[union-attr]
         otel.exporter.clear()
-        # http2=False: the transport's own connection layer; instrument() sees nothing.
-        async with client_for_h1(h1_server, http2=False) as client:
-            await client.get(f"/flaky/{key}-3?fail=1")
-        assert otel.spans() == []
-        async with client_for_h1(h1_server, http2=False, hooks=[otel.hook]) as client:
-            await client.get(f"/flaky/{key}-4?fail=1")
-        assert len(otel.attempts()) == 2
+        # Direct requests (HTTP/2 by default, or http2=False) go through the transport's own
+        # connection layer: instrument() sees nothing, the hook sees each attempt.
+        for http2 in (True, False):
+            async with client_for_h1(h1_server, http2=http2) as client:
+                await client.get(f"/flaky/{key}-3-{http2}?fail=1")
+            assert otel.spans() == []
+            async with client_for_h1(h1_server, http2=http2, hooks=[otel.hook]) as client:
+                await client.get(f"/flaky/{key}-4-{http2}?fail=1")
+            assert len(otel.attempts()) == 2
+            otel.exporter.clear()
     finally:
         instrumentor.uninstrument()
 
 
-def client_for_h1(h1_server: ServerThread, **kwargs: Any) -> httpx.AsyncClient:
-    transport = ResilientTransport(retry=NO_JITTER, sleep=Sleeper(), **kwargs)
+def client_for_h1(
+    h1_server: ServerThread, inner: httpx.AsyncBaseTransport | None = None, **kwargs: Any
+) -> httpx.AsyncClient:
+    transport = ResilientTransport(inner, retry=NO_JITTER, sleep=Sleeper(), **kwargs)
     return httpx.AsyncClient(transport=transport, base_url=h1_server.url, timeout=5.0)
 
 

@@ -452,7 +452,11 @@ class HTTP11Connection:
         body = request.stream
         try:
             if type(body) is httpx.ByteStream:
-                content = request.content
+                try:
+                    content = request.content
+                except httpx.RequestNotRead:
+                    # A request built with ``stream=`` (httpx's redirects are): bytes in memory.
+                    content = await request.aread()
                 if len(content) <= _COALESCE:
                     await stream.send(
                         head + parser.request_data(content, False) + parser.request_end(False)

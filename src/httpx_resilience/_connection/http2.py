@@ -26,9 +26,11 @@ size.
 * GOAWAY is graceful: h2 closes its state machine on *receiving* GOAWAY (python-hyper/h2#1181);
   `_GracefulH2Connection` keeps it open, so streams at or below ``last_stream_id`` are read to
   their end. After a GOAWAY the connection takes no new stream.
-* A stream above ``last_stream_id``, or reset with ``REFUSED_STREAM``, raises
-  `StreamNotProcessed` -- unless the server sent anything for it (headers, data, trailers): that
-  evidence beats the GOAWAY's number, and such a stream is never "not processed".
+* A stream above ``last_stream_id``, or reset with ``REFUSED_STREAM``, raises an
+  `httpx.RemoteProtocolError` caused by `StreamNotProcessed` (the shape httpx gave it when it
+  came from httpcore; `_classify.is_not_processed` follows the cause) -- unless the server sent
+  anything for it (headers, data, trailers): that evidence beats the GOAWAY's number, and such
+  a stream is never "not processed".
 * After a connection-level failure (a write that failed, the connection lost) without a GOAWAY
   seen, a stream reads what the server sent before judging, for at most a second: a GOAWAY there
   says which streams it never saw. Not after a timeout (the connection may be alive).
@@ -71,7 +73,7 @@ import h2.settings
 import httpx
 
 from .connect import AsyncioStream, NetworkStream
-from .errors import StreamNotProcessed
+from .errors import StreamNotProcessed, is_not_processed
 
 if TYPE_CHECKING:
     from hyperframe.frame import Frame, GoAwayFrame
@@ -518,7 +520,7 @@ class HTTP2Connection:
                 await self._flush_after_finish()
             if failure is exc:
                 raise
-            raise failure from exc
+            raise failure from failure.__cause__  # "not processed"; its context is ``exc``
         return httpx.Response(
             status,
             headers=headers,
@@ -565,7 +567,12 @@ class HTTP2Connection:
             return
         body = request.stream
         if type(body) is httpx.ByteStream:
-            await self._send_data(s, request.content, seconds)
+            try:
+                content = request.content
+            except httpx.RequestNotRead:
+                # A request built with ``stream=`` (httpx's redirects are): bytes in memory.
+                content = await request.aread()
+            await self._send_data(s, content, seconds)
         else:
             assert isinstance(body, httpx.AsyncByteStream), (
                 "a sync body cannot go through an async transport"
@@ -624,7 +631,7 @@ class HTTP2Connection:
         goaway = self._goaway
         if goaway is not None:
             if not s.answered and s.id > (goaway.last_stream_id or 0):
-                raise StreamNotProcessed(
+                raise _not_processed(
                     f"HTTP/2 stream {s.id} is above the last_stream_id "
                     f"({goaway.last_stream_id}) of the server's GOAWAY: not processed"
                 )
@@ -696,7 +703,7 @@ class HTTP2Connection:
 
     def _reset_error(self, s: _Stream, event: h2.events.StreamReset) -> httpx.TransportError:
         if event.error_code == _REFUSED and not s.answered:
-            return StreamNotProcessed(
+            return _not_processed(
                 f"HTTP/2 stream {s.id} was refused by the server (REFUSED_STREAM): not processed"
             )
         return httpx.RemoteProtocolError(
@@ -708,7 +715,7 @@ class HTTP2Connection:
         sent before it went, to its end, for at most a second -- a GOAWAY there says which
         streams it never processed. A write into a socket the server already closed fails
         before any reader has seen the GOAWAY that preceded the close."""
-        if self._goaway is not None or isinstance(exc, StreamNotProcessed):
+        if self._goaway is not None or is_not_processed(exc):
             return
         if self._failure is None and not self._write_failed:
             return  # the connection is fine: the stream's own failure
@@ -724,9 +731,9 @@ class HTTP2Connection:
             goaway is not None
             and not s.answered
             and s.id > (goaway.last_stream_id or 0)
-            and not isinstance(exc, StreamNotProcessed)
+            and not is_not_processed(exc)
         ):
-            return StreamNotProcessed(
+            return _not_processed(
                 f"HTTP/2 stream {s.id} is above the last_stream_id "
                 f"({goaway.last_stream_id}) of the server's GOAWAY: not processed"
             )
@@ -762,6 +769,13 @@ class HTTP2Connection:
     async def end_stream(self, s: _Stream) -> None:
         if self._finish(s):
             await self._flush_after_finish()
+
+
+def _not_processed(message: str) -> httpx.RemoteProtocolError:
+    """The error for a request the server provably did not process."""
+    error = httpx.RemoteProtocolError(message)
+    error.__cause__ = StreamNotProcessed(message)
+    return error
 
 
 def _wake(s: _Stream) -> None:
