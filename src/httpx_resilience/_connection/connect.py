@@ -429,7 +429,9 @@ class AsyncioStream(asyncio.Protocol):
             raise httpx.WriteError(_closed_message(self._error))
 
     def is_alive(self) -> bool:
-        return not self._closed
+        # Called only while idle: a close (or bytes) the event loop has not delivered yet
+        # counts too, or a request would be written into a connection the server just closed.
+        return not self._closed and not self.has_unread()
 
     def abort(self) -> None:
         transport = self._transport

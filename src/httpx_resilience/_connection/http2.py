@@ -270,9 +270,10 @@ class HTTP2Connection:
         return capacity
 
     def is_reusable(self, now: float) -> bool:
-        """For an idle connection (no lease): usable and not expired. Under asyncio a GOAWAY or
-        a close has already been read by the callback; under trio the request reads what is
-        waiting before it writes (`_catch_up`) and backs out if the connection is done for."""
+        """For an idle connection (no lease): usable and not expired. What the server sent
+        meanwhile (a GOAWAY, a close) and the event loop has not delivered yet is read by the
+        request before it writes (`_catch_up`), which backs out if the connection is done
+        for."""
         return self.usable and now < self.expires_at
 
     def went_idle(self) -> None:
@@ -402,30 +403,36 @@ class HTTP2Connection:
         await self._flush_quietly()
 
     async def _catch_up(self) -> None:
-        """Trio: read what the server sent while nobody was reading (a GOAWAY, a close,
-        SETTINGS or PING), before anything more is written. Never blocks on a read."""
-        lock = self._read_lock
-        if lock is None or lock.locked() or self._failure is not None:
+        """Read what the server sent and nobody has read yet (a GOAWAY, a close, SETTINGS or
+        PING) before anything more is written: a GOAWAY there says which streams the server
+        will not process, and a write that fails on a closed socket would discard it (asyncio
+        drops unread data then). Never blocks on a read."""
+        stream = self._stream
+        if isinstance(stream, AsyncioStream):
+            # The protocol callback reads; let the event loop run it.
+            for _ in range(_CATCH_UP_TURNS):
+                if not stream.has_unread():
+                    return
+                await anyio.lowlevel.checkpoint()
             return
-        if self._stream.is_alive():  # on the anyio stream: nothing waiting to be read
+        lock = self._read_lock
+        assert lock is not None
+        if lock.locked() or self._failure is not None:
+            return
+        if stream.is_alive():  # on the anyio stream: nothing waiting to be read
             return
         with anyio.move_on_after(_GOAWAY_SEARCH_SECONDS):
             async with lock:
-                if self._failure is None and not self._stream.is_alive():
-                    await self._stream.receive(None)
+                if self._failure is None and not stream.is_alive():
+                    await stream.receive(None)
         await self._flush_quietly(catch_up=False)
 
     async def _flush(self, seconds: float | None, *, catch_up: bool = True) -> None:
         """Write what h2 has to send. Raises `httpx.WriteError` or `httpx.WriteTimeout`."""
+        if catch_up:
+            await self._catch_up()
         stream = self._stream
         if isinstance(stream, AsyncioStream):
-            if catch_up and stream.has_unread():
-                # Read first: a GOAWAY waiting there says which streams the server will not
-                # process, and a write that fails on a closed socket would discard it.
-                for _ in range(_CATCH_UP_TURNS):
-                    await anyio.lowlevel.checkpoint()
-                    if not stream.has_unread():
-                        break
             out = self._h2.data_to_send()
             if out and stream.write(out):
                 drain_lock = self._drain_lock
@@ -433,8 +440,6 @@ class HTTP2Connection:
                 async with drain_lock:
                     await stream.send(b"", seconds)  # waits for the buffer to drain
             return
-        if catch_up:
-            await self._catch_up()
         lock = self._write_lock
         assert lock is not None
         async with lock:
@@ -479,8 +484,7 @@ class HTTP2Connection:
         """Send ``request`` on a new stream and read the response head. The caller holds a
         lease; it ends with the response (or here, if this raises)."""
         try:
-            if not self._asyncio:
-                await self._catch_up()
+            await self._catch_up()
             if not self.usable:
                 raise ConnectionUnavailable()
             try:
@@ -562,7 +566,7 @@ class HTTP2Connection:
         except h2.exceptions.ProtocolError as exc:
             raise httpx.LocalProtocolError(f"invalid HTTP/2 request: {exc}") from exc
         state.increment_flow_control_window(_WINDOW, stream_id=s.id)
-        await self._flush(seconds)
+        await self._flush(seconds, catch_up=False)  # `handle` has just caught up
         if not has_body:
             return
         body = request.stream
