@@ -484,7 +484,10 @@ class HTTP2Connection:
         """Send ``request`` on a new stream and read the response head. The caller holds a
         lease; it ends with the response (or here, if this raises)."""
         try:
-            await self._catch_up()
+            if not self._asyncio or not self._streams:
+                # Under asyncio a busy connection's callback is reading all along; an idle one
+                # may have a GOAWAY or a close the event loop has not delivered yet.
+                await self._catch_up()
             if not self.usable:
                 raise ConnectionUnavailable()
             try:
@@ -754,7 +757,14 @@ class HTTP2Connection:
         self._finished += 1
         reset = False
         state = self._h2.streams.get(s.id)
-        if state is not None and not state.closed and self._failure is None:
+        goaway = self._goaway
+        if (
+            state is not None
+            and not state.closed
+            and self._failure is None
+            and not self._write_failed
+            and (goaway is None or goaway.error_code == _NO_ERROR)  # else it is closing anyway
+        ):
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.reset_stream(s.id, h2.errors.ErrorCodes.CANCEL)
                 reset = True

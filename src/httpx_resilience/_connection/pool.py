@@ -38,6 +38,7 @@ import time
 from typing import Any, NamedTuple
 
 import anyio
+import anyio.lowlevel
 import httpx
 import sniffio
 
@@ -452,11 +453,15 @@ class ConnectionPool:
                     stream, key, self._keepalive_expiry, self._release_stream, self._request_limits
                 )
                 await conn.start(timeouts.get("read"))
-            except BaseException:
+            except BaseException as exc:
                 stream.abort()
                 if isinstance(stream, AnyIOStream):
                     with anyio.CancelScope(shield=True):
                         await stream.aclose()
+                elif isinstance(exc, Exception):
+                    # asyncio closes an aborted socket in a callback: let it run now, or a
+                    # caller that blocks next (a test server's shutdown) keeps it open.
+                    await anyio.lowlevel.checkpoint()
                 raise
             return conn
         if stream.alpn not in (None, "http/1.1"):
@@ -649,6 +654,7 @@ class ConnectionPool:
 
     async def aclose(self) -> None:
         """Close every connection. Requests still running fail; the pool stays usable."""
+        on_asyncio = any(not isinstance(conn._stream, AnyIOStream) for conn in self._open)
         for conn in list(self._idle_all):
             self._discard(conn)
             self._total -= 1
@@ -663,3 +669,7 @@ class ConnectionPool:
             if isinstance(conn._stream, AnyIOStream):
                 self._to_close.append(conn)
         await self._close_pending()
+        if on_asyncio:
+            # asyncio closes aborted sockets in callbacks (everything else is closed by now):
+            # let them run before returning.
+            await anyio.lowlevel.checkpoint()
