@@ -321,3 +321,16 @@ async def test_a_request_built_with_a_stream_is_sent(
     assert response.status_code == 200
     assert response.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
     assert h2_server.app.received[key][-1].body == b"payload"  # type: ignore[attr-defined]
+
+
+def test_what_the_pool_learns_per_origin_is_bounded() -> None:
+    from httpx_resilience._connection.pool import _ORIGIN_MEMORY, _BoundedMemory
+
+    memory = _BoundedMemory()
+    for index in range(_ORIGIN_MEMORY + 10):
+        memory[("https", f"host{index}", 443)] = index
+    memory[("https", "host20", 443)] = 3  # learned again: kept as the newest
+    assert len(memory) == _ORIGIN_MEMORY
+    assert ("https", "host0", 443) not in memory  # the oldest are forgotten first
+    assert memory[("https", "host20", 443)] == 3
+    assert next(reversed(memory)) == ("https", "host20", 443)
