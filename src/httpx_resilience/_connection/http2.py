@@ -528,12 +528,15 @@ class HTTP2Connection:
             if failure is exc:
                 raise
             raise failure from failure.__cause__  # "not processed"; its context is ``exc``
-        return httpx.Response(
+        response = httpx.Response(
             status,
-            headers=headers,
             stream=_ResponseStream(self, s, read_timeout),
             extensions={"http_version": b"HTTP/2", "stream_id": stream_id},
         )
+        # httpx finds the headers' encoding on first use by decoding every name and value;
+        # for all-ASCII headers (nearly all) say so at once (httpx's public Headers API).
+        response.headers = httpx.Headers(headers, "ascii" if _all_ascii(headers) else None)
+        return response
 
     async def _send_request(
         self, s: _Stream, request: httpx.Request, seconds: float | None
@@ -783,6 +786,13 @@ class HTTP2Connection:
     async def end_stream(self, s: _Stream) -> None:
         if self._finish(s):
             await self._flush_after_finish()
+
+
+def _all_ascii(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:  # noqa: SIM110 - a plain loop is faster than all() here
+        if not (name.isascii() and value.isascii()):
+            return False
+    return True
 
 
 def _not_processed(message: str) -> httpx.RemoteProtocolError:
