@@ -40,9 +40,8 @@ from typing import Any, NamedTuple
 import anyio
 import anyio.lowlevel
 import httpx
-import sniffio
 
-from .connect import AnyIOStream, ConnectOptions, connect
+from .connect import AnyIOStream, ConnectOptions, connect, running_asyncio_loop
 from .http2 import LOCAL_MAX_STREAMS, ConnectionUnavailable, HTTP2Connection
 from .http11 import HTTP11Connection, make_parser
 
@@ -222,9 +221,7 @@ class ConnectionPool:
         port = url.port or _DEFAULT_PORTS[scheme]
         key = (scheme, host, port)
         timeouts: dict[str, Any] = request.extensions.get("timeout") or {}
-        loop = None
-        if not self._use_anyio and sniffio.current_async_library() == "asyncio":
-            loop = asyncio.get_running_loop()
+        loop = None if self._use_anyio else running_asyncio_loop()
         while True:
             if self._to_close:
                 await self._close_pending()
