@@ -224,6 +224,29 @@ async def test_body_ended_by_the_connection_closing(parser: str) -> None:
             assert stats(transport).connections == 0
 
 
+@pytest.mark.parametrize(
+    ("value", "encoding", "text"),
+    [
+        (b"plain", "ascii", "plain"),
+        ("caf\u00e9".encode(), "utf-8", "caf\u00e9"),
+        (b"caf\xe9", "iso-8859-1", "caf\u00e9"),
+    ],
+)
+async def test_response_header_encoding_is_httpx_own(
+    parser: str, value: bytes, encoding: str, text: str
+) -> None:
+    # The layer tells httpx that all-ASCII headers are ASCII; anything else httpx works out.
+    head = b"HTTP/1.1 200 OK\r\nx-name: " + value + b"\r\ncontent-length: 2\r\n\r\nok"
+    with RawServer(_respond([], head)) as server:
+        client, _ = make_client(server.url, parser)
+        async with client:
+            response = await client.get("/")
+            assert response.headers.encoding == encoding
+            assert response.headers["x-name"] == text
+            assert response.headers.raw[0] == (b"x-name", value)
+            assert httpx.Headers(response.headers.raw).encoding == encoding
+
+
 async def test_a_request_saying_connection_close_closes_it(parser: str) -> None:
     head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"  # the server would keep it
 

@@ -480,12 +480,16 @@ class HTTP11Connection:
         while not parser.head_done:
             self._check_read(request)
             await stream.receive(read_timeout)
-        return httpx.Response(
+        response = httpx.Response(
             parser.status,
-            headers=parser.headers,
             stream=_ResponseStream(self, parser.body, read_timeout),
             extensions={"http_version": parser.version, "reason_phrase": parser.reason},
         )
+        # httpx finds the headers' encoding on first use by decoding every name and value
+        # (ASCII, else UTF-8, else Latin-1); for all-ASCII headers, nearly all, say so at once.
+        headers = parser.headers
+        response.headers = httpx.Headers(headers, "ascii" if _all_ascii(headers) else None)
+        return response
 
     async def _send_streamed(
         self, request: httpx.Request, head: bytes, seconds: float | None
@@ -551,6 +555,14 @@ class HTTP11Connection:
         """The response was closed before its end: close the connection, free the slot."""
         self.close()
         self._release(self)
+
+
+def _all_ascii(headers: list[tuple[bytes, bytes]]) -> bool:
+    # A plain loop: twice as fast as all() over a generator for a handful of headers.
+    for name, value in headers:  # noqa: SIM110
+        if not (name.isascii() and value.isascii()):
+            return False
+    return True
 
 
 class _ResponseStream(httpx.AsyncByteStream):
