@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import os
 import re
-import shutil
 import ssl
 import sys
 import time
@@ -52,7 +50,7 @@ from httpx_resilience import (
     get_retry_history,
     set_testing,
 )
-from tests.support.nginx import UPSTREAM_KEEP_ALIVE_TIMEOUT, NginxProxy
+from tests.support.nginx import UPSTREAM_KEEP_ALIVE_TIMEOUT, NginxProxy, find_nginx
 from tests.support.server import FaultApp, ServerThread
 
 CONCURRENCY = 100
@@ -148,13 +146,6 @@ async def load(
     return outcome
 
 
-def nginx_installed() -> bool:
-    # Where tests/support/nginx.py looks for it.
-    return bool(shutil.which("nginx")) or any(
-        os.access(path, os.X_OK) for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
-    )
-
-
 @contextlib.asynccontextmanager
 async def serving(server: str, app: FaultApp, ca: trustme.CA, limit: int) -> AsyncIterator[str]:
     """Start ``server`` (one of `SERVERS`) around ``app``; yield its base URL."""
@@ -245,7 +236,7 @@ async def main(requests: int, limit: int) -> None:
     for server, title in SERVERS.items():
         print()
         print(title.format(limit=limit, idle=IDLE_TIMEOUT))
-        if server == "h2-nginx" and not nginx_installed():
+        if server == "h2-nginx" and find_nginx() is None:
             print("  skipped: nginx is not installed (apt-get install nginx-light)")
             continue
         app = FaultApp()

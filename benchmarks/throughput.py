@@ -1,103 +1,74 @@
-"""HTTP/1.1 throughput against a local nginx: stock httpx, this package's connection layer alone,
-`ResilientTransport` on it, and aiohttp, in one process run.
+"""Throughput against a local nginx, HTTP/1.1 and HTTP/2, in one process run: stock httpx, this
+package's connection layer alone, `ResilientTransport` on it, and (HTTP/1.1) aiohttp.
 
-nginx (from the system; ``apt-get install nginx-light``) serves a small JSON file over plain
-HTTP/1.1 on 127.0.0.1 with its default ``keepalive_requests`` (1000). Each client runs each
-workload in turn (clients alternate per workload, so machine noise hits all alike):
+nginx (from the system; ``apt-get install nginx-light``) serves a small JSON file on 127.0.0.1
+(`tests.support.nginx.NginxFiles`): over plain HTTP/1.1 with its default ``keepalive_requests``
+(1000), and over TLS with HTTP/2 (a certificate from a throwaway trustme CA; a per-connection
+request limit high enough that no GOAWAY comes during the run). Each client runs each workload in
+turn (clients alternate per workload, so machine noise hits all alike):
 
 * ``cN``: N workers, each sending its share of ``--requests`` one after another;
 * ``burstN``: N requests started at once (``asyncio.gather``).
 
-For each it prints requests per second, the client's CPU time per request in microseconds
-(``time.process_time``: this process only, so nginx's work does not count), and the ratios the
-issue sets as targets. All clients use their default pool limits (httpx: 100 connections, 20
-kept alive; aiohttp: 100), with no pool timeout so that bursts measure queueing, not failures.
+For each it prints requests per second and the client's CPU time per request in microseconds
+(``time.process_time``: this process only, so nginx's work does not count), then the tables
+and a verdict on each of the connection-layer issue's targets. All clients use their default
+pool limits (httpx: 100 connections, 20 kept alive; aiohttp: 100), with no pool timeout so that
+bursts measure queueing, not failures. Stock httpx skips bursts above 1,000 (its pool's queue
+makes them take minutes).
 
-    python benchmarks/throughput.py [--requests 3000] [--burst 1000 10000] [--previous]
+    python benchmarks/throughput.py [--requests 3000] [--burst 1000 10000] [--http 1.1 2]
+                                    [--previous]
 
-``--previous`` adds `ResilientTransport` on the previous (httpcore-based) layer. ``--trio``
-runs the concurrency workloads under trio instead, for stock httpx and the layer only (aiohttp
-is asyncio-only): the layer must not be slower there than stock httpx.
+The HTTP/2 clients are built as ``http2=True``: ``AsyncConnectionPoolTransport(http2=True)``
+and ``ResilientTransport(http2=True)`` take whichever HTTP/2 route the package has (they name
+it in the row). ``--previous`` adds `ResilientTransport` on the previous (httpcore-based)
+layer for HTTP/1.1. ``--trio`` runs the concurrency workloads under trio instead, HTTP/1.1,
+for stock httpx and the layer only (aiohttp is asyncio-only): the layer must not be slower
+there than stock httpx.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
+import ssl
+import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import trustme
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from httpx_resilience import AsyncConnectionPoolTransport, ResilientTransport, RetryConfig
+from tests.support.nginx import NginxFiles, find_nginx
 
-_CONFIG = """\
-daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=16384;
-        location / {{
-            root {dir}/www;
-            default_type application/json;
-        }}
-    }}
-}}
-"""
 _BODY = b'{"id": 1, "name": "Ada Lovelace", "email": "ada@example.com", "active": true}\n'
+_PATH = "/data.json"
+#: Clients whose queue makes large bursts take minutes: bursts above 1,000 are not run for them.
+_SLOW = ("stock httpx", "Resilient, previous layer")
 
 Send = Callable[[], Awaitable[None]]
 
 
-@contextlib.contextmanager
-def nginx() -> Iterator[str]:
-    """nginx serving ``/data.json`` on 127.0.0.1; yields the file's URL."""
-    executable = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.access(executable, os.X_OK):
+def serve() -> NginxFiles:
+    """nginx serving ``/data.json`` (plain HTTP/1.1 and TLS with HTTP/2), not yet started."""
+    executable = find_nginx()
+    if executable is None:
         raise SystemExit("nginx is not installed (apt-get install nginx-light)")
-    directory = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
-    (directory / "www").mkdir()
-    (directory / "www" / "data.json").write_bytes(_BODY)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = directory / "nginx.conf"
-    config.write_text(_CONFIG.format(dir=directory, port=port))
-    process = subprocess.Popen(
-        [executable, "-p", str(directory), "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(200):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.02)
-        else:
-            raise SystemExit("nginx did not start")
-        yield f"http://127.0.0.1:{port}/data.json"
-    finally:
-        process.terminate()
-        process.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
+    return NginxFiles({_PATH.lstrip("/"): _BODY}, ca=_CA, executable=executable)
+
+
+_CA = trustme.CA()
+
+
+def trusting_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    _CA.configure_trust(context)
+    return context
 
 
 @dataclass
@@ -133,71 +104,128 @@ async def measure(send: Send, workload: str, total: int) -> Result:
     return Result(share * concurrency, time.perf_counter() - started, time.process_time() - cpu)
 
 
-def httpx_sender(client: httpx.AsyncClient, url: str) -> Send:
+def httpx_sender(client: httpx.AsyncClient, url: str, http_version: str) -> Send:
     async def send() -> None:
         response = await client.get(url)
         if response.status_code != 200 or len(response.content) != len(_BODY):
             raise RuntimeError(f"unexpected answer {response.status_code}")
+        if response.http_version != http_version:
+            raise RuntimeError(f"expected {http_version}, got {response.http_version}")
 
     return send
+
+
+def http1_transports(previous: bool) -> dict[str, httpx.AsyncBaseTransport | None]:
+    """The HTTP/1.1 clients' transports (None: httpx's default)."""
+    transports: dict[str, httpx.AsyncBaseTransport | None] = {
+        "stock httpx": None,
+        "layer": AsyncConnectionPoolTransport(),
+        "Resilient on layer": ResilientTransport(http2=False, retry=RetryConfig()),
+    }
+    if previous:
+        transports["Resilient, previous layer"] = ResilientTransport(http2=True)
+    return transports
+
+
+def http2_transports(verify: ssl.SSLContext) -> dict[str, httpx.AsyncBaseTransport | None]:
+    """The HTTP/2 clients' transports (None: httpx's default, with ``http2=True``)."""
+    return {
+        "stock httpx": None,
+        "layer": AsyncConnectionPoolTransport(http2=True, verify=verify),
+        "Resilient on layer": ResilientTransport(http2=True, verify=verify, retry=RetryConfig()),
+    }
+
+
+def make_client(transport: httpx.AsyncBaseTransport | None, **kwargs: object) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(60.0, pool=None)
+    if transport is None:
+        return httpx.AsyncClient(timeout=timeout, **kwargs)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, timeout=timeout)
+
+
+def route(transport: httpx.AsyncBaseTransport | None) -> str:
+    """Which connection layer a transport sends through, for the report."""
+    if isinstance(transport, AsyncConnectionPoolTransport):
+        own = transport.pool_stats is not None
+    elif isinstance(transport, ResilientTransport):
+        own = transport.stats().pool is not None
+    else:
+        return "httpx's AsyncHTTPTransport (httpcore)"
+    return "this package's pool" if own else "the previous layer (httpcore-based)"
+
+
+Results = dict[str, dict[str, dict[str, Result]]]  # protocol -> client -> workload -> result
 
 
 async def run(args: argparse.Namespace) -> None:
     import aiohttp
 
-    timeout = httpx.Timeout(60.0, pool=None)
-    clients: dict[str, httpx.AsyncClient] = {
-        "stock httpx": httpx.AsyncClient(timeout=timeout),
-        "layer": httpx.AsyncClient(transport=AsyncConnectionPoolTransport(), timeout=timeout),
-        "Resilient on layer": httpx.AsyncClient(
-            transport=ResilientTransport(http2=False, retry=RetryConfig()), timeout=timeout
-        ),
-    }
-    if args.previous:
-        clients["Resilient, previous layer"] = httpx.AsyncClient(
-            transport=ResilientTransport(http2=True), timeout=timeout
-        )
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
     workloads = [f"c{n}" for n in args.concurrency] + [f"burst{n}" for n in args.burst]
-    results: dict[str, dict[str, Result]] = {}
-    with nginx() as url:
+    results: Results = {}
+    with serve() as server:
+        plans: list[tuple[str, dict[str, Send], list[httpx.AsyncClient]]] = []
+        session: aiohttp.ClientSession | None = None
+        if "1.1" in args.http:
+            h1_url = server.http_url + _PATH
+            clients = {n: make_client(t) for n, t in http1_transports(args.previous).items()}
+            senders = {n: httpx_sender(c, h1_url, "HTTP/1.1") for n, c in clients.items()}
+            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
 
-        async def aiohttp_send() -> None:
-            async with session.get(url) as response:
-                body = await response.read()
-                if response.status != 200 or len(body) != len(_BODY):
-                    raise RuntimeError(f"unexpected answer {response.status}")
+            async def aiohttp_send() -> None:
+                assert session is not None
+                async with session.get(h1_url) as response:
+                    body = await response.read()
+                    if response.status != 200 or len(body) != len(_BODY):
+                        raise RuntimeError(f"unexpected answer {response.status}")
 
-        senders: dict[str, Send] = {name: httpx_sender(c, url) for name, c in clients.items()}
-        senders["aiohttp"] = aiohttp_send
+            senders["aiohttp"] = aiohttp_send
+            plans.append(("HTTP/1.1", senders, list(clients.values())))
+        if "2" in args.http:
+            h2_url = server.https_url + _PATH
+            verify = trusting_context()
+            transports = http2_transports(verify)
+            clients = {n: make_client(t, http2=True, verify=verify) for n, t in transports.items()}
+            for name, transport in transports.items():
+                print(f"  HTTP/2 {name}: {route(transport)}")
+            senders = {n: httpx_sender(c, h2_url, "HTTP/2") for n, c in clients.items()}
+            plans.append(("HTTP/2", senders, list(clients.values())))
         try:
-            for send in senders.values():  # warm up: connections, imports, caches
-                await measure(send, "c10", 500)
-            for workload in workloads:
-                for name, send in senders.items():
-                    slow = name in ("stock httpx", "Resilient, previous layer")
-                    if slow and workload.startswith("burst") and int(workload[5:]) > 1000:
-                        continue  # minutes of queueing in httpcore's pool: not run
-                    result = await measure(send, workload, args.requests)
-                    results.setdefault(name, {})[workload] = result
-                    print(
-                        f"  {workload:>10} {name:<26} {result.rate:>9,.0f} req/s "
-                        f"{result.cpu_us:>7,.0f} µs/req  {result.wall:6.2f} s",
-                        flush=True,
-                    )
+            for protocol, senders, _ in plans:
+                for send in senders.values():  # warm up: connections, TLS, imports, caches
+                    await measure(send, "c10", 500)
+                rows = results[protocol] = {}
+                for workload in workloads:
+                    for name, send in senders.items():
+                        if (
+                            name in _SLOW
+                            and workload.startswith("burst")
+                            and int(workload[5:]) > 1000
+                        ):
+                            continue
+                        result = await measure(send, workload, args.requests)
+                        rows.setdefault(name, {})[workload] = result
+                        print(
+                            f"  {protocol:<8} {workload:>10} {name:<26} {result.rate:>9,.0f} req/s "
+                            f"{result.cpu_us:>7,.0f} µs/req  {result.wall:6.2f} s",
+                            flush=True,
+                        )
         finally:
-            for client in clients.values():
-                await client.aclose()
-            await session.close()
-    report(results, workloads)
-
-
-def report(results: dict[str, dict[str, Result]], workloads: list[str]) -> None:
+            for _, _, owned in plans:
+                for client in owned:
+                    await client.aclose()
+            if session is not None:
+                await session.close()
+    for protocol, rows in results.items():
+        print(f"\n{protocol}\n")
+        print_table(rows, workloads)
     print()
-    header = f"| client | {' | '.join(workloads)} |"
-    print(header)
+    print_verdicts(results)
+
+
+def print_table(rows: dict[str, dict[str, Result]], workloads: list[str]) -> None:
+    print(f"| client | {' | '.join(workloads)} |")
     print("|" + "---|" * (len(workloads) + 1))
-    for name, row in results.items():
+    for name, row in rows.items():
         cells = []
         for workload in workloads:
             result = row.get(workload)
@@ -208,36 +236,59 @@ def report(results: dict[str, dict[str, Result]], workloads: list[str]) -> None:
             else:
                 cells.append(f"{result.rate:,.0f} ({result.cpu_us:,.0f} µs)")
         print(f"| {name} | {' | '.join(cells)} |")
-    print()
-    layer, stock, aio = results["layer"], results["stock httpx"], results["aiohttp"]
-    resilient = results["Resilient on layer"]
-    checks: list[tuple[str, float, str, bool]] = []
-    if "c50" in layer:
-        ratio = layer["c50"].rate / stock["c50"].rate
-        checks.append(("c50 req/s, layer / stock httpx", ratio, ">= 10", ratio >= 10))
-        ratio = layer["c50"].rate / aio["c50"].rate
-        checks.append(("c50 req/s, layer / aiohttp", ratio, ">= 0.40", ratio >= 0.40))
-        ratio = layer["c50"].cpu_us / aio["c50"].cpu_us
-        checks.append(("c50 CPU/req, layer / aiohttp", ratio, "<= 2.5", ratio <= 2.5))
-        ratio = resilient["c50"].cpu_us / layer["c50"].cpu_us
-        checks.append(("c50 CPU/req, Resilient / layer", ratio, "<= 1.05", ratio <= 1.05))
-    if "c10" in layer and "c128" in layer:
-        ratio = layer["c128"].rate / layer["c10"].rate
-        checks.append(("layer req/s, c128 / c10", ratio, ">= 0.9", ratio >= 0.9))
-    if "burst1000" in layer:
-        ratio = layer["burst1000"].wall / aio["burst1000"].wall
-        checks.append(("burst of 1,000 wall, layer / aiohttp", ratio, "<= 3", ratio <= 3))
-    for label, ratio, target, met in checks:
-        print(f"  {label:<40} {ratio:7.2f}  (target {target}: {'met' if met else 'NOT met'})")
+
+
+#: The connection-layer issue's targets: (protocol, label, numerator, denominator, bound, at
+#: least?), each side (client, workload, "rate" | "cpu_us" | "wall").
+TARGETS = [
+    ("HTTP/1.1", "c50 req/s, layer / stock httpx",
+     ("layer", "c50", "rate"), ("stock httpx", "c50", "rate"), 10, True),
+    ("HTTP/1.1", "c50 req/s, layer / aiohttp",
+     ("layer", "c50", "rate"), ("aiohttp", "c50", "rate"), 0.40, True),
+    ("HTTP/1.1", "c50 CPU per request, layer / aiohttp",
+     ("layer", "c50", "cpu_us"), ("aiohttp", "c50", "cpu_us"), 2.5, False),
+    ("HTTP/1.1", "c50 CPU per request, Resilient / layer",
+     ("Resilient on layer", "c50", "cpu_us"), ("layer", "c50", "cpu_us"), 1.05, False),
+    ("HTTP/1.1", "no collapse: layer req/s, c128 / c10",
+     ("layer", "c128", "rate"), ("layer", "c10", "rate"), 0.9, True),
+    ("HTTP/1.1", "burst of 1,000: wall time, layer / aiohttp",
+     ("layer", "burst1000", "wall"), ("aiohttp", "burst1000", "wall"), 3, False),
+    ("HTTP/2", "c50 req/s, layer / stock httpx",
+     ("layer", "c50", "rate"), ("stock httpx", "c50", "rate"), 3, True),
+    ("HTTP/2", "c50 CPU per request, Resilient / layer",
+     ("Resilient on layer", "c50", "cpu_us"), ("layer", "c50", "cpu_us"), 1.05, False),
+    ("HTTP/2", "no collapse: layer req/s, c128 / c10",
+     ("layer", "c128", "rate"), ("layer", "c10", "rate"), 0.9, True),
+]  # fmt: skip
+
+
+def verdicts(results: Results) -> list[tuple[str, str, float, bool]]:
+    """(target, bound, measured ratio, met) for each target this run has the numbers for."""
+    found = []
+    for protocol, label, (a, wa, qa), (b, wb, qb), bound, at_least in TARGETS:
+        rows = results.get(protocol, {})
+        left, right = rows.get(a, {}).get(wa), rows.get(b, {}).get(wb)
+        if left is None or right is None:
+            continue
+        ratio = getattr(left, qa) / getattr(right, qb)
+        met = ratio >= bound if at_least else ratio <= bound
+        found.append((f"{protocol} {label}", f"{'≥' if at_least else '≤'} {bound:g}", ratio, met))
+    return found
+
+
+def print_verdicts(results: Results) -> None:
+    print("| target | bound | measured | verdict |")
+    print("|---|---|---|---|")
+    for label, bound, ratio, met in verdicts(results):
+        print(f"| {label} | {bound} | {ratio:.2f} | {'met' if met else 'NOT met'} |")
 
 
 async def run_trio(args: argparse.Namespace, url: str) -> None:
     import trio
 
-    timeout = httpx.Timeout(60.0, pool=None)
     clients = {
-        "stock httpx": httpx.AsyncClient(timeout=timeout),
-        "layer": httpx.AsyncClient(transport=AsyncConnectionPoolTransport(), timeout=timeout),
+        "stock httpx": make_client(None),
+        "layer": make_client(AsyncConnectionPoolTransport()),
     }
 
     async def measure_trio(send: Send, concurrency: int, total: int) -> Result:
@@ -253,7 +304,7 @@ async def run_trio(args: argparse.Namespace, url: str) -> None:
                 nursery.start_soon(worker)
         return Result(share * concurrency, time.perf_counter() - started, time.process_time() - cpu)
 
-    senders = {name: httpx_sender(client, url) for name, client in clients.items()}
+    senders = {name: httpx_sender(client, url, "HTTP/1.1") for name, client in clients.items()}
     try:
         for send in senders.values():
             await measure_trio(send, 10, 500)
@@ -275,14 +326,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="per concurrency workload")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50, 128])
     parser.add_argument("--burst", type=int, nargs="*", default=[1000, 10000])
+    parser.add_argument("--http", nargs="+", choices=["1.1", "2"], default=["1.1", "2"])
     parser.add_argument("--previous", action="store_true", help="add the previous layer")
     parser.add_argument("--trio", action="store_true", help="trio: stock httpx and the layer")
     args = parser.parse_args()
     if args.trio:
         import trio
 
-        with nginx() as url:
-            trio.run(run_trio, args, url)
+        with serve() as server:
+            trio.run(run_trio, args, server.http_url + _PATH)
     else:
         asyncio.run(run(args))
 
