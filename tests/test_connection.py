@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import gc
+import random
 import socket
 import ssl
 import tempfile
@@ -245,6 +246,33 @@ async def test_response_header_encoding_is_httpx_own(
             assert response.headers["x-name"] == text
             assert response.headers.raw[0] == (b"x-name", value)
             assert httpx.Headers(response.headers.raw).encoding == encoding
+
+
+async def test_bodies_arrive_intact_across_reads_of_every_size(parser: str) -> None:
+    # Reads land in a buffer the connection reuses (and grows once a read fills it): every
+    # response's bytes must be its own, whatever sizes the reads come in. Two responses on one
+    # connection, written in pieces of uneven sizes, with bytes that never repeat a pattern.
+    bodies = [random.Random(seed).randbytes(size) for seed, size in ((1, 700_001), (2, 90_017))]
+
+    def handler(sock: socket.socket) -> None:
+        for body in bodies:
+            read_head(sock)
+            sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body))
+            offset, step = 0, 1
+            while offset < len(body):
+                sock.sendall(body[offset : offset + step])
+                offset += step
+                step = step * 7 % 300_007 + 1
+        sock.recv(1)
+
+    with RawServer(handler) as server:
+        client, transport = make_client(server.url, parser)
+        async with client:
+            for body in bodies:
+                async with client.stream("GET", "/") as response:
+                    received = b"".join([chunk async for chunk in response.aiter_raw()])
+                assert received == body
+            assert stats(transport)[:2] == (1, 1)  # one connection, kept alive
 
 
 async def test_a_request_saying_connection_close_closes_it(parser: str) -> None:
