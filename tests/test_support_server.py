@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 
 import httpx
 import pytest
+import trustme
 
+from tests.support.nginx import NginxFiles
 from tests.support.server import FaultApp, FaultProxy, ServerInfo, ServerThread
 
 pytestmark = pytest.mark.anyio
@@ -133,3 +136,21 @@ async def test_proxy_drops_a_response(
     assert response.json()["hits"] == 2
     assert [r.body for r in app.received[key]] == [b"first", b"second"]
     assert fault_proxy.dropped == 1
+
+
+async def test_nginx_files_serves_over_http1_and_http2(
+    ca: trustme.CA, client_ssl_context: ssl.SSLContext
+) -> None:
+    # The benchmarks' server (benchmarks/throughput.py): one file, plain HTTP/1.1 and TLS with
+    # HTTP/2 chosen by ALPN, with a certificate from the tests' CA.
+    content = b'{"id": 1}\n'
+    with NginxFiles({"data.json": content}, ca=ca) as nginx:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            plain = await client.get(f"{nginx.http_url}/data.json")
+        async with httpx.AsyncClient(http2=True, verify=client_ssl_context, timeout=5.0) as client:
+            tls = await client.get(f"{nginx.https_url}/data.json")
+            missing = await client.get(f"{nginx.https_url}/other.json")
+    assert (plain.http_version, plain.content) == ("HTTP/1.1", content)
+    assert plain.headers["content-type"] == "application/json"
+    assert (tls.http_version, tls.content) == ("HTTP/2", content)
+    assert missing.status_code == 404
