@@ -25,7 +25,9 @@ and ``ResilientTransport(http2=True)`` take whichever HTTP/2 route the package h
 it in the row). ``--previous`` adds `ResilientTransport` on the previous (httpcore-based)
 layer for HTTP/1.1. ``--trio`` runs the concurrency workloads under trio instead, HTTP/1.1,
 for stock httpx and the layer only (aiohttp is asyncio-only): the layer must not be slower
-there than stock httpx.
+there than stock httpx. ``--parts`` shows where a request's client CPU goes (HTTP/1.1, at the
+first ``--concurrency``): the layer alone, httpx's client over an instant transport that returns
+nginx's own response, the two together, and aiohttp, alternated over ``--rounds`` rounds.
 """
 
 from __future__ import annotations
@@ -326,6 +328,67 @@ async def run_trio(args: argparse.Namespace, url: str) -> None:
             await client.aclose()
 
 
+async def run_parts(args: argparse.Namespace) -> None:
+    """Where a request's client CPU goes, HTTP/1.1 at one concurrency: the layer alone
+    (`handle_async_request` to the end of the body), httpx's client over an instant transport
+    that returns nginx's own response, both together, and aiohttp. Alternated in rounds; the
+    median round of each."""
+    import aiohttp
+
+    workload = f"c{args.concurrency[0]}"
+    with serve() as server:
+        url = server.http_url + _PATH
+        layer = AsyncConnectionPoolTransport()
+        through = make_client(AsyncConnectionPoolTransport())
+        request = through.build_request("GET", url)
+        sample = await through.get(url)
+        status, headers, body = sample.status_code, sample.headers.raw, sample.content
+
+        class Instant(httpx.AsyncBaseTransport):
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                return httpx.Response(status, headers=headers, stream=httpx.ByteStream(body))
+
+        instant = make_client(Instant())
+        session = aiohttp.ClientSession()
+
+        async def layer_alone() -> None:
+            response = await layer.handle_async_request(request)
+            assert isinstance(response.stream, httpx.AsyncByteStream)
+            received = b"".join([chunk async for chunk in response.stream])
+            await response.stream.aclose()
+            if len(received) != len(_BODY):
+                raise RuntimeError("unexpected answer")
+
+        async def aiohttp_send() -> None:
+            async with session.get(url) as response:
+                if len(await response.read()) != len(_BODY):
+                    raise RuntimeError("unexpected answer")
+
+        senders: dict[str, Send] = {
+            "the layer alone (handle_async_request)": layer_alone,
+            "httpx.AsyncClient over an instant transport": httpx_sender(instant, url, "HTTP/1.1"),
+            "httpx.AsyncClient on the layer": httpx_sender(through, url, "HTTP/1.1"),
+            "aiohttp": aiohttp_send,
+        }
+        rounds: dict[str, list[float]] = {name: [] for name in senders}
+        try:
+            for send in senders.values():
+                await measure(send, "c10", 500)
+            for _ in range(args.rounds):
+                for name, send in senders.items():
+                    rounds[name].append((await measure(send, workload, args.requests)).cpu_us)
+        finally:
+            await layer.aclose()
+            await through.aclose()
+            await instant.aclose()
+            await session.close()
+    print(f"client CPU per request, HTTP/1.1 {workload}, median of {args.rounds} rounds:")
+    for name, values in rounds.items():
+        values.sort()
+        median, low, high = values[len(values) // 2], values[0], values[-1]
+        print(f"  {name:<45} {median:7.1f} µs  (rounds: {low:.1f}-{high:.1f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="per concurrency workload")
@@ -334,8 +397,14 @@ def main() -> None:
     parser.add_argument("--http", nargs="+", choices=["1.1", "2"], default=["1.1", "2"])
     parser.add_argument("--previous", action="store_true", help="add the previous layer")
     parser.add_argument("--trio", action="store_true", help="trio: stock httpx and the layer")
+    parser.add_argument(
+        "--parts", action="store_true", help="where the CPU goes (first --concurrency only)"
+    )
+    parser.add_argument("--rounds", type=int, default=7, help="with --parts")
     args = parser.parse_args()
-    if args.trio:
+    if args.parts:
+        asyncio.run(run_parts(args))
+    elif args.trio:
         import trio
 
         with serve() as server:
