@@ -18,16 +18,15 @@ bursts measure queueing, not failures. Stock httpx skips bursts above 1,000 (its
 makes them take minutes).
 
     python benchmarks/throughput.py [--requests 3000] [--burst 1000 10000] [--http 1.1 2]
-                                    [--previous]
 
 The HTTP/2 clients are built as ``http2=True``: ``AsyncConnectionPoolTransport(http2=True)``
-and ``ResilientTransport(http2=True)`` take whichever HTTP/2 route the package has (they name
-it in the row). ``--previous`` adds `ResilientTransport` on the previous (httpcore-based)
-layer for HTTP/1.1. ``--trio`` runs the concurrency workloads under trio instead, HTTP/1.1,
-for stock httpx and the layer only (aiohttp is asyncio-only): the layer must not be slower
-there than stock httpx. ``--parts`` shows where a request's client CPU goes (HTTP/1.1, at the
-first ``--concurrency``): the layer alone, httpx's client over an instant transport that returns
-nginx's own response, the two together, and aiohttp, alternated over ``--rounds`` rounds.
+and ``ResilientTransport(http2=True)`` (each row names the route it took). ``--trio`` runs the
+concurrency workloads under trio instead, HTTP/1.1, for stock httpx and the layer only (aiohttp
+is asyncio-only): the layer must not be slower there than stock httpx. ``--parts`` shows where a
+request's client CPU goes (HTTP/1.1, at the first ``--concurrency``): the layer alone, httpx's
+client over an instant transport that returns nginx's own response, the two together, and
+aiohttp, alternated over ``--rounds`` rounds; and what h2 and hpack alone cost per HTTP/2
+request, without sockets.
 """
 
 from __future__ import annotations
@@ -41,6 +40,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import trustme
 
@@ -50,8 +52,8 @@ from tests.support.nginx import NginxFiles, find_nginx
 
 _BODY = b'{"id": 1, "name": "Ada Lovelace", "email": "ada@example.com", "active": true}\n'
 _PATH = "/data.json"
-#: Bursts above this are not run through httpcore's pool (stock httpx, the previous layer): its
-#: queue is O(requests x connections) per event, which makes them take minutes.
+#: Bursts above this are not run through httpcore's pool (stock httpx): its queue is
+#: O(requests x connections) per event, which makes them take minutes.
 _HTTPCORE_BURST_LIMIT = 1000
 
 Send = Callable[[], Awaitable[None]]
@@ -118,16 +120,13 @@ def httpx_sender(client: httpx.AsyncClient, url: str, http_version: str) -> Send
     return send
 
 
-def http1_transports(previous: bool) -> dict[str, httpx.AsyncBaseTransport | None]:
+def http1_transports() -> dict[str, httpx.AsyncBaseTransport | None]:
     """The HTTP/1.1 clients' transports (None: httpx's default)."""
-    transports: dict[str, httpx.AsyncBaseTransport | None] = {
+    return {
         "stock httpx": None,
         "layer": AsyncConnectionPoolTransport(),
         "Resilient on layer": ResilientTransport(http2=False, retry=RetryConfig()),
     }
-    if previous:
-        transports["Resilient, previous layer"] = ResilientTransport(http2=True)
-    return transports
 
 
 def http2_transports(verify: ssl.SSLContext) -> dict[str, httpx.AsyncBaseTransport | None]:
@@ -154,7 +153,7 @@ def route(transport: httpx.AsyncBaseTransport | None) -> str:
         own = transport.stats().pool is not None
     else:
         return "httpx's AsyncHTTPTransport (httpcore)"
-    return "this package's pool" if own else "the previous layer (httpcore's pool)"
+    return "this package's pool" if own else "httpx's AsyncHTTPTransport (a proxy route)"
 
 
 Results = dict[str, dict[str, dict[str, Result]]]  # protocol -> client -> workload -> result
@@ -172,7 +171,7 @@ async def run(args: argparse.Namespace) -> None:
         session: aiohttp.ClientSession | None = None
         if "1.1" in args.http:
             h1_url = server.http_url + _PATH
-            transports = http1_transports(args.previous)
+            transports = http1_transports()
             clients = {n: make_client(t) for n, t in transports.items()}
             senders = {n: httpx_sender(c, h1_url, "HTTP/1.1") for n, c in clients.items()}
             session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
@@ -387,6 +386,53 @@ async def run_parts(args: argparse.Namespace) -> None:
         values.sort()
         median, low, high = values[len(values) // 2], values[0], values[-1]
         print(f"  {name:<45} {median:7.1f} µs  (rounds: {low:.1f}-{high:.1f})")
+    print(f"HTTP/2: h2 and hpack alone, no sockets: {h2_alone():.0f} µs of client CPU per request")
+
+
+def h2_alone(requests: int = 3000) -> float:
+    """Client CPU µs per request spent in h2 and hpack, with an in-memory h2 server."""
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(header_encoding=None, validate_inbound_headers=False)
+    )
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    client.initiate_connection()
+    client.increment_flow_control_window(1 << 24)
+    server.initiate_connection()
+    for _ in range(2):
+        server.receive_data(client.data_to_send())
+        client.receive_data(server.data_to_send())
+    request = [
+        (b":method", b"GET"), (b":authority", b"127.0.0.1:8443"), (b":scheme", b"https"),
+        (b":path", b"/data.json"), (b"accept", b"*/*"), (b"accept-encoding", b"gzip, deflate"),
+        (b"user-agent", b"python-httpx/0.28.1"),
+    ]  # fmt: skip
+    response = [
+        (":status", "200"), ("server", "nginx/1.22.1"), ("date", "Mon, 30 Nov 2026 09:20:00 GMT"),
+        ("content-type", "application/json"), ("content-length", str(len(_BODY))),
+        ("last-modified", "Mon, 30 Nov 2026 09:19:00 GMT"), ("etag", '"6789-4e"'),
+        ("accept-ranges", "bytes"),
+    ]  # fmt: skip
+    spent = 0.0
+    for _ in range(requests):
+        start = time.process_time()
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, request, end_stream=True)
+        client.increment_flow_control_window(1 << 24, stream_id=stream_id)
+        out = client.data_to_send()
+        spent += time.process_time() - start
+        server.receive_data(out)
+        server.send_headers(stream_id, response)
+        server.send_data(stream_id, _BODY, end_stream=True)
+        back = server.data_to_send()
+        start = time.process_time()
+        for event in client.receive_data(back):
+            if isinstance(event, h2.events.DataReceived):
+                client.acknowledge_received_data(event.flow_controlled_length or 0, stream_id)
+        client.data_to_send()
+        spent += time.process_time() - start
+    return spent / requests * 1e6
 
 
 def main() -> None:
@@ -395,7 +441,6 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50, 128])
     parser.add_argument("--burst", type=int, nargs="*", default=[1000, 10000])
     parser.add_argument("--http", nargs="+", choices=["1.1", "2"], default=["1.1", "2"])
-    parser.add_argument("--previous", action="store_true", help="add the previous layer")
     parser.add_argument("--trio", action="store_true", help="trio: stock httpx and the layer")
     parser.add_argument(
         "--parts", action="store_true", help="where the CPU goes (first --concurrency only)"
