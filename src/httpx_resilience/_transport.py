@@ -119,7 +119,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         proxy: A proxy URL or `httpx.Proxy`. Proxied connections use httpx's own pool.
         uds: Connect through this Unix domain socket.
         local_address: The local IP address to connect from.
-        retries: httpcore's own immediate retries of a failed connect, before any of ours.
+        retries: The connection layer's immediate retries of a failed connect (0 s, 0.5 s,
+            1 s, ... apart, as httpx's), before any of ours.
         socket_options: Socket options set on each new connection.
         hooks: Instrumentation hooks (see `Hook`) this transport reports to, besides the
             global ones (`set_hooks`, `add_hook`). Its circuit breaker reports its
