@@ -311,3 +311,47 @@ async def test_a_request_held_at_the_in_flight_limit_waits_at_most_sync_interval
     assert asked[-1] == "report"
     assert 2 <= len(asked) - 1 <= 10
     assert set(asked[:-1]) == {"admit"}
+
+
+class SlowReadStore(FlakyStore):
+    """A FlakyStore whose reads take their snapshot at once and answer only once ``answer``
+    is set: a background sync whose answer comes after later calls' answers."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.read_taken = anyio.Event()
+        self.answer = anyio.Event()
+
+    async def read(self, *args: Any, **kwargs: Any) -> Any:
+        views = await super().read(*args, **kwargs)
+        self.read_taken.set()
+        await self.answer.wait()
+        return views
+
+
+async def test_a_read_answered_late_does_not_hide_a_failure_reported_since() -> None:
+    # The background sync reads the fleet (no failures yet), this worker's request fails and
+    # its report is answered (the run: 1), then the read's answer comes. It must not make the
+    # worker forget the run: the next request still reserves its in-flight place first.
+    store = SlowReadStore(timeout=10.0, sync_interval=60.0)
+    breaker = CircuitBreaker(failure_threshold=8, recovery_time=60.0)
+
+    async def fail_after_the_read(request: httpx.Request) -> httpx.Response:
+        await store.read_taken.wait()  # the read saw the fleet before this failure
+        return httpx.Response(500)
+
+    transport = ResilientTransport(
+        httpx.MockTransport(fail_after_the_read), retry=NO_RETRY, circuit_breaker=breaker,
+        state_store=store,
+    )  # fmt: skip
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get("http://a.example/")).status_code == 500
+        assert store.calls == ["admit", "read", "report"]
+        store.answer.set()  # the read's stale answer: no failures
+        await synced(transport)
+        store.calls.clear()
+        assert (await client.get("http://a.example/")).status_code == 500
+    # It asked the fleet before it went (before the fix it went without asking); both
+    # failures are in the fleet's run.
+    assert store.calls == ["admit", "report"]
+    assert store._circuits[("default", "http://a.example:80")].fails == 2

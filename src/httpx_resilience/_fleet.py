@@ -61,16 +61,21 @@ class _Origin:
     """What this process has not told the fleet yet about one origin."""
 
     __slots__ = (
-        "fleet_failures", "probe_elsewhere_until", "reserved", "success_at", "successes", "token",
+        "fleet_failures", "probe_elsewhere_until", "raised_at", "reserved", "success_at",
+        "successes", "token",
     )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, stamp: int) -> None:
         self.successes = 0  # since the last flush
         # When the latest success not yet reported came (it breaks the fleet's run of
         # failures if the run began before it), or None.
         self.success_at: float | None = None
         # The fleet's count-mode failures, as last read; -1: not read yet (count mode).
         self.fleet_failures = 0
+        # `Fleet._stamp` when an answer last showed failures (or a circuit not closed) here,
+        # or when this entry was made: an answer showing none lowers `fleet_failures` to 0
+        # only if its call was issued since (else it may predate those failures).
+        self.raised_at = stamp
         self.token = ""  # the claim of the fleet's probe this process holds
         # Another worker holds the fleet's probe: fail fast without asking until then.
         self.probe_elsewhere_until = 0.0
@@ -166,6 +171,9 @@ class Fleet:
             self._circuit_policy is not None and self._circuit_policy.failure_rate_threshold is None
         )
         self._origins: OrderedDict[Origin, _Origin] = OrderedDict()
+        # Orders the store's answers against the calls out: bumped by each answer that shows
+        # failures and each origin entry made; a call notes it when issued (`_apply`).
+        self._stamp = 0
         self._requests = 0  # counted since the last flush
         self.retry_tokens = 0  # retries the fleet's budget granted this process, unspent
         self.local_budget: SharedBudget | None = None
@@ -257,7 +265,8 @@ class Fleet:
         if local is None:
             if len(self._origins) >= _MAX_ORIGINS:
                 self._origins.popitem(last=False)
-            local = self._origins[origin] = _Origin()
+            self._stamp += 1
+            local = self._origins[origin] = _Origin(self._stamp)
             if self._counting:
                 local.fleet_failures = -1
         return local
@@ -292,6 +301,7 @@ class Fleet:
                     local.success_at = None
         if not names and not requests and not retries:
             return
+        issued = self._stamp
         views = await self._call(
             lambda: store.read(self.scope, names, policy, requests=requests, retries=retries,
                                budget=budget, reports=reports)
@@ -305,19 +315,34 @@ class Fleet:
         for origin, name in zip(origins, names, strict=True):
             view, cool_down_left = views.get(name, (None, 0.0))
             if view is not None:
-                self._apply(origin, view)
+                self._apply(origin, view, issued)
             if cool_down_left > 0 and self._cool_down is not None:
                 self._cool_down.hold(origin, cool_down_left)
 
-    def _apply(self, origin: Origin, view: CircuitView) -> None:
-        """Make the local breaker agree with the fleet's view where the fleet is stricter."""
+    def _apply(self, origin: Origin, view: CircuitView, issued: int) -> None:
+        """Make the local breaker agree with the fleet's view where the fleet is stricter.
+        ``issued``: `_stamp` when the call that read ``view`` was issued.
+
+        Calls overlap (a background read, a request's report), and the store answers each
+        on its own connection: an answer may come after another that the store gave later.
+        A view that shows failures is always taken (at worst the next request asks the fleet
+        once more, and its answer is the truth); a view that shows none only if no answer
+        showing failures came in here since its call was issued: else it may have been read
+        before them, and taking it would let this worker's requests go without asking while
+        the fleet counts failures (past `CircuitPolicy.in_flight_limit`)."""
         breaker = self._breaker
         if breaker is None:
             return
         local = self._origins.get(origin)
         if local is not None:
             # Open counts as suspect too: when it half-opens, its state is read again.
-            local.fleet_failures = view.failures or int(view.state is not CircuitState.CLOSED)
+            failures = view.failures or int(view.state is not CircuitState.CLOSED)
+            if failures:
+                self._stamp += 1
+                local.raised_at = self._stamp
+                local.fleet_failures = failures
+            elif local.raised_at <= issued:
+                local.fleet_failures = 0
         if view.state is CircuitState.OPEN:
             if local is not None:
                 local.reserved.clear()  # the store dropped them when the circuit opened
@@ -354,21 +379,23 @@ class Fleet:
         if policy is None:
             return
         if policy.failure_rate_threshold is not None:
+            issued = self._stamp
             answer = await self._call(lambda: store.circuit(self.scope, name, "read", policy))
             if answer is not None:
-                self._apply(origin, answer[0])
+                self._apply(origin, answer[0], issued)
             return
         local = self._local(origin)
         held, wait = 0.0, _HOLD_FIRST_WAIT
         while True:
             token = secrets.token_hex(8)
+            issued = self._stamp
             answer = await self._call(
                 partial(store.circuit, self.scope, name, "admit", policy, token=token)
             )
             if answer is None:
                 return  # the store is unavailable: local state decides
             view, granted = answer
-            self._apply(origin, view)
+            self._apply(origin, view, issued)
             if granted:
                 if view.failures:  # else granted without a reservation
                     if len(local.reserved) >= _MAX_RESERVED:
@@ -396,6 +423,7 @@ class Fleet:
             return 0.0
         token = secrets.token_hex(8)
         store, name = self.store, str(permit.origin)
+        issued = self._stamp
         answer = await self._call(lambda: store.circuit(self.scope, name, "probe", policy,
                                                         token=token))  # fmt: skip
         if answer is None:
@@ -405,7 +433,7 @@ class Fleet:
             local.token = token if view.state is not CircuitState.CLOSED else ""
             return None
         if view.state is CircuitState.OPEN:
-            self._apply(permit.origin, view)
+            self._apply(permit.origin, view, issued)
         else:
             local.probe_elsewhere_until = self._clock() + self.store.sync_interval
         return view.retry_in
@@ -437,13 +465,14 @@ class Fleet:
             token, local.token = local.token, ""
             policy, store, name = self._circuit_policy, self.store, str(permit.origin)
             assert policy is not None
+            issued = self._stamp
             answer = await self._call(
                 lambda: store.circuit(
                     self.scope, name, "result", policy, failures=int(failed), token=token
                 )
             )
             if answer is not None:
-                self._apply(permit.origin, answer[0])
+                self._apply(permit.origin, answer[0], issued)
         elif not failed:
             reservation = local.take_reservation()
             if reservation:
@@ -467,12 +496,13 @@ class Fleet:
         policy, store, name = self._circuit_policy, self.store, str(origin)
         assert policy is not None
         age = None if success_at is None else max(0.0, self._clock() - success_at)
+        issued = self._stamp
         answer = await self._call(
             lambda: store.circuit(self.scope, name, "report", policy, failures=failures,
                                   successes=successes, success_age=age, token=token)
         )  # fmt: skip
         if answer is not None:
-            self._apply(origin, answer[0])
+            self._apply(origin, answer[0], issued)
 
     async def reserve_retry(self) -> None:
         """Before a retry decision: make sure a retry token from the fleet's budget is at
