@@ -468,3 +468,28 @@ async def test_a_server_that_goes_away_at_once_ends_the_request() -> None:
             connections = server.connections
     assert isinstance(outcome, httpx.TransportError), (outcome, connections)
     assert connections <= 10, connections
+
+
+# --- 7. trio: a write the server does not read cannot be cancelled ---------------------------
+
+
+async def test_a_request_blocked_writing_can_be_cancelled() -> None:
+    # With no write timeout, a request whose body the server does not read waits in the
+    # write; the caller's cancel scope must still end it. Under trio `_flush` writes inside
+    # `CancelScope(shield=True)` with the write timeout as the only bound: with none, the
+    # request ignores cancellation until the server reads again (15 s later here).
+    with ScriptedServer(big_window=True, stall_seconds=15.0) as server:
+        transport = h2c()
+        timeout = httpx.Timeout(10.0, write=None)
+        async with httpx.AsyncClient(
+            transport=transport, base_url=server.url, timeout=timeout
+        ) as client:
+            with anyio.fail_after(60):
+                with anyio.move_on_after(3) as scope:
+                    await client.post("/upload-stall", content=Upload())
+                stalled = not server.resumed
+            assert scope.cancelled_caught
+            stats = transport.pool_stats
+    assert stalled
+    assert stats is not None
+    assert (stats.in_use, stats.waiting) == (0, 0), stats
