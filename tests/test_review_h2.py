@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -37,6 +39,8 @@ import pytest
 from hyperframe.frame import GoAwayFrame
 
 from httpx_resilience import AsyncConnectionPoolTransport
+from httpx_resilience._classify import FailureKind, classify_error
+from tests.support.raw import RawServer
 
 pytestmark = pytest.mark.anyio
 
@@ -493,3 +497,44 @@ async def test_a_request_blocked_writing_can_be_cancelled() -> None:
     assert stalled
     assert stats is not None
     assert (stats.in_use, stats.waiting) == (0, 0), stats
+
+
+# --- 8. a connection whose HTTP/2 preface never completes: the request was never sent -------
+
+
+def _silent(sock: socket.socket) -> None:
+    """Accept, read what comes, never send a byte (no SETTINGS): at most ~5 s."""
+    sock.settimeout(0.1)
+    for _ in range(50):
+        try:
+            if not sock.recv(65536):
+                return
+        except TimeoutError:
+            continue
+
+
+def _close_at_once(sock: socket.socket) -> None:
+    """Accept, read the client's preface, close without a SETTINGS frame."""
+    sock.settimeout(2.0)
+    with contextlib.suppress(OSError):
+        sock.recv(65536)
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.parametrize("handler", [_silent, _close_at_once], ids=["silent", "closes"])
+async def test_a_failed_http2_preface_is_a_connect_failure(
+    handler: Callable[[socket.socket], None],
+) -> None:
+    # Nothing of the request is written before the server's SETTINGS arrive (`start`), so a
+    # preface that times out or a connection closed before it are connect failures: NOT_SENT,
+    # retried for every method. They surface as ReadTimeout / RemoteProtocolError, which
+    # `_classify` must treat as MAYBE_PROCESSED: a POST is then never retried.
+    transport = h2c()
+    with RawServer(handler) as server:
+        async with httpx.AsyncClient(
+            transport=transport, timeout=httpx.Timeout(5.0, read=1.0)
+        ) as client:
+            with anyio.fail_after(20):
+                with pytest.raises(httpx.TransportError) as caught:
+                    await client.post(f"{server.url}/create", content=b"{}")
+    assert classify_error(caught.value) is FailureKind.NOT_SENT, repr(caught.value)
