@@ -82,6 +82,9 @@ class ScriptedServer:
         self.resets: list[int] = []
         self.connections = 0
         self.resumed = False
+        #: SETTINGS acknowledgements received from clients (the first: of the preface's).
+        self.acks = 0
+        self._server: asyncio.Server | None = None
         self._held: list[tuple[_Conn, int]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -125,6 +128,20 @@ class ScriptedServer:
             conn.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams})
             conn.flush()
 
+    def stop_listening(self) -> None:
+        """Close the listening socket (open connections stay): new connections are refused."""
+        assert self._loop is not None
+        done = threading.Event()
+
+        def close() -> None:
+            assert self._server is not None
+            self._server.close()
+            done.set()
+
+        self._loop.call_soon_threadsafe(close)
+        if not done.wait(10):
+            raise RuntimeError("the listener did not close")
+
     def _release(self) -> None:
         held, self._held = self._held, []
         for conn, stream_id in held:
@@ -135,7 +152,7 @@ class ScriptedServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._handle, _LOOPBACK, 0)
+        server = self._server = await asyncio.start_server(self._handle, _LOOPBACK, 0)
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         async with server:
@@ -199,6 +216,8 @@ class ScriptedServer:
                 conn.waiting_data.clear()
         elif isinstance(event, h2.events.DataReceived):
             state.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.SettingsAcknowledged):
+            self.acks += 1
         elif isinstance(event, h2.events.StreamReset):
             self.resets.append(event.stream_id)
             conn.pending.pop(event.stream_id, None)
@@ -538,3 +557,46 @@ async def test_a_failed_http2_preface_is_a_connect_failure(
                 with pytest.raises(httpx.TransportError) as caught:
                     await client.post(f"{server.url}/create", content=b"{}")
     assert classify_error(caught.value) is FailureKind.NOT_SENT, repr(caught.value)
+
+
+# --- 9. an idle connection whose stream limit drops to 0 stays in the idle list --------------
+
+
+async def test_an_idle_connection_paused_by_settings_is_closed_cleanly() -> None:
+    # An idle connection whose server sends SETTINGS_MAX_CONCURRENT_STREAMS = 0 (a pause, which
+    # the asyncio callback reads at once) has capacity 0: `_take_stream` drops it from the
+    # origin's ``shared`` but leaves it in ``_idle_all``, still counted in the pool's total.
+    # Once the origin is forgotten (here: the new connection it opens instead is refused), the
+    # next `_close_idle` of it -- a full pool making room, or `_expire_oldest` -- looks up
+    # ``self._origins[conn.key]`` and raises KeyError out of an unrelated request.
+    with ScriptedServer() as a, ScriptedServer() as b, ScriptedServer() as c:
+        transport = h2c(limits=httpx.Limits(max_connections=2))
+        async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5.0)) as client:
+            results: dict[str, Any] = {}
+            with anyio.fail_after(30):
+                assert (await client.get(f"{a.url}/ok")).text == "ok"
+                a.raise_limit(0)
+                for _ in range(500):  # the client acknowledges the new SETTINGS (asyncio)
+                    if a.acks >= 2:
+                        break
+                    await anyio.sleep(0.01)
+                a.stop_listening()
+                with pytest.raises(httpx.ConnectError):
+                    await client.get(f"{a.url}/ok")
+
+                async def held() -> None:
+                    results["b"] = (await client.get(f"{b.url}/hold")).status_code
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(held)
+                    await wait_for_arrival(b, "/hold")
+                    # The pool is full (the paused idle connection and b's): c's request
+                    # replaces the idle one.
+                    try:
+                        results["c"] = (await client.get(f"{c.url}/ok")).status_code
+                    finally:
+                        b.release()
+            stats = transport.pool_stats
+    assert results == {"b": 200, "c": 200}
+    assert stats is not None
+    assert (stats.in_use, stats.waiting) == (0, 0), stats
