@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import httpx
 
-__all__ = ["StreamNotProcessed", "is_not_processed"]
+__all__ = ["StreamNotProcessed", "is_not_processed", "not_processed"]
 
 
 class StreamNotProcessed(httpx.RemoteProtocolError):
@@ -30,3 +30,12 @@ def is_not_processed(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__
     return False
+
+
+def not_processed(message: str) -> httpx.RemoteProtocolError:
+    """The error for a request the server provably did not process: an
+    `httpx.RemoteProtocolError` caused by a `StreamNotProcessed` (the shape httpx gave it when
+    it came from httpcore)."""
+    error = httpx.RemoteProtocolError(message)
+    error.__cause__ = StreamNotProcessed(message)
+    return error

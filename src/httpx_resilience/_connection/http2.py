@@ -70,10 +70,11 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.utilities
 import httpx
 
 from .connect import AsyncioStream, NetworkStream
-from .errors import StreamNotProcessed, is_not_processed
+from .errors import is_not_processed, not_processed
 
 if TYPE_CHECKING:
     from hyperframe.frame import Frame, GoAwayFrame
@@ -100,6 +101,10 @@ _DROPPED_HEADERS = frozenset(
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
 _CONFIG = h2.config.H2Configuration(validate_inbound_headers=False, header_encoding=None)
+#: How h2 validates a request's headers (`h2.utilities.validate_outbound_headers`).
+_REQUEST_HEADER_FLAGS = h2.utilities.HeaderValidationFlags(
+    is_client=True, is_trailer=False, is_response_header=False, is_push_promise=False
+)
 
 #: Events that prove the server processed a stream (it answered), whatever a later GOAWAY says.
 _ANSWERS = (
@@ -157,7 +162,7 @@ def _expire(future: asyncio.Future[None]) -> None:
 class _Stream:
     """One request's stream: the events the reader queued for it, and how to wake it."""
 
-    __slots__ = ("answered", "closed", "events", "id", "signal", "waiter")
+    __slots__ = ("answered", "closed", "events", "id", "opened", "signal", "waiter")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
@@ -168,6 +173,8 @@ class _Stream:
         self.signal = False
         self.waiter: asyncio.Future[None] | None = None
         self.closed = False
+        #: Its HEADERS were given to h2 (the server may know the stream: it can be reset).
+        self.opened = False
 
 
 class HTTP2Connection:
@@ -184,11 +191,16 @@ class HTTP2Connection:
         keepalive_expiry: float | None,
         release: Callable[[HTTP2Connection], None],
         request_limits: MutableMapping[Any, int],
+        limit_raised: Callable[[HTTP2Connection], None] = lambda _: None,
     ) -> None:
         self._stream = stream
         self.key = key
         self._keepalive_expiry = keepalive_expiry
         self._release = release
+        #: Told when the server's SETTINGS raise MAX_CONCURRENT_STREAMS after `start` (the
+        #: pool gives the new room to the requests waiting for it).
+        self._limit_raised = limit_raised
+        self._started = False
         #: Learned per-origin request limits, shared by a pool's connections.
         self._limits = request_limits
         self.leases = 0
@@ -202,6 +214,8 @@ class HTTP2Connection:
         #: Why the connection cannot go on (read failure, end of stream, protocol violation).
         self._failure: httpx.TransportError | None = None
         self._write_failed = False
+        #: h2 refused a request's headers half-way: the HPACK state is no longer trusted.
+        self._broken = False
         self._exhausted = False  # no stream ids left
         self._closed = False
         self._asyncio = isinstance(stream, AsyncioStream)
@@ -235,6 +249,7 @@ class HTTP2Connection:
             self._goaway is None
             and self._failure is None
             and not self._write_failed
+            and not self._broken
             and not self._exhausted
             and not self._closed
         )
@@ -329,6 +344,15 @@ class HTTP2Connection:
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 self._settings_received = True
                 self._wake_all()
+                changed = event.changed_settings.get(
+                    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
+                )
+                if (
+                    self._started
+                    and changed is not None
+                    and (changed.original_value or 0) < changed.new_value
+                ):
+                    self._limit_raised(self)
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self._note_goaway(event)
         if self._asyncio:
@@ -400,7 +424,7 @@ class HTTP2Connection:
         except TimeoutError:
             raise kind(_timeout_message(kind)) from None
         s.signal = False
-        await self._flush_quietly()
+        await self._flush_quietly(seconds)
 
     async def _catch_up(self) -> None:
         """Read what the server sent and nobody has read yet (a GOAWAY, a close, SETTINGS or
@@ -425,41 +449,92 @@ class HTTP2Connection:
             async with lock:
                 if self._failure is None and not stream.is_alive():
                     await stream.receive(None)
-        await self._flush_quietly(catch_up=False)
+        await self._flush_quietly(_CLOSE_FLUSH_SECONDS)
 
     async def _flush(self, seconds: float | None, *, catch_up: bool = True) -> None:
-        """Write what h2 has to send. Raises `httpx.WriteError` or `httpx.WriteTimeout`."""
+        """Write what h2 has to send. Raises `httpx.WriteError` or `httpx.WriteTimeout`; either
+        marks the connection failed (it takes no new stream), and nothing more is written on
+        it: under trio the write may have stopped half-way through a frame."""
         if catch_up:
             await self._catch_up()
+        if self._write_failed:
+            raise httpx.WriteError("an earlier write on this connection failed")
         stream = self._stream
         if isinstance(stream, AsyncioStream):
             out = self._h2.data_to_send()
             if out and stream.write(out):
                 drain_lock = self._drain_lock
                 assert drain_lock is not None
-                async with drain_lock:
-                    await stream.send(b"", seconds)  # waits for the buffer to drain
+                try:
+                    async with drain_lock:
+                        await stream.send(b"", seconds)  # waits for the buffer to drain
+                except (httpx.WriteError, httpx.WriteTimeout):
+                    self._write_failed = True
+                    raise
             return
         lock = self._write_lock
         assert lock is not None
         async with lock:
+            await self._send_pending(seconds)
+
+    async def _send_pending(self, seconds: float | None) -> None:
+        """(trio, holding the write lock) Write what h2 has to send, including what other
+        streams queued meanwhile (acknowledgements that found the lock taken skip writing)."""
+        stream = self._stream
+        while not self._write_failed:
             out = self._h2.data_to_send()
             if not out:
                 return
+            done = False
             try:
-                # Cut short, a write would leave a partial frame (or TLS record) on the wire
-                # for every stream: finish it, within the write timeout.
-                with anyio.CancelScope(shield=True):
-                    await stream.send(out, seconds)
+                if seconds is None:
+                    # No deadline: the caller's cancellation must still end the write (a
+                    # server that does not read would hold it forever).
+                    await stream.send(out, None)
+                else:
+                    # Cut short, a write would leave a partial frame (or TLS record) on the
+                    # wire for every stream: finish it, within the write timeout.
+                    with anyio.CancelScope(shield=True):
+                        await stream.send(out, seconds)
+                done = True
             except (httpx.WriteError, httpx.WriteTimeout):
                 self._write_failed = True
+                self._wake_all()
                 raise
+            finally:
+                if not done and not self._write_failed:
+                    # Cancelled mid-write: a frame may be cut, so nothing more is written here
+                    # (the server waits for the rest of it; streams only reading go on, as
+                    # after a write timeout) and the connection takes no new stream.
+                    self._write_failed = True
+                    self._wake_all()
+        raise httpx.WriteError("an earlier write on this connection failed")
 
-    async def _flush_quietly(self, *, catch_up: bool = True) -> None:
-        """Write acknowledgements and resets; a failure is left to whoever writes or reads
-        next (a reader's stream is decided by what the server sent)."""
-        with contextlib.suppress(httpx.TransportError):
-            await self._flush(None, catch_up=catch_up)
+    async def _flush_quietly(self, seconds: float | None) -> None:
+        """Write acknowledgements and resets without ever making a reader wait on a blocked
+        write: under asyncio they are buffered (no wait for the buffer to drain); under trio
+        they are left to the writer holding the write lock (it writes them after its own), or
+        written within ``seconds``. A failure is left to whoever writes or reads next (a
+        reader's stream is decided by what the server sent)."""
+        if self._write_failed:
+            return
+        stream = self._stream
+        if isinstance(stream, AsyncioStream):
+            out = self._h2.data_to_send()
+            if out:
+                stream.write(out)
+            return
+        lock = self._write_lock
+        assert lock is not None
+        try:
+            lock.acquire_nowait()
+        except anyio.WouldBlock:
+            return
+        try:
+            with contextlib.suppress(httpx.TransportError):
+                await self._send_pending(seconds)
+        finally:
+            lock.release()
 
     # --- one request ----------------------------------------------------------------------------
 
@@ -467,11 +542,18 @@ class HTTP2Connection:
         """Send the connection preface and wait for the server's SETTINGS (RFC 9113 §3.4), so
         that its MAX_CONCURRENT_STREAMS is known before streams are placed here."""
         s = self._setup
-        await self._flush(seconds, catch_up=False)
-        while not self._settings_received:
-            if self._failure is not None:
-                raise _copy(self._failure)
-            await self._wait(s, seconds, httpx.ReadTimeout)
+        # Nothing of a request is written before the server's SETTINGS: a preface that fails
+        # is a connection that failed (`_classify`: NOT_SENT, safe to send again).
+        try:
+            await self._flush(seconds, catch_up=False)
+            while not self._settings_received:
+                if self._failure is not None:
+                    raise _copy(self._failure)
+                await self._wait(s, seconds, httpx.ReadTimeout)
+        except httpx.TimeoutException as exc:
+            raise httpx.ConnectTimeout(f"the server's HTTP/2 preface did not come: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise httpx.ConnectError(f"the HTTP/2 preface failed: {exc}") from exc
         if self._h2.remote_settings.max_concurrent_streams == 0:
             # Legal only as a pause, with no way to learn when it ends: a server that allows
             # no stream is failing, like one that refuses connections.
@@ -479,6 +561,7 @@ class HTTP2Connection:
                 "the server's SETTINGS allow no streams (MAX_CONCURRENT_STREAMS = 0)"
             )
             raise _copy(self._failure)
+        self._started = True
 
     async def handle(self, request: httpx.Request, timeouts: dict[str, Any]) -> httpx.Response:
         """Send ``request`` on a new stream and read the response head. The caller holds a
@@ -563,6 +646,13 @@ class HTTP2Connection:
             (b":path", url.raw_path),
             *fields,
         ]
+        try:
+            # What h2 checks while encoding, checked first: h2 opens the stream and feeds the
+            # headers before the bad one to the HPACK encoder, and only then raises.
+            for _ in h2.utilities.validate_outbound_headers(headers, _REQUEST_HEADER_FLAGS):
+                pass
+        except h2.exceptions.ProtocolError as exc:
+            raise httpx.LocalProtocolError(f"invalid HTTP/2 request: {exc}") from exc
         state = self._h2
         try:
             state.send_headers(s.id, headers, end_stream=not has_body)
@@ -570,7 +660,12 @@ class HTTP2Connection:
             # The server lowered its limit since the pool placed this request: nothing sent.
             raise ConnectionUnavailable() from None
         except h2.exceptions.ProtocolError as exc:
+            # Refused half-way: the encoder's table may no longer match the server's. The
+            # connection takes no new stream; those in flight finish (nothing of this one
+            # was sent, so it is not reset either).
+            self._broken = True
             raise httpx.LocalProtocolError(f"invalid HTTP/2 request: {exc}") from exc
+        s.opened = True
         state.increment_flow_control_window(_WINDOW, stream_id=s.id)
         await self._flush(seconds, catch_up=False)  # `handle` has just caught up
         if not has_body:
@@ -641,7 +736,7 @@ class HTTP2Connection:
         goaway = self._goaway
         if goaway is not None:
             if not s.answered and s.id > (goaway.last_stream_id or 0):
-                raise _not_processed(
+                raise not_processed(
                     f"HTTP/2 stream {s.id} is above the last_stream_id "
                     f"({goaway.last_stream_id}) of the server's GOAWAY: not processed"
                 )
@@ -705,7 +800,7 @@ class HTTP2Connection:
             if acknowledged:
                 with contextlib.suppress(h2.exceptions.ProtocolError):
                     self._h2.acknowledge_received_data(acknowledged, s.id)
-                await self._flush_quietly(catch_up=False)
+                await self._flush_quietly(seconds)
             if chunks:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
             self._raise_failure(s)
@@ -713,7 +808,7 @@ class HTTP2Connection:
 
     def _reset_error(self, s: _Stream, event: h2.events.StreamReset) -> httpx.TransportError:
         if event.error_code == _REFUSED and not s.answered:
-            return _not_processed(
+            return not_processed(
                 f"HTTP/2 stream {s.id} was refused by the server (REFUSED_STREAM): not processed"
             )
         return httpx.RemoteProtocolError(
@@ -743,7 +838,7 @@ class HTTP2Connection:
             and s.id > (goaway.last_stream_id or 0)
             and not is_not_processed(exc)
         ):
-            return _not_processed(
+            return not_processed(
                 f"HTTP/2 stream {s.id} is above the last_stream_id "
                 f"({goaway.last_stream_id}) of the server's GOAWAY: not processed"
             )
@@ -752,17 +847,31 @@ class HTTP2Connection:
     def _finish(self, s: _Stream) -> bool:
         """The stream is done with (read, closed early, failed or cancelled): reset it if the
         server may still send on it, and end its lease. Synchronous, so that it happens even
-        when the caller is being cancelled. True when a reset waits to be written (trio)."""
+        when the caller is being cancelled. True when a reset or an acknowledgement waits to be
+        written (trio)."""
         if s.closed:
             return False
         s.closed = True
         self._streams.pop(s.id, None)
         self._finished += 1
         reset = False
+        # DATA queued and never read still counts against the connection's receive window
+        # until acknowledged: give it back, or every early close shrinks the window for good
+        # (and once it is gone, no response on the connection gets any DATA).
+        unread = 0
+        for event in s.events:
+            if isinstance(event, h2.events.DataReceived):
+                unread += event.flow_controlled_length or 0
+        s.events.clear()
+        if unread and self._failure is None and not self._write_failed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.acknowledge_received_data(unread, s.id)
+                reset = True  # something to write
         state = self._h2.streams.get(s.id)
         goaway = self._goaway
         if (
-            state is not None
+            s.opened
+            and state is not None
             and not state.closed
             and self._failure is None
             and not self._write_failed
@@ -780,8 +889,8 @@ class HTTP2Connection:
         return reset
 
     async def _flush_after_finish(self) -> None:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_FLUSH_SECONDS):
-            await self._flush_quietly(catch_up=False)
+        with anyio.CancelScope(shield=True):
+            await self._flush_quietly(_CLOSE_FLUSH_SECONDS)
 
     async def end_stream(self, s: _Stream) -> None:
         if self._finish(s):
@@ -793,13 +902,6 @@ def _all_ascii(headers: list[tuple[bytes, bytes]]) -> bool:
         if not (name.isascii() and value.isascii()):
             return False
     return True
-
-
-def _not_processed(message: str) -> httpx.RemoteProtocolError:
-    """The error for a request the server provably did not process."""
-    error = httpx.RemoteProtocolError(message)
-    error.__cause__ = StreamNotProcessed(message)
-    return error
 
 
 def _wake(s: _Stream) -> None:

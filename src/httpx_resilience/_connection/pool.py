@@ -42,6 +42,7 @@ import anyio.lowlevel
 import httpx
 
 from .connect import AnyIOStream, ConnectOptions, connect, running_asyncio_loop
+from .errors import not_processed
 from .http2 import LOCAL_MAX_STREAMS, ConnectionUnavailable, HTTP2Connection
 from .http11 import HTTP11Connection, make_parser
 
@@ -231,6 +232,7 @@ class ConnectionPool:
             else:
                 grant = found
             conn: Connection
+            fresh = isinstance(grant, _NewConnection)
             if isinstance(grant, _NewConnection):
                 conn = await self._open_connection(key, grant, request, timeouts, loop)
             else:
@@ -247,6 +249,15 @@ class ConnectionPool:
                 # The connection ends the lease itself, on every path.
                 return await conn.handle(request, timeouts)
             except ConnectionUnavailable:
+                if fresh:
+                    # The connection opened for this request took no stream (a GOAWAY with
+                    # the server's preface: a server being drained). Opening another at once
+                    # could loop for ever; the transport's bounded, backed-off resend of
+                    # requests not processed decides instead.
+                    raise not_processed(
+                        f"the new HTTP/2 connection to {host}:{port} took no request "
+                        "(the server sent GOAWAY at once): not processed"
+                    ) from None
                 continue  # nothing was sent: the connection is done for; place it again
 
     def _acquire(self, key: OriginKey) -> _Grant | _StreamWait | None:
@@ -297,6 +308,13 @@ class ConnectionPool:
             if conn.capacity > 0:
                 self._lease_stream(conn, origin)
                 return conn
+            if conn.leases == 0:
+                # Idle, and the server allows no stream now (SETTINGS_MAX_CONCURRENT_STREAMS
+                # = 0, a pause): close it like one that cannot be reused, or it would idle
+                # outside ``shared`` for ever, counted in the total.
+                self._close_idle(conn)
+                self._total -= 1
+                continue
             del shared[conn]
         return None
 
@@ -447,7 +465,12 @@ class ConnectionPool:
         if stream.alpn == "h2" or (self._http2 and not self._http1):
             try:
                 conn = HTTP2Connection(
-                    stream, key, self._keepalive_expiry, self._release_stream, self._request_limits
+                    stream,
+                    key,
+                    self._keepalive_expiry,
+                    self._release_stream,
+                    self._request_limits,
+                    self._stream_limit_raised,
                 )
                 await conn.start(timeouts.get("read"))
             except BaseException as exc:
@@ -553,6 +576,21 @@ class ConnectionPool:
             self._expire_oldest()
         self._forget(key, origin)
 
+    def _stream_limit_raised(self, conn: HTTP2Connection) -> None:
+        """The server raised MAX_CONCURRENT_STREAMS (SETTINGS) on an open connection: its new
+        room goes to the origin's waiters first (FIFO), the rest back to ``shared``."""
+        if conn not in self._open or conn.capacity <= 0:
+            return
+        key = conn.key
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = self._origins[key] = _Origin()
+        self._origin_streams[key] = conn.max_streams
+        self._serve(conn, origin)
+        if conn.capacity > 0:
+            origin.shared[conn] = None
+        self._forget(key, origin)
+
     def _serve(self, conn: HTTP2Connection, origin: _Origin) -> None:
         """Give the connection's free streams to the origin's waiters, oldest first."""
         while (origin.stream_waiters or origin.waiters) and conn.capacity > 0:
@@ -612,12 +650,13 @@ class ConnectionPool:
     def _close_idle(self, conn: Connection) -> None:
         """Close a connection that carries no request; its slot is the caller's to reuse."""
         del self._idle_all[conn]
-        origin = self._origins[conn.key]
-        if isinstance(conn, HTTP2Connection):
-            origin.shared.pop(conn, None)
-        else:
-            origin.idle.pop(conn, None)
-        self._forget(conn.key, origin)
+        origin = self._origins.get(conn.key)
+        if origin is not None:
+            if isinstance(conn, HTTP2Connection):
+                origin.shared.pop(conn, None)
+            else:
+                origin.idle.pop(conn, None)
+            self._forget(conn.key, origin)
         self._discard(conn)
 
     def _expire_oldest(self) -> None:
