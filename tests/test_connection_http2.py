@@ -3,12 +3,15 @@ real servers on 127.0.0.1, under asyncio and trio.
 
 Hypercorn over TLS (ALPN) for ordinary traffic and the 10,000-request burst; the scripted h2
 server (`tests.support.h2server`, HTTP/2 by prior knowledge) for stream limits and stalls at a
-chosen point; a raw socket server for a connection whose HTTP/2 preface never comes. The GOAWAY,
+chosen point; the path-scripted h2 server (`tests.support.scripted_h2`) for flow control,
+blocked writes, invalid headers and stream limits changed by SETTINGS; a raw socket server for a
+connection whose HTTP/2 preface never comes (or ends without SETTINGS). The GOAWAY,
 REFUSED_STREAM and protocol-violation cases are in ``test_http2_close.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,8 +22,10 @@ import httpx
 import pytest
 
 from httpx_resilience import AsyncConnectionPoolTransport, ResilientTransport
+from httpx_resilience._classify import FailureKind, classify_error
 from tests.support.h2server import H2Server, Plan
 from tests.support.raw import RawServer, full_listener
+from tests.support.scripted_h2 import WINDOW, ScriptedServer, Upload, wait_for_arrival
 from tests.support.server import ServerThread
 
 pytestmark = pytest.mark.anyio
@@ -334,3 +339,253 @@ def test_what_the_pool_learns_per_origin_is_bounded() -> None:
     assert ("https", "host0", 443) not in memory  # the oldest are forgotten first
     assert memory[("https", "host20", 443)] == 3
     assert next(reversed(memory)) == ("https", "host20", 443)
+
+
+# --- flow control, blocked writes and invalid headers (tests.support.scripted_h2) ------------
+
+
+async def test_a_response_closed_early_gives_its_unread_window_back() -> None:
+    """DATA queued for a response closed unread is acknowledged on the connection: the
+    connection's receive window (65,535 + 2**24) is not lost for the responses after it."""
+    # /fill sends the whole window but the 2 bytes of /ok's body, never ends, and is closed
+    # unread; without the acknowledgement no later response on the connection gets any DATA.
+    with ScriptedServer() as server:
+        transport = h2c()
+        timeout = httpx.Timeout(5.0)
+        async with httpx.AsyncClient(
+            transport=transport, base_url=server.url, timeout=timeout
+        ) as client:
+            with anyio.fail_after(60):
+                async with client.stream("GET", f"/fill?n={WINDOW - 2}") as response:
+                    assert response.status_code == 200
+                    # Sent after all of /fill's DATA: once read, all of it is in the client.
+                    assert (await client.get("/ok")).text == "ok"
+                later = await client.get("/data?n=1000000")
+            assert len(later.content) == 1_000_000
+    assert server.connections == 1
+
+
+async def test_a_header_h2_refuses_fails_only_its_request() -> None:
+    """A request header HTTP/2 forbids (a user header named like a pseudo-header) is a
+    LocalProtocolError raised before h2's state is touched: no stream is opened or reset, the
+    HPACK state stays in step with the server's, and the other streams go on."""
+    # h2 itself opens the stream and feeds the headers before the bad one to its encoder, and
+    # only then raises: a RST_STREAM for a stream the server never saw is a connection error
+    # (RFC 9113 §6.4), and the requests in flight would die with the connection.
+    with ScriptedServer() as server:
+        transport = h2c()
+        async with httpx.AsyncClient(
+            transport=transport, base_url=server.url, timeout=httpx.Timeout(10.0)
+        ) as client:
+            results: dict[str, Any] = {}
+
+            async def held() -> None:
+                try:
+                    results["held"] = (await client.get("/hold")).status_code
+                except httpx.TransportError as exc:
+                    results["held"] = exc
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(held)
+                    await wait_for_arrival(server, "/hold")
+                    with pytest.raises(httpx.LocalProtocolError):
+                        await client.get("/ok", headers={"x-first": "1", ":bad": "x"})
+                    try:
+                        results["next"] = (await client.get("/ok")).status_code
+                    except httpx.TransportError as exc:
+                        results["next"] = exc
+                    server.release()
+    assert results == {"held": 200, "next": 200}
+    assert server.errors == []
+
+
+async def test_reading_a_response_never_waits_on_a_blocked_write() -> None:
+    """Acknowledging received DATA never makes a reader wait for a write the server does not
+    read: a complete response is read (or at worst times out) while the connection's writes
+    are stuck."""
+    # The server stops reading (for 15 s) while an upload on one stream fills the socket
+    # buffers; on another stream it sends a complete 9 MB response. Reading it makes the
+    # client acknowledge DATA: under asyncio that write is buffered without waiting for the
+    # buffer to drain, under trio it is left to the writer holding the write lock.
+    with ScriptedServer(big_window=True, stall_seconds=15.0) as server:
+        transport = h2c()
+        async with httpx.AsyncClient(
+            transport=transport, base_url=server.url, timeout=httpx.Timeout(3.0)
+        ) as client:
+            outcome: dict[str, Any] = {}
+
+            async def upload() -> None:
+                with contextlib.suppress(httpx.TransportError):
+                    await client.post("/upload-stall", content=Upload())
+
+            async def download() -> None:
+                try:
+                    async with client.stream("GET", "/wait-data?n=9000000") as response:
+                        size = 0
+                        async for chunk in response.aiter_raw():
+                            size += len(chunk)
+                    outcome["result"] = size
+                except httpx.TransportError as exc:
+                    outcome["result"] = type(exc).__name__
+                outcome["server_was_still_stalled"] = not server.resumed
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(download)
+                    await wait_for_arrival(server, "/wait-data?n=9000000")
+                    group.start_soon(upload)
+    assert outcome["server_was_still_stalled"], outcome
+    assert outcome["result"] in (9_000_000, "ReadTimeout"), outcome
+
+
+async def test_a_connection_whose_write_timed_out_takes_no_new_request() -> None:
+    """After a WriteTimeout the connection takes no new stream (asyncio and trio alike): the
+    next request opens a new connection instead of queueing behind the stuck write buffer."""
+    with ScriptedServer(big_window=True, stall_seconds=15.0) as server:
+        transport = h2c()
+        async with httpx.AsyncClient(
+            transport=transport, base_url=server.url, timeout=httpx.Timeout(3.0)
+        ) as client:
+            with anyio.fail_after(60):
+                with pytest.raises(httpx.WriteTimeout):
+                    await client.post("/upload-stall", content=Upload())
+                response = await client.get("/ok")
+            assert response.text == "ok"
+            stalled = not server.resumed
+    assert stalled
+    assert server.connections == 2
+
+
+async def test_a_request_blocked_writing_without_a_write_timeout_can_be_cancelled() -> None:
+    """With no write timeout, a request whose body the server does not read still ends when
+    its caller cancels it (trio: the write is shielded only under a bounded deadline), and its
+    lease ends."""
+    with ScriptedServer(big_window=True, stall_seconds=15.0) as server:
+        transport = h2c()
+        timeout = httpx.Timeout(10.0, write=None)
+        async with httpx.AsyncClient(
+            transport=transport, base_url=server.url, timeout=timeout
+        ) as client:
+            with anyio.fail_after(60):
+                with anyio.move_on_after(3) as scope:
+                    await client.post("/upload-stall", content=Upload())
+                stalled = not server.resumed
+            assert scope.cancelled_caught
+            stats = transport.pool_stats
+    assert stalled
+    assert stats is not None
+    assert (stats.in_use, stats.waiting) == (0, 0), stats
+
+
+# --- stream limits changed by SETTINGS ----------------------------------------------------------
+
+
+async def test_requests_waiting_in_the_pool_get_the_streams_a_raised_limit_allows() -> None:
+    """A server that raises SETTINGS_MAX_CONCURRENT_STREAMS on an open connection: the
+    requests waiting in the pool get the new streams at once, in order (not only when a
+    stream ends)."""
+    # One connection allowed, one stream on it (held); a second request waits in the pool.
+    # The server raises its limit to 10: the second request is answered while the first is
+    # still held.
+    with ScriptedServer(max_streams=1) as server:
+        transport = h2c(limits=httpx.Limits(max_connections=1))
+        timeout = httpx.Timeout(10.0, pool=3.0)
+        async with httpx.AsyncClient(
+            transport=transport, base_url=server.url, timeout=timeout
+        ) as client:
+            results: dict[str, Any] = {}
+
+            async def send(name: str, path: str) -> None:
+                try:
+                    results[name] = (await client.get(path)).status_code
+                except httpx.TransportError as exc:
+                    results[name] = type(exc).__name__
+                if name == "second":
+                    results["first_still_held"] = "first" not in results
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(send, "first", "/hold")
+                    await wait_for_arrival(server, "/hold")
+                    group.start_soon(send, "second", "/ok")
+                    for _ in range(1_000):
+                        stats = transport.pool_stats
+                        if stats is not None and stats.waiting == 1:
+                            break
+                        await anyio.sleep(0.01)
+                    assert transport.pool_stats is not None
+                    assert transport.pool_stats.waiting == 1
+                    server.raise_limit(10)
+                    for _ in range(1_000):
+                        if "second" in results:
+                            break
+                        await anyio.sleep(0.01)
+                    server.release()
+    assert results == {"first": 200, "second": 200, "first_still_held": True}
+
+
+async def test_an_idle_connection_paused_by_settings_is_closed_cleanly() -> None:
+    """An idle connection whose server sends SETTINGS_MAX_CONCURRENT_STREAMS = 0 (a pause) is
+    closed like one that cannot be reused: it does not linger in the idle list, counted in the
+    pool's total, for a later `_close_idle` to trip over its forgotten origin."""
+    # The origin is forgotten once the new connection opened instead is refused; then the
+    # pool is full (a held request to b), and c's request must make room.
+    with ScriptedServer() as a, ScriptedServer() as b, ScriptedServer() as c:
+        transport = h2c(limits=httpx.Limits(max_connections=2))
+        async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5.0)) as client:
+            results: dict[str, Any] = {}
+            with anyio.fail_after(30):
+                assert (await client.get(f"{a.url}/ok")).text == "ok"
+                a.raise_limit(0)
+                for _ in range(500):  # the client acknowledges the new SETTINGS (asyncio)
+                    if a.acks >= 2:
+                        break
+                    await anyio.sleep(0.01)
+                a.stop_listening()
+                with pytest.raises(httpx.ConnectError):
+                    await client.get(f"{a.url}/ok")
+
+                async def held() -> None:
+                    results["b"] = (await client.get(f"{b.url}/hold")).status_code
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(held)
+                    await wait_for_arrival(b, "/hold")
+                    try:
+                        results["c"] = (await client.get(f"{c.url}/ok")).status_code
+                    finally:
+                        b.release()
+            stats = transport.pool_stats
+    assert results == {"b": 200, "c": 200}
+    assert stats is not None
+    assert (stats.in_use, stats.waiting) == (0, 0), stats
+
+
+# --- a preface that never completes ------------------------------------------------------------
+
+
+def _close_without_settings(conn: socket.socket) -> None:
+    """Accept, read the client's preface, close without a SETTINGS frame."""
+    conn.settimeout(2.0)
+    with contextlib.suppress(OSError):
+        conn.recv(65536)
+        conn.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.parametrize("handler", [_silent, _close_without_settings], ids=["silent", "closes"])
+async def test_a_failed_http2_preface_is_a_connect_failure(
+    handler: Callable[[socket.socket], None],
+) -> None:
+    """Nothing of a request is written before the server's SETTINGS arrive, so a preface that
+    times out or a connection closed before it is a connect failure (ConnectTimeout /
+    ConnectError): NOT_SENT, safe to retry for every method, a POST included."""
+    transport = h2c()
+    with RawServer(handler) as server:
+        async with httpx.AsyncClient(
+            transport=transport, timeout=httpx.Timeout(5.0, read=1.0)
+        ) as client:
+            with anyio.fail_after(20):
+                with pytest.raises(httpx.TransportError) as caught:
+                    await client.post(f"{server.url}/create", content=b"{}")
+    assert classify_error(caught.value) is FailureKind.NOT_SENT, repr(caught.value)

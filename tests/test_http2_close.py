@@ -1,18 +1,28 @@
 """Connections the server closes in an ordinary way lose no request (issue 6), case by case.
 
 Protocol cases run against `tests.support.h2server.H2Server`, a small h2-based server whose
-GOAWAYs, refusals and stream limits are scripted; the HTTP/1.1 stale keep-alive case runs
+GOAWAYs, refusals and stream limits are scripted (and `tests.support.scripted_h2` for a server
+that sends GOAWAY with every preface); the HTTP/1.1 stale keep-alive case runs
 against Hypercorn. The high-volume proof is in ``test_close_stress.py``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import httpx
 import pytest
 
-from httpx_resilience import ResilientTransport, RetryConfig, get_retry_history
+from httpx_resilience import (
+    AsyncConnectionPoolTransport,
+    ResilientTransport,
+    RetryConfig,
+    get_retry_history,
+)
+from httpx_resilience._classify import FailureKind, classify_error
 from tests.support.h2server import H2Server, Plan
+from tests.support.scripted_h2 import ScriptedServer
 from tests.support.server import FaultApp, ServerThread
 
 pytestmark = pytest.mark.anyio
@@ -72,6 +82,44 @@ async def test_goaway_with_last_stream_id_zero_every_time_is_bounded() -> None:
     history = get_retry_history(caught.value)
     assert [a.reason.startswith(NOT_PROCESSED) for a in history] == [True, True, False, False]
     assert history[-1].reason == "retries exhausted"
+
+
+async def test_a_server_that_goes_away_with_every_preface_ends_the_request() -> None:
+    """A server being drained that still accepts connections, each preface followed by
+    GOAWAY(last_stream_id=0): the connection opened for the request takes no stream, and the
+    pool raises "not processed" instead of opening connection after connection for ever (the
+    transport's bounded, backed-off resend of unprocessed requests applies)."""
+    with ScriptedServer(goaway_at_once=True) as server:
+        transport = AsyncConnectionPoolTransport(http1=False, http2=True)
+        async with httpx.AsyncClient(
+            transport=transport, base_url=server.url, timeout=httpx.Timeout(3.0)
+        ) as client:
+            outcome: Any = None
+            with anyio.move_on_after(10):
+                try:
+                    outcome = (await client.get("/ok")).status_code
+                except httpx.TransportError as exc:
+                    outcome = exc
+            connections = server.connections
+    assert isinstance(outcome, httpx.TransportError), (outcome, connections)
+    assert connections <= 10, connections
+    assert classify_error(outcome) is FailureKind.NOT_PROCESSED, repr(outcome)
+
+
+async def test_a_server_that_goes_away_with_every_preface_is_resent_a_bounded_number_of_times() -> (
+    None
+):
+    """Through the resilient transport, the "not processed" of a connection that took no
+    stream is resent for a POST too, within ``max_unprocessed_retries``: one connection per
+    attempt, then the error."""
+    retry = FAST.replace(max_unprocessed_retries=2, max_retries=0)
+    with ScriptedServer(goaway_at_once=True) as server:
+        async with h2_client(retry) as client:
+            with anyio.fail_after(20):
+                with pytest.raises(httpx.RemoteProtocolError, match="not processed"):
+                    await client.post(server.url + "/ok", content=b"payload")
+    assert server.connections == 3
+    assert server.arrived == []
 
 
 async def test_refused_stream_is_resent_even_for_post() -> None:

@@ -768,7 +768,7 @@ class HTTP2Connection:
                             headers.append((name, value))
                     return status, headers
                 if isinstance(event, h2.events.StreamReset):
-                    raise self._reset_error(s, event)
+                    raise self._reset_error(s, event)  # `_finish` gives back unread DATA
                 events.popleft()  # DATA or the end before any HEADERS: h2 refuses those
             self._raise_failure(s)
             await self._wait(s, seconds, httpx.ReadTimeout)

@@ -249,16 +249,17 @@ class ConnectionPool:
                 # The connection ends the lease itself, on every path.
                 return await conn.handle(request, timeouts)
             except ConnectionUnavailable:
-                if fresh:
-                    # The connection opened for this request took no stream (a GOAWAY with
-                    # the server's preface: a server being drained). Opening another at once
-                    # could loop for ever; the transport's bounded, backed-off resend of
-                    # requests not processed decides instead.
-                    raise not_processed(
-                        f"the new HTTP/2 connection to {host}:{port} took no request "
-                        "(the server sent GOAWAY at once): not processed"
-                    ) from None
-                continue  # nothing was sent: the connection is done for; place it again
+                if not fresh:
+                    continue  # nothing was sent: the connection is done for; place it again
+            # The connection opened for this request took no stream (a GOAWAY with the
+            # server's preface: a server being drained). Opening another at once could loop
+            # for ever; the transport's bounded, backed-off resend of requests not processed
+            # decides instead. (Raised out of the ``except``: its cause is the
+            # `StreamNotProcessed` it carries.)
+            raise not_processed(
+                f"the new HTTP/2 connection to {host}:{port} took no request "
+                "(the server sent GOAWAY at once): not processed"
+            )
 
     def _acquire(self, key: OriginKey) -> _Grant | _StreamWait | None:
         """A connection, a slot for a new one, `_STREAM_WAIT`, or None: wait for a slot."""
