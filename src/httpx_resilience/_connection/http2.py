@@ -14,6 +14,15 @@ and a stream waits only for its own queue:
   lock, reads once, dispatches to every stream's queue, and lets go. A stream whose events a
   previous reader already queued returns without reading.
 
+**Writing.** Requests write under the write timeout. A write that fails or times out marks the
+connection failed: it takes no new stream, and nothing more is written on it (under trio a
+write cut short may leave half a frame). Under trio a write is shielded from cancellation only
+when it has a deadline; cancelled without one, it marks the connection failed. Acknowledgements
+(window updates, resets) never make a reader wait on a blocked write: under asyncio they are
+buffered; under trio a reader that finds the write lock taken leaves them to its holder, which
+writes what h2 has queued before letting go. DATA a stream never read (closed early) is
+acknowledged on the connection when the stream ends, so the connection's window is not lost.
+
 httpcore's `AsyncHTTP2Connection` uses the second design on every backend; the first is simpler
 to reason about (the reader never waits for a consumer, events go to the one stream they name)
 and costs nothing per read under asyncio. Parts of the protocol handling follow httpcore's
@@ -39,13 +48,19 @@ size.
   already read it.
 * One stream's failed write does not fail the streams that are only reading: the connection takes
   no new stream, and the others are decided by what arrives.
+* A connection whose preface fails (no SETTINGS in time, or closed before them) raises
+  `httpx.ConnectTimeout` / `httpx.ConnectError`: nothing of any request was written.
 * Frames that break the protocol (h2's ``ProtocolError`` on what was received) and a server whose
   SETTINGS allow no stream are the server's failure: `httpx.RemoteProtocolError` for every
   stream.
 
 **Capacity.** The pool asks `capacity`: ``min(server's MAX_CONCURRENT_STREAMS, 100)`` minus the
 streams placed here, 0 once the connection takes no new stream, and never more in total than the
-origin's request limit learned from an earlier GOAWAY (see `capacity`).
+origin's request limit learned from an earlier GOAWAY (see `capacity`). When the server's
+SETTINGS raise its limit after the preface, the connection tells the pool (``limit_raised``),
+which gives the new room to the requests waiting for it. Request headers are checked as h2
+checks them before h2 opens the stream; a header h2 still refuses half-way leaves the HPACK
+state in doubt, so the connection takes no new stream.
 
 **Leases.** The pool counts the requests it placed here in ``leases`` and ``placed``; each ends by
 exactly one call of the pool's ``release`` callback: when the response body has been read or
