@@ -256,6 +256,10 @@ class ConnectionPool:
             # for ever; the transport's bounded, backed-off resend of requests not processed
             # decides instead. (Raised out of the ``except``: its cause is the
             # `StreamNotProcessed` it carries.)
+            if loop is not None:
+                # asyncio closes the aborted socket in a callback: let it run now, or a caller
+                # that blocks next (a test server's shutdown) keeps it open.
+                await anyio.lowlevel.checkpoint()
             raise not_processed(
                 f"the new HTTP/2 connection to {host}:{port} took no request "
                 "(the server sent GOAWAY at once): not processed"
