@@ -167,6 +167,25 @@ async def test_a_cool_down_from_the_fleet_is_a_hook_event() -> None:
     assert 25.0 < start.seconds <= 30.0
 
 
+async def test_a_closed_fleet_starts_nothing_in_the_background() -> None:
+    # A request still in flight when its transport closes reports its outcome after aclose():
+    # nothing may be left running that no one cancels.
+    store = FlakyStore()
+    transport = ResilientTransport(
+        upstream(200), retry=NO_RETRY, circuit_breaker=CircuitBreaker(), state_store=store
+    )
+    fleet = transport._fleet
+    assert fleet is not None
+    origin = Origin("http", "a.example", 80)
+    fleet.share_cool_down(origin, 5.0)
+    assert len(fleet._tasks) == 1  # the check can fail: an open fleet does spawn
+    await transport.aclose()
+    assert fleet._tasks == set()
+    fleet.share_cool_down(origin, 5.0)
+    fleet.started(origin)
+    assert fleet._tasks == set()
+
+
 async def test_a_store_is_checked_on_construction() -> None:
     with pytest.raises(TypeError, match=r"ResilientTransport\.state_store must be a StateStore"):
         ResilientTransport(state_store=object())  # type: ignore[arg-type]

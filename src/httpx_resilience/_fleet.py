@@ -187,6 +187,7 @@ class Fleet:
         self._next_sync = 0.0
         self._sync_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False  # after aclose: no new background call
         self._down_until = 0.0  # while the store is unavailable: use local state until then
         self._available = True
         self._supported: bool | None = None  # the event loop, checked on first use
@@ -554,7 +555,12 @@ class Fleet:
     async def _call_quietly(self, call: Callable[[], Awaitable[Any]]) -> None:
         await self._call(call)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+        """Run ``coroutine`` in the background, unless the fleet was closed: a request still
+        in flight when its transport closes must not leave a task nobody cancels."""
+        if self._closed:
+            coroutine.close()
+            return None
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -562,7 +568,8 @@ class Fleet:
 
     async def aclose(self) -> None:
         """Cancel the background calls still running (the store stays open: it may be
-        shared; close it with its own ``aclose``)."""
+        shared; close it with its own ``aclose``). Later outcomes stay local."""
+        self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
