@@ -110,12 +110,72 @@ def test_a_retry_that_waited_goes_as_the_probe() -> None:
     cool.note(ORIGIN, 10.0, 429)
     window = cool.window(ORIGIN)
     assert window > 0
-    assert cool.gate(ORIGIN, waited_for=window).kind is GateKind.PROBE
-    assert cool.gate(ORIGIN, waited_for=window).kind is GateKind.WAIT  # not a second probe
+    waited = cool.waited(ORIGIN, 10.0)  # the retry sleeps the 10 s its answer asked for
+    assert waited == (window, clock.now + 10.0)
+    # The sleep is trusted, not the clock (an injected sleeper does not move it).
+    assert cool.gate(ORIGIN, waited=waited).kind is GateKind.PROBE
+    assert cool.gate(ORIGIN, waited=waited).kind is GateKind.WAIT  # not a second probe
     cool.note(ORIGIN, 10.0, 429)  # the probe asked again: a new window
     assert cool.window(ORIGIN) != window
     # A request that waited for the old window does not probe the new one early.
-    assert cool.gate(ORIGIN, waited_for=window) == (GateKind.WAIT, 10.0)
+    assert cool.gate(ORIGIN, waited=waited) == (GateKind.WAIT, 10.0)
+
+
+def test_a_retry_waits_for_what_extended_its_window() -> None:
+    clock = Clock()
+    cool = CoolDown(clock=clock)
+    cool.note(ORIGIN, 1.0, 429)
+    waited = cool.waited(ORIGIN, 1.0)  # its retry sleeps 1 s
+    assert waited is not None
+    cool.note(ORIGIN, 30.0, 429)  # an answer of a request in flight extends the window
+    assert cool.window(ORIGIN) == waited.window  # the same window, extended
+    assert cool.gate(ORIGIN, waited=waited) == (GateKind.WAIT, 29.0)
+    # Once it has slept those 29 s too, it is the probe.
+    assert cool.gate(ORIGIN, waited=waited._replace(until=waited.until + 29.0)).kind is (
+        GateKind.PROBE
+    )
+
+
+def test_a_retry_that_waited_less_than_its_answer_asked_waits_the_rest() -> None:
+    # A status the retry policy does not take Retry-After from (a custom cool-down status):
+    # the retry slept its backoff, 0.5 s, of a 20 s window.
+    clock = Clock()
+    cool = CoolDown(clock=clock, statuses=(429, 529))
+    cool.note(ORIGIN, 20.0, 529)
+    waited = cool.waited(ORIGIN, 0.5)
+    assert cool.gate(ORIGIN, waited=waited) == (GateKind.WAIT, 19.5)
+
+
+@pytest.mark.anyio
+async def test_a_retry_is_not_sent_before_the_window_its_answer_started_ends() -> None:
+    # MockTransport: the retry loop's decisions, on a clock that moves only when it sleeps.
+    clock = Clock()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
+    sent_at: list[float] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent_at.append(clock.now)
+        if len(sent_at) == 1:  # a custom cool-down status: the retry policy backs off 0.5 s
+            return httpx.Response(529, headers={"retry-after": "20"})
+        return httpx.Response(200)
+
+    transport = ResilientTransport(
+        httpx.MockTransport(upstream),
+        retry=RetryConfig(retry_on_status={529}, base_delay=0.5, jitter=False, budget_ratio=None),
+        cool_down=CoolDown(statuses=(429, 529), clock=clock),
+        clock=clock,
+        sleep=sleep,
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get("https://api.example/")).status_code == 200
+    # The backoff, then the rest of the 20 s window the 529 started; then the retry probes.
+    assert slept == [0.5, 19.5]
+    assert sent_at == [100.0, 120.0]
 
 
 def test_window_is_capped_and_origins_are_bounded() -> None:

@@ -31,7 +31,15 @@ from ._origin import Origin
 from ._retry_after import parse_retry_after, parse_retry_after_ms
 from ._validate import check_number, check_statuses
 
-__all__ = ["CoolDown", "CoolDownEnd", "CoolDownStart", "Gate", "GateKind", "server_wait"]
+__all__ = [
+    "CoolDown",
+    "CoolDownEnd",
+    "CoolDownStart",
+    "Gate",
+    "GateKind",
+    "Waited",
+    "server_wait",
+]
 
 CoolDownListener = Callable[[Origin, float], None]
 
@@ -90,6 +98,14 @@ class GateKind(enum.Enum):
 class Gate(NamedTuple):
     kind: GateKind
     wait: float = 0.0
+
+
+class Waited(NamedTuple):
+    """What a retry has waited for in the retry loop: the cool-down ``window`` its own answer
+    started or extended, and the time (on the table's clock) its wait ends."""
+
+    window: int
+    until: float
 
 
 _SEND = Gate(GateKind.SEND)
@@ -191,19 +207,25 @@ class CoolDown:
 
     # --- the protocol a transport follows -----------------------------------------------------
 
-    def gate(self, origin: Origin, *, waited_for: int = 0) -> Gate:
+    def gate(self, origin: Origin, *, waited: Waited | None = None) -> Gate:
         """Whether a request to ``origin`` may be sent now. A `GateKind.PROBE` answer must be
         followed by exactly one `probe_done`.
 
-        ``waited_for``: the `window` that the request's own last answer started or extended,
-        when it has already waited what that answer asked for (the retry loop's wait). If that
-        window still runs, the request goes as its probe unless another probe is out."""
+        ``waited``: what the request has already waited for (see `waited`), when its own last
+        answer started or extended the running window. The retry loop's sleep is trusted
+        rather than the clock (an injected sleeper need not move it): if the window has not
+        been extended past what it waited for, the request goes as its probe unless another
+        probe is out; if it has (answers of requests in flight, or the request waited less
+        than its answer asked), it waits the difference."""
         entry = self._entries.get(origin)
         if entry is None:
             return _SEND
-        if waited_for and waited_for == entry.window and not entry.probing:
-            entry.probing = True
-            return _PROBE
+        if waited is not None and waited.window == entry.window and not entry.probing:
+            extra = entry.until - waited.until
+            if extra <= 0:
+                entry.probing = True
+                return _PROBE
+            return Gate(GateKind.WAIT, extra)
         wait = entry.until - self._clock()
         if wait > 0:
             return Gate(GateKind.WAIT, wait)
@@ -211,6 +233,14 @@ class CoolDown:
             return _WAIT_PROBE
         entry.probing = True
         return _PROBE
+
+    def waited(self, origin: Origin, seconds: float) -> Waited | None:
+        """What a retry waiting ``seconds`` from now will have waited for: `gate`'s
+        ``waited`` (None if ``origin`` has no window)."""
+        entry = self._entries.get(origin)
+        if entry is None:
+            return None
+        return Waited(entry.window, self._clock() + seconds)
 
     def window(self, origin: Origin) -> int:
         """The id of ``origin``'s current window (0 if it has none)."""

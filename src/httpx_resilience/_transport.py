@@ -23,7 +23,7 @@ from ._budget import RetryBudget
 from ._classify import FailureKind, classify_error, counts_against_upstream
 from ._config import RetryConfig
 from ._connection.transport import DEFAULT_LIMITS, build_transport, check_connection_options
-from ._cooldown import CoolDown, Gate, GateKind, server_wait
+from ._cooldown import CoolDown, Gate, GateKind, Waited, server_wait
 from ._decision import BUDGET_EXHAUSTED, RETRY_AFTER_STATUSES, Decision, decide
 from ._exceptions import CircuitOpenError, CoolDownError, DeadlineExceeded
 from ._fleet import Fleet, SharedBudget
@@ -295,13 +295,15 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             guard = await _ReplayGuard.for_request(request)
         run = _Run(request, config, guard, deadline, budget, origin, target, hooks)
         history = run.history
-        waited_for = 0  # the cool-down window this retry has waited for in the retry loop
+        waited: Waited | None = None  # what this retry waited for in the retry loop
         while True:
             probe = False  # whether this attempt is the probe of a cool-down window
             if cool is not None:
-                gate = cool.gate(run.target, waited_for=waited_for)
+                gate = cool.gate(run.target, waited=waited)
                 if gate.kind is not GateKind.SEND:
-                    probe = await self._hold(cool, run, gate)
+                    probe = await self._hold(cool, run, gate, waited)
+                waited = None
+            noted = False  # whether this attempt's answer started or extended a cool-down
             try:
                 if fleet is not None and origin is not None and fleet.suspect(origin):
                     await fleet.check(origin, deadline)
@@ -369,8 +371,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 raise
             else:
                 if cool is not None:
-                    waited_for = _note_response(cool, run.target, response, probe)
-                    if waited_for and fleet is not None:
+                    noted = _note_response(cool, run.target, response, probe)
+                    if noted and fleet is not None:
                         fleet.share_cool_down(run.target, cool.retry_in(run.target))
                 try:
                     if fleet is not None:
@@ -393,6 +395,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     return response
                 # Free the connection before waiting, so that retries cannot starve the pool.
                 await _close_quietly(response)
+                if noted:
+                    assert cool is not None
+                    waited = cool.waited(run.target, decision.wait)
             await self._sleep(0.0 if is_testing() else decision.wait)
             attempt_start = clock()
 
@@ -424,7 +429,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         if run.budget is not None and response.status_code in run.config.retry_on_status:
             await fleet.reserve_retry()
 
-    async def _hold(self, cool: CoolDown, run: _Run, gate: Gate) -> bool:
+    async def _hold(
+        self, cool: CoolDown, run: _Run, gate: Gate, waited: Waited | None = None
+    ) -> bool:
         """Wait while ``run``'s origin cools down; True if this request goes as the window's
         probe.
 
@@ -432,7 +439,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         pass the request's deadline. A wait for the probe's answer ends when it is in (an event
         the probe sets), or with `CoolDownError` once ``max_wait`` or the deadline is reached.
         The waits add up to at most ``max_wait`` per hold, so the loop ends even on a clock
-        that does not move."""
+        that does not move. ``waited``: what the request waited for in the retry loop (see
+        `CoolDown.gate`); the sleeps here add to it."""
         origin = run.target
         held = 0.0
         while True:
@@ -460,7 +468,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             else:
                 await self._sleep(wait)
                 held += wait
-            gate = cool.gate(origin)
+                if waited is not None:
+                    waited = waited._replace(until=waited.until + wait)
+            gate = cool.gate(origin, waited=waited)
 
     @staticmethod
     def _cool_down_error(cool: CoolDown, run: _Run, reason: str) -> CoolDownError:
@@ -811,20 +821,19 @@ def _wake(signal: anyio.Event | None) -> None:
         signal.set()
 
 
-def _note_response(cool: CoolDown, origin: Origin, response: httpx.Response, probe: bool) -> int:
-    """Start or extend a cool-down if the response asks clients to wait, and return its window
-    (a retry of this request waits what the answer asked, in the retry loop); else 0. Report a
-    probe's answer."""
+def _note_response(cool: CoolDown, origin: Origin, response: httpx.Response, probe: bool) -> bool:
+    """Start or extend a cool-down if the response asks clients to wait (then True: a retry of
+    this request waits in the retry loop, see `CoolDown.waited`). Report a probe's answer."""
     status = response.status_code
     if status in cool.statuses:
         headers = response.headers
         wait = server_wait(headers.get("retry-after"), headers.get("retry-after-ms"), time.time())
         if wait is not None:
             _wake(cool.note(origin, wait, status))
-            return cool.window(origin)
+            return True
     if probe:
         _wake(cool.probe_done(origin, answered=True))
-    return 0
+    return False
 
 
 def _origin(request: httpx.Request) -> Origin:
