@@ -1,10 +1,11 @@
 """The sans-IO core imports no httpx and no event loop.
 
 The retry decision, backoff, Retry-After, the retry budget, the sliding windows, the cool-down
-table, origins and the validated configuration are pure code with an injected clock and random
-source: they must not import httpx, httpcore, h2, anyio, asyncio, trio or sniffio, directly or
-through another module of this package. The check reads the import statements (including those
-inside functions and ``if TYPE_CHECKING:`` blocks, which a reader follows too).
+table, the circuit breaker's state machine, origins and the validated configuration are pure code
+with an injected clock and random source: they must not import httpx, httpcore, h2, anyio,
+asyncio, trio or sniffio, directly or through another module of this package. The check reads
+the import statements (including those inside functions and ``if TYPE_CHECKING:`` blocks, which a
+reader follows too).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "httpx_resilience"
 #: The core: pure decision code.
 CORE = [
     "_budget",
+    "_circuit",
     "_config",
     "_cooldown",
     "_decision",

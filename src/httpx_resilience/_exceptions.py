@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 if TYPE_CHECKING:
-    from ._breaker import Origin
+    from ._origin import Origin
 
 __all__ = [
     "APICircuitOpenError",

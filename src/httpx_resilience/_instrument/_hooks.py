@@ -37,13 +37,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import _cooldown
+from .. import _circuit, _cooldown
 from .._cooldown import CoolDownEnd, CoolDownStart
 
 if TYPE_CHECKING:
     import httpx
 
-    from .._breaker import CircuitBreaker, CircuitState, Origin
+    from .._circuit import CircuitState, CircuitTable, Origin
 
 __all__ = [
     "EVENTS",
@@ -539,7 +539,7 @@ def emit(owner: object, event: str, make: Callable[[], object]) -> None:
 
 
 def emit_circuit_change(
-    breaker: CircuitBreaker, origin: Origin, old: CircuitState, new: CircuitState, retry_in: float
+    breaker: CircuitTable, origin: Origin, old: CircuitState, new: CircuitState, retry_in: float
 ) -> None:
     """Report a transition of ``breaker`` to the global hooks and its transports' hooks."""
     emit(
@@ -549,5 +549,7 @@ def emit_circuit_change(
     )
 
 
-# The cool-down table is pure and imports no hooks: it reports through this dispatch.
+# The cool-down table and the circuit table are pure and import no hooks: they report through
+# this dispatch.
 _cooldown.report = emit
+_circuit.report = emit_circuit_change
