@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from .._breaker import CircuitState
+from .._circuit import CircuitState
 from ._hooks import (
     AttemptEnd,
     BudgetRefusal,

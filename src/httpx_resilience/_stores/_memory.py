@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
-from .._breaker import CircuitState
+from .._circuit import CircuitState
 from .._validate import check_number
 from .._window import SlidingCounts
 from ._protocol import (

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
-from .._breaker import CircuitState
+from .._circuit import CircuitState
 from .._validate import check_number
 
 __all__ = [

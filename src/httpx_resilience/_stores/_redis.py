@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._breaker import CircuitState
+from .._circuit import CircuitState
 from ._protocol import (
     AvailabilityListener,
     BudgetPolicy,
