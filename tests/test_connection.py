@@ -697,27 +697,13 @@ def _private_imports(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("path", sorted(CONNECTION_SRC.glob("*.py")), ids=lambda p: p.name)
-def test_the_connection_layer_uses_no_private_httpx_or_httpcore_names(path: Path) -> None:
-    assert _private_imports(path) == []
-
-
-#: Modules of the previous layer that still use httpx's or httpcore's private names; the list
-#: may only shrink (each entry is checked to still need it).
-PRIVATE_NAMES_STILL_USED: set[str] = set()
-
-
 @pytest.mark.parametrize(
     "path",
     sorted((CONNECTION_SRC.parent).rglob("*.py")),
     ids=lambda p: str(p.relative_to(CONNECTION_SRC.parent)),
 )
-def test_no_new_module_uses_private_httpx_or_httpcore_names(path: Path) -> None:
-    found = _private_imports(path)
-    if path.name in PRIVATE_NAMES_STILL_USED and path.parent == CONNECTION_SRC.parent:
-        assert found, f"{path.name} no longer uses private names: take it off the list"
-    else:
-        assert found == []
+def test_no_module_uses_private_httpx_or_httpcore_names(path: Path) -> None:
+    assert _private_imports(path) == []
 
 
 def test_the_private_name_check_can_fail(tmp_path: Path) -> None:
