@@ -178,6 +178,47 @@ async def test_a_retry_is_not_sent_before_the_window_its_answer_started_ends() -
     assert sent_at == [100.0, 120.0]
 
 
+@pytest.mark.anyio
+async def test_a_retry_after_date_is_read_once_for_the_window_and_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An HTTP-date is turned into seconds against the wall clock. The cool-down's window and
+    # the retry's wait must come from one reading of it: two readings differ by the time
+    # between them (and by float rounding), and the retry, having waited the shorter of the
+    # two, was held again for the difference (CI saw a second, tiny wait).
+    import email.utils
+
+    import httpx_resilience._transport as transport_module
+
+    clock = Clock()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
+    wall = [1_800_000_000.0]
+
+    def wall_time() -> float:  # each reading a millisecond later than the one before
+        wall[0] += 0.001
+        return wall[0]
+
+    monkeypatch.setattr(transport_module.time, "time", wall_time)
+    when = email.utils.formatdate(1_800_000_030.0, usegmt=True)
+    answers = iter([httpx.Response(503, headers={"retry-after": when}), httpx.Response(200)])
+    transport = ResilientTransport(
+        httpx.MockTransport(lambda request: next(answers)),
+        retry=RetryConfig(jitter=False, budget_ratio=None),
+        cool_down=CoolDown(clock=clock),
+        clock=clock,
+        sleep=sleep,
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get("https://api.example/")).status_code == 200
+    [wait] = slept
+    assert 29.9 < wait < 30.0
+
+
 def test_window_is_capped_and_origins_are_bounded() -> None:
     clock = Clock()
     cool = CoolDown(clock=clock, max_cool_down=30.0, max_origins=2)

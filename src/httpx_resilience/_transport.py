@@ -370,15 +370,18 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     self._report(run, ends, AttemptOutcome.CANCELLED, cancelled)
                 raise
             else:
+                # One reading of the wall clock for a Retry-After date: the cool-down's window
+                # and the retry's wait must agree, or the retry is held again for the skew.
+                wall_now = time.time()
                 if cool is not None:
-                    noted = _note_response(cool, run.target, response, probe)
+                    noted = _note_response(cool, run.target, response, probe, wall_now)
                     if noted and fleet is not None:
                         fleet.share_cool_down(run.target, cool.retry_in(run.target))
                 try:
                     if fleet is not None:
                         await self._share_response(fleet, run, response, permit)
                         permit = None  # recorded
-                    decision = self._judge(run, response, permit, attempt_start)
+                    decision = self._judge(run, response, permit, attempt_start, wall_now)
                 except BaseException as exc:
                     if ends is not None:  # end the hooks' attempt: spans, contexts
                         elapsed = clock() - attempt_start
@@ -499,7 +502,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         return True
 
     def _judge(
-        self, run: _Run, response: httpx.Response, permit: Permit | None, attempt_start: float
+        self,
+        run: _Run,
+        response: httpx.Response,
+        permit: Permit | None,
+        attempt_start: float,
+        wall_now: float,
     ) -> Decision:
         """Record a response's attempt and decide what follows; attach the history when it
         is the final response."""
@@ -516,7 +524,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             decision = _FINAL_DECISION
         else:
             self._counts.record(run.target, self._clock(), True)
-            decision = self._decide(run, status=status, headers=response.headers)
+            decision = self._decide(run, status=status, headers=response.headers, wall_now=wall_now)
             history.append(_record(history, status, None, attempt_start, self._clock, decision))
         if not decision.retry:
             attach_history(response, tuple(history))
@@ -577,6 +585,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         status: int | None = None,
         headers: httpx.Headers | None = None,
         error: Exception | None = None,
+        wall_now: float | None = None,
     ) -> Decision:
         """Gather what `decide` needs about a failed attempt; only failures pay for this.
 
@@ -605,7 +614,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             ),
             replayable=run.body is None or run.body.replayable,
             now=self._clock(),
-            wall_now=time.time(),
+            wall_now=time.time() if wall_now is None else wall_now,
             deadline=run.deadline,
             random=self._random,
             budget=None if circuit_open else run.budget,
@@ -821,13 +830,17 @@ def _wake(signal: anyio.Event | None) -> None:
         signal.set()
 
 
-def _note_response(cool: CoolDown, origin: Origin, response: httpx.Response, probe: bool) -> bool:
+def _note_response(
+    cool: CoolDown, origin: Origin, response: httpx.Response, probe: bool, wall_now: float
+) -> bool:
     """Start or extend a cool-down if the response asks clients to wait (then True: a retry of
-    this request waits in the retry loop, see `CoolDown.waited`). Report a probe's answer."""
+    this request waits in the retry loop, see `CoolDown.waited`). Report a probe's answer.
+    ``wall_now``: the Unix time a ``Retry-After`` date is read against, the same reading the
+    retry decision uses."""
     status = response.status_code
     if status in cool.statuses:
         headers = response.headers
-        wait = server_wait(headers.get("retry-after"), headers.get("retry-after-ms"), time.time())
+        wait = server_wait(headers.get("retry-after"), headers.get("retry-after-ms"), wall_now)
         if wait is not None:
             _wake(cool.note(origin, wait, status))
             return True
