@@ -187,8 +187,7 @@ async def test_a_retry_after_date_is_read_once_for_the_window_and_the_wait(
     # between them (and by float rounding), and the retry, having waited the shorter of the
     # two, was held again for the difference (CI saw a second, tiny wait).
     import email.utils
-
-    import httpx_resilience._transport as transport_module
+    import time
 
     clock = Clock()
     slept: list[float] = []
@@ -203,7 +202,7 @@ async def test_a_retry_after_date_is_read_once_for_the_window_and_the_wait(
         wall[0] += 0.001
         return wall[0]
 
-    monkeypatch.setattr(transport_module.time, "time", wall_time)
+    monkeypatch.setattr(time, "time", wall_time)
     when = email.utils.formatdate(1_800_000_030.0, usegmt=True)
     answers = iter([httpx.Response(503, headers={"retry-after": when}), httpx.Response(200)])
     transport = ResilientTransport(
