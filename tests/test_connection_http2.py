@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import hpack
 import httpx
 import pytest
 
@@ -363,6 +364,35 @@ async def test_a_response_closed_early_gives_its_unread_window_back() -> None:
                 later = await client.get("/data?n=1000000")
             assert len(later.content) == 1_000_000
     assert server.connections == 1
+
+
+async def test_credentials_are_never_indexed_and_headers_are_normalized() -> None:
+    """Authorization, Proxy-Authorization and a short Cookie go as HPACK "never indexed" fields
+    (kept out of both sides' compression tables), names lowercased, values stripped, HTTP/1.1's
+    connection headers dropped: h2's own outbound normalization, done once by the connection."""
+    with ScriptedServer() as server:
+        async with httpx.AsyncClient(transport=h2c(), base_url=server.url) as client:
+            headers = {
+                "Authorization": "Bearer s3cret",
+                "Proxy-Authorization": "Basic cHJveHk6cHc=",
+                "Cookie": "sid=abc",
+                "X-Padded": "  value  ",
+                "Connection": "keep-alive",
+                "Keep-Alive": "timeout=5",
+            }
+            with anyio.fail_after(30):
+                for _ in range(2):  # the second request: after the first filled the tables
+                    assert (await client.get("/ok", headers=headers)).text == "ok"
+    assert len(server.request_headers) == 2
+    for fields in server.request_headers:
+        never = {f[0] for f in fields if isinstance(f, hpack.NeverIndexedHeaderTuple)}
+        assert never == {b"authorization", b"proxy-authorization", b"cookie"}
+        plain = dict(fields)
+        assert plain[b"x-padded"] == b"value"
+        assert b"connection" not in plain
+        assert b"keep-alive" not in plain
+        assert plain[b"authorization"] == b"Bearer s3cret"
+        assert all(bytes(n) == bytes(n).lower() for n, _ in fields)
 
 
 async def test_a_header_h2_refuses_fails_only_its_request() -> None:

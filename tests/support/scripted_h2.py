@@ -77,6 +77,9 @@ class ScriptedServer:
         self._conns: list[_Conn] = []
         self._stall_seconds = stall_seconds
         self.arrived: list[str] = []
+        #: Each request's header fields as the server's HPACK decoder gave them (never-indexed
+        #: fields as `hpack.NeverIndexedHeaderTuple`).
+        self.request_headers: list[list[Any]] = []
         self.errors: list[str] = []
         self.resets: list[int] = []
         self.connections = 0
@@ -204,6 +207,7 @@ class ScriptedServer:
     def _on_event(self, conn: _Conn, event: h2.events.Event) -> None:
         state = conn.h2
         if isinstance(event, h2.events.RequestReceived):
+            self.request_headers.append(list(event.headers or []))
             headers = dict(event.headers or [])
             path = headers[b":path"].decode()
             conn.paths[event.stream_id] = path

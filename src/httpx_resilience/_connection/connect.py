@@ -396,6 +396,11 @@ class AsyncioStream(asyncio.BufferedProtocol):
             transport.write(data)
         return self._write_paused
 
+    @property
+    def writing_paused(self) -> bool:
+        """Whether the write buffer is over its high-water mark."""
+        return self._write_paused
+
     def has_unread(self) -> bool:
         """Whether bytes wait in the socket that the event loop has not delivered yet. (A
         write that fails makes asyncio drop them: HTTP/2 reads a GOAWAY before writing.)"""

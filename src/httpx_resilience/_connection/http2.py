@@ -86,6 +86,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.utilities
+import hpack
 import httpx
 
 from .connect import AsyncioStream, NetworkStream
@@ -115,7 +116,18 @@ _DROPPED_HEADERS = frozenset(
 )
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
-_CONFIG = h2.config.H2Configuration(validate_inbound_headers=False, header_encoding=None)
+#: h2's outbound normalization and checks are done once, by `_send_request`: lowercase names,
+#: values stripped, connection-specific headers dropped, credentials never indexed (what h2's
+#: `normalize_outbound_headers` does), then h2's `validate_outbound_headers`.
+_CONFIG = h2.config.H2Configuration(
+    validate_inbound_headers=False,
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+    header_encoding=None,
+)
+#: Request headers sent as HPACK "never indexed" fields, as h2's normalization marks them
+#: (``cookie`` too when shorter than 20 bytes).
+_SECRET_HEADERS = frozenset({b"authorization", b"proxy-authorization"})
 #: How h2 validates a request's headers (`h2.utilities.validate_outbound_headers`).
 _REQUEST_HEADER_FLAGS = h2.utilities.HeaderValidationFlags(
     is_client=True, is_trailer=False, is_response_header=False, is_push_promise=False
@@ -237,6 +249,8 @@ class HTTP2Connection:
         self._loop = asyncio.get_running_loop() if self._asyncio else None
         # asyncio: one drain waiter at a time; anyio: one reader and one writer at a time.
         self._drain_lock = asyncio.Lock() if self._asyncio else None
+        #: asyncio: a write of what h2 has queued is scheduled for the end of this turn.
+        self._send_scheduled = False
         self._read_lock = None if self._asyncio else anyio.Lock()
         self._write_lock = None if self._asyncio else anyio.Lock()
 
@@ -247,6 +261,8 @@ class HTTP2Connection:
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: LOCAL_MAX_STREAMS,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
+                # Every stream's receive window, without a WINDOW_UPDATE frame per stream.
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW,
             },
         )
         # Some servers balk at a setting the original RFC did not define (as httpcore notes).
@@ -525,6 +541,33 @@ class HTTP2Connection:
                     self._wake_all()
         raise httpx.WriteError("an earlier write on this connection failed")
 
+    def _send_soon(self) -> bool:
+        """(asyncio) Write what h2 has queued at the end of this turn of the event loop,
+        with what other streams queue meanwhile: at concurrency, one TLS record and one system
+        call carry many requests' HEADERS. False when the caller must write now and wait for
+        the buffer to drain (not asyncio, or the buffer is over its high-water mark), or
+        raise the failure of an earlier write (`_flush`)."""
+        stream = self._stream
+        if not isinstance(stream, AsyncioStream) or stream.writing_paused or self._write_failed:
+            return False
+        self._schedule_send()
+        return True
+
+    def _schedule_send(self) -> None:
+        if not self._send_scheduled:
+            self._send_scheduled = True
+            loop = self._loop
+            assert loop is not None
+            loop.call_soon(self._send_now)
+
+    def _send_now(self) -> None:
+        self._send_scheduled = False
+        out = self._h2.data_to_send()
+        if out:
+            stream = self._stream
+            assert isinstance(stream, AsyncioStream)
+            stream.write(out)  # nothing on a closed stream: its sink has been told
+
     async def _flush_quietly(self, seconds: float | None) -> None:
         """Write acknowledgements and resets without ever making a reader wait on a blocked
         write: under asyncio they are buffered (no wait for the buffer to drain); under trio
@@ -535,9 +578,7 @@ class HTTP2Connection:
             return
         stream = self._stream
         if isinstance(stream, AsyncioStream):
-            out = self._h2.data_to_send()
-            if out:
-                stream.write(out)
+            self._schedule_send()
             return
         lock = self._write_lock
         assert lock is not None
@@ -653,7 +694,13 @@ class HTTP2Connection:
                 continue
             if lowered == b"te" and value.lower() != b"trailers":
                 continue  # the one value HTTP/2 allows (§8.2.2)
-            fields.append((lowered, value))
+            value = value.strip()
+            if lowered in _SECRET_HEADERS or (lowered == b"cookie" and len(value) < 20):
+                # Kept out of both sides' HPACK tables (an attacker who can add headers of
+                # their own could otherwise guess a credential from the compressed size).
+                fields.append(hpack.NeverIndexedHeaderTuple(lowered, value))
+            else:
+                fields.append((lowered, value))
         headers = [
             (b":method", request.method.encode("ascii")),
             (b":authority", authority or url.netloc),
@@ -662,8 +709,9 @@ class HTTP2Connection:
             *fields,
         ]
         try:
-            # What h2 checks while encoding, checked first: h2 opens the stream and feeds the
-            # headers before the bad one to the HPACK encoder, and only then raises.
+            # What h2 would check while encoding, checked here once (its own outbound checks
+            # and normalization are off, `_CONFIG`): h2 opens the stream and feeds the headers
+            # before the bad one to the HPACK encoder, and only then raises.
             for _ in h2.utilities.validate_outbound_headers(headers, _REQUEST_HEADER_FLAGS):
                 pass
         except h2.exceptions.ProtocolError as exc:
@@ -681,7 +729,12 @@ class HTTP2Connection:
             self._broken = True
             raise httpx.LocalProtocolError(f"invalid HTTP/2 request: {exc}") from exc
         s.opened = True
-        state.increment_flow_control_window(_WINDOW, stream_id=s.id)
+        if state.local_settings.initial_window_size < _WINDOW:
+            # Our SETTINGS are not acknowledged yet: the stream's window is still the
+            # protocol's 65,535 bytes, so open it (the acknowledgement then adds to it).
+            state.increment_flow_control_window(_WINDOW, stream_id=s.id)
+        if not has_body and self._send_soon():
+            return
         await self._flush(seconds, catch_up=False)  # `handle` has just caught up
         if not has_body:
             return
@@ -896,10 +949,8 @@ class HTTP2Connection:
                 self._h2.reset_stream(s.id, h2.errors.ErrorCodes.CANCEL)
                 reset = True
         self._release(self)
-        if reset and isinstance(self._stream, AsyncioStream):
-            out = self._h2.data_to_send()
-            if out:
-                self._stream.write(out)
+        if reset and self._asyncio:
+            self._schedule_send()
             return False
         return reset
 
