@@ -487,6 +487,38 @@ async def test_a_connection_whose_write_timed_out_takes_no_new_request() -> None
     assert server.connections == 2
 
 
+async def test_waiting_behind_a_blocked_writer_is_bounded_by_the_write_timeout() -> None:
+    """A request whose write waits for another stream's blocked write (the server stops
+    reading; that upload has no write timeout) ends with WriteTimeout within its own write
+    timeout, not when the server reads again; the connection then takes no new stream."""
+    with ScriptedServer(big_window=True, stall_seconds=15.0) as server:
+        transport = h2c()
+        async with httpx.AsyncClient(
+            transport=transport, base_url=server.url, timeout=httpx.Timeout(10.0, write=None)
+        ) as client:
+            outcome: dict[str, Any] = {}
+
+            async def blocked_upload() -> None:
+                with contextlib.suppress(httpx.TransportError):
+                    await client.post("/upload-stall", content=Upload())
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(blocked_upload)
+                    await wait_for_arrival(server, "/upload-stall")
+                    try:
+                        await client.post(
+                            "/ok", content=b"x" * 1_000_000, timeout=httpx.Timeout(10.0, write=1.0)
+                        )
+                    except httpx.TransportError as exc:
+                        outcome["second"] = type(exc).__name__
+                    outcome["server_was_still_stalled"] = not server.resumed
+                    outcome["next"] = (await client.get("/ok")).text
+                    group.cancel_scope.cancel()
+    assert outcome == {"second": "WriteTimeout", "server_was_still_stalled": True, "next": "ok"}
+    assert server.connections == 2
+
+
 async def test_a_request_blocked_writing_without_a_write_timeout_can_be_cancelled() -> None:
     """With no write timeout, a request whose body the server does not read still ends when
     its caller cancels it (trio: the write is shielded only under a bounded deadline), and its

@@ -497,16 +497,39 @@ class HTTP2Connection:
                 drain_lock = self._drain_lock
                 assert drain_lock is not None
                 try:
-                    async with drain_lock:
+                    # Another stream waiting for the drain holds the lock: the write timeout
+                    # covers that wait too.
+                    await self._acquire(drain_lock, seconds)
+                    try:
                         await stream.send(b"", seconds)  # waits for the buffer to drain
+                    finally:
+                        drain_lock.release()
                 except (httpx.WriteError, httpx.WriteTimeout):
                     self._write_failed = True
+                    self._wake_all()
                     raise
             return
         lock = self._write_lock
         assert lock is not None
-        async with lock:
+        await self._acquire(lock, seconds)
+        try:
             await self._send_pending(seconds)
+        finally:
+            lock.release()
+
+    async def _acquire(self, lock: asyncio.Lock | anyio.Lock, seconds: float | None) -> None:
+        """Take a write lock within the write timeout. Timed out, the writer holding it is
+        stuck on a server that does not read: the connection takes no new stream (as after any
+        write timeout), and what this stream queued stays for that writer."""
+        if seconds is None:
+            await lock.acquire()
+            return
+        with anyio.move_on_after(seconds):
+            await lock.acquire()
+            return
+        self._write_failed = True
+        self._wake_all()
+        raise httpx.WriteTimeout("timed out while writing")
 
     async def _send_pending(self, seconds: float | None) -> None:
         """(trio, holding the write lock) Write what h2 has to send, including what other
