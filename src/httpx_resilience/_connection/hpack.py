@@ -69,7 +69,8 @@ __all__ = ["MEMO_BYTES", "MEMO_ENTRIES", "MEMO_STRING", "Decoder", "Encoder", "i
 MEMO_ENTRIES = 1024
 #: Most octets (keys and values) a memo holds before it is emptied.
 MEMO_BYTES = 256 * 1024
-#: Strings (decoder) and fields (encoder) longer than this many octets are never memoized.
+#: A string longer than this many octets as sent (decoder), or a field whose name and value
+#: together are (encoder), is never memoized.
 MEMO_STRING = 4096
 
 #: RFC 7540 §6.5.2: the initial SETTINGS_HEADER_TABLE_SIZE, and so the initial table size.
