@@ -95,9 +95,11 @@ for _index in range(_STATIC_LENGTH, 0, -1):  # backwards: the lowest index wins
     _STATIC_NAME_INDEX[_STATIC[_index][0]] = _index
 del _index
 
-#: Huffman code and its length in bits per octet (RFC 7541 Appendix B), without EOS.
-_HUFFMAN_CODES: tuple[int, ...] = tuple(REQUEST_CODES[:256])
-_HUFFMAN_BITS: tuple[int, ...] = tuple(REQUEST_CODES_LENGTH[:256])
+#: Each octet's Huffman code (RFC 7541 Appendix B) as binary digits ("1111111000" for "!").
+_HUFFMAN_DIGITS: tuple[str, ...] = tuple(
+    format(code, f"0{length}b")
+    for code, length in zip(REQUEST_CODES[:256], REQUEST_CODES_LENGTH[:256], strict=True)
+)
 
 
 def _entry_size(header: tuple[bytes, bytes]) -> int:
@@ -414,33 +416,14 @@ def _encode_integer(value: int, bits: int, flags: int) -> bytes:
     return bytes(out)
 
 
-def _huffman_encode(data: bytes) -> bytes:
-    """``data`` Huffman-coded (RFC 7541 §5.2), padded with the EOS prefix (ones)."""
-    codes = _HUFFMAN_CODES
-    lengths = _HUFFMAN_BITS
-    out = bytearray()
-    acc = 0
-    bits = 0
-    for octet in data:
-        n = lengths[octet]
-        acc = (acc << n) | codes[octet]
-        bits += n
-        if bits >= 64:  # flush whole octets, so that the integer stays small
-            keep = bits & 7
-            out += (acc >> keep).to_bytes((bits - keep) >> 3, "big")
-            acc &= (1 << keep) - 1
-            bits = keep
-    pad = -bits & 7
-    acc = (acc << pad) | ((1 << pad) - 1)
-    out += acc.to_bytes((bits + pad) >> 3, "big")
-    return bytes(out)
-
-
 def _encode_string(data: bytes) -> bytes:
-    """A string literal (RFC 7541 §5.2): Huffman-coded when that is shorter."""
-    coded = (sum(map(_HUFFMAN_BITS.__getitem__, data)) + 7) >> 3
+    """A string literal (RFC 7541 §5.2), Huffman-coded when that is shorter: the codes as a
+    string of binary digits, padded with ones (the EOS prefix), read as one integer."""
+    bits = "".join(map(_HUFFMAN_DIGITS.__getitem__, data))
+    coded = (len(bits) + 7) >> 3
     if coded < len(data):
-        return _encode_integer(coded, 7, 0x80) + _huffman_encode(data)
+        padded = int(bits + "1" * (-len(bits) & 7), 2)
+        return _encode_integer(coded, 7, 0x80) + padded.to_bytes(coded, "big")
     return _encode_integer(len(data), 7, 0) + data
 
 
