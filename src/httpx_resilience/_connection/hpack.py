@@ -6,8 +6,13 @@ request. nginx sends every response header as a Huffman-coded literal (after a t
 to 0, so nothing is ever indexed), so ``hpack.Decoder`` Huffman-decodes the same strings in pure
 Python for every response; ``hpack.Encoder`` searches its tables and logs a ``logging.debug``
 call per header. Measured on this project's machine (2 cores, Python 3.11, hpack 4.2), one run
-of ``benchmarks/hpack_codec.py``: decoding nginx's 8 response headers PLACEHOLDER_DECODE; encoding
-the 7 headers of a typical httpx request PLACEHOLDER_ENCODE.
+of ``benchmarks/hpack_codec.py``: decoding nginx's 8 response headers took 44.6 µs per block
+with ``hpack.Decoder`` and 4.3 µs with this one (10x); encoding the 7 headers of a typical httpx
+request 8.3 µs with ``hpack.Encoder`` and 0.7 µs with this one (12x). What the memos do not
+serve costs less too: a request with a new ``:path`` each time 21 -> 4.4 µs; a response with a
+new date, length and etag each time 30 -> 15 µs (Huffman decoding of the new strings). End to
+end, ``benchmarks/throughput.py --http 2 --concurrency 50`` against nginx (one run each): the
+connection layer's client CPU per request went from 483 to 412 µs (2,057 -> 2,427 req/s).
 
 **Decoder.** Full RFC 7541: indexed fields (static and dynamic table), the three kinds of
 literal, dynamic table size updates (only at the start of a block, never above
@@ -17,11 +22,13 @@ Huffman strings with the padding rules. It raises ``hpack``'s own exception clas
 same cases as ``hpack.Decoder``, so h2's handling (``DenialOfServiceError`` for an oversized
 list, ``ProtocolError`` for the rest) is unchanged; it returns `hpack.HeaderTuple`, and
 `hpack.NeverIndexedHeaderTuple` for a never-indexed field, as ``hpack`` does. The speed comes
-from a memo per decoder: a Huffman string's octets to its decoded octets (a pure function), so a
-repeated header costs a dictionary lookup; Huffman strings are decoded by ``hpack``'s own
-``decode_huffman`` on a miss. The memo is bounded (`MEMO_ENTRIES` strings and `MEMO_BYTES`
-octets; it is emptied when either would be exceeded, and strings longer than `MEMO_STRING` are
-never kept), and the values of never-indexed fields (``authorization``, ``set-cookie``...) are
+from a memo per decoder, in two parts: a literal field's octets to the field, when its name is
+literal or from the static table (then the octets alone decide the field), and a Huffman
+string's octets to its decoded octets (literal names, and values named from the dynamic table).
+A repeated header then costs a dictionary lookup; on a miss Huffman strings are decoded by
+``hpack``'s own ``decode_huffman``. The memo is bounded (`MEMO_ENTRIES` entries and `MEMO_BYTES`
+octets; it is emptied when either would be exceeded, and nothing longer than `MEMO_STRING` on
+the wire is kept), and the values of never-indexed fields (what the server marks sensitive) are
 never looked up in it nor kept.
 
 **Encoder.** No dynamic table at all: a field is an index into the static table when the static
@@ -29,8 +36,9 @@ table has its exact (name, value), else a literal *without indexing* (with the s
 name index when there is one), each string Huffman-coded when that is shorter. Every field's
 encoding is then independent of what was sent before, so it is memoized per (name, value), with
 the same bounds; nothing can go out of step with the server's decoder, and no compression
-context exists for an attacker to probe (RFC 7541 §7.1). The cost is a few dozen octets per
-request that a dynamic table would have saved (``user-agent``, ``:authority``). The first block,
+context exists for an attacker to probe (RFC 7541 §7.1). The cost is the octets a dynamic table
+would have saved: the typical httpx request above is 47 octets each time, where ``hpack`` sends
+45 once and then 7. The first block,
 and the first block after every change of `Encoder.header_table_size` (h2 sets it from the
 server's SETTINGS_HEADER_TABLE_SIZE), starts with a dynamic table size update to 0 (§4.2,
 §6.3): 0 is within any limit, and the server's decoder can drop its table. Fields given as
