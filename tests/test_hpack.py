@@ -593,6 +593,25 @@ def test_malformed_blocks_raise_what_hpack_raises(
     assert _error(ours, data) is expected
 
 
+def test_error_messages_do_not_carry_the_blocks_octets() -> None:
+    # A block with a credential, cut short at every point and given a bad tail: whatever is
+    # raised (h2 puts the message into its ProtocolError) never shows the block's octets.
+    secret = NeverIndexedHeaderTuple(b"authorization", b"Bearer s3cr3t-t0ken")
+    for huffman in (False, True):
+        block = hpack.Encoder().encode([(b":method", b"GET"), secret], huffman=huffman)
+        for cut in range(1, len(block) + 1):
+            for tail in (b"", b"\xff", b"\xff\x80\x80\x80\x80\x80\x80", b"\x82\x20"):
+                data = block[:cut] + tail
+                try:
+                    Decoder().decode(data, raw=True)
+                except hpack.HPACKError as exc:
+                    message = str(exc)
+                    assert "s3cr3t" not in message
+                    assert repr(block[1:])[2:-1] not in message
+                    assert "\\x" not in message, message
+                    assert "b'" not in message, message
+
+
 def test_oversized_header_list_raises_what_hpack_raises() -> None:
     block = hpack.Encoder().encode([(b"x-a", b"a" * 40), (b"x-b", b"b" * 40)])
     # 32 + 3 + 40 = 75 per field: the first fits in 100, the second does not.

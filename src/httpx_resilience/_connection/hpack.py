@@ -115,6 +115,11 @@ def _entry_size(header: tuple[bytes, bytes]) -> int:
     return len(header[0]) + len(header[1]) + 32
 
 
+def _truncated(pos: int) -> str:
+    # Never the block's octets in a message: they may hold credentials (Huffman is no secret).
+    return f"Unable to decode HPACK integer representation at octet {pos}: truncated block"
+
+
 def _integer(data: bytes, pos: int, value: int) -> tuple[int, int]:
     """The rest of an integer (RFC 7541 §5.1) whose prefix was full (``value``, the prefix's
     maximum): its value and the position after it, reading from ``pos``. Like ``hpack``, at
@@ -124,14 +129,14 @@ def _integer(data: bytes, pos: int, value: int) -> tuple[int, int]:
     end = len(data)
     while True:
         if pos >= end:
-            raise HPACKDecodingError(f"Unable to decode HPACK integer representation from {data!r}")
+            raise HPACKDecodingError(_truncated(pos))
         byte = data[pos]
         pos += 1
         value += (byte & 0x7F) << shift
         if byte < 0x80:
             return value, pos
         if pos >= stop:
-            raise HPACKDecodingError(f"Variable integer representation is too long: {data!r}")
+            raise HPACKDecodingError(f"Variable integer representation is too long (octet {pos})")
         shift += 7
 
 
@@ -235,7 +240,7 @@ class Decoder:
     def _string(self, data: bytes, pos: int, remember: bool) -> tuple[bytes, int]:
         """The string literal (RFC 7541 §5.2) at ``pos``, and the position after it."""
         if pos >= len(data):
-            raise HPACKDecodingError(f"Unable to decode HPACK integer representation from {data!r}")
+            raise HPACKDecodingError(_truncated(pos))
         first = data[pos]
         length = first & 0x7F
         pos += 1
@@ -256,7 +261,7 @@ class Decoder:
     def _skip(self, data: bytes, pos: int) -> int:
         """The position after the string literal at ``pos`` (not decoded)."""
         if pos >= len(data):
-            raise HPACKDecodingError(f"Unable to decode HPACK integer representation from {data!r}")
+            raise HPACKDecodingError(_truncated(pos))
         length = data[pos] & 0x7F
         pos += 1
         if length == 0x7F:
@@ -349,9 +354,7 @@ class Decoder:
                     # so the field memo answers for one seen before.
                     value_at = self._skip(data, pos) if not index else pos
                     if value_at >= end:
-                        raise HPACKDecodingError(
-                            f"Unable to decode HPACK integer representation from {data!r}"
-                        )
+                        raise HPACKDecodingError(_truncated(value_at))
                     length = data[value_at] & 0x7F
                     stop = value_at + 1
                     if length == 0x7F:
@@ -556,5 +559,4 @@ def install(connection: h2.connection.H2Connection) -> None:
         # block's size update to 0 empties it.
         encoder = Encoder()
         encoder.header_table_size = old_encoder.header_table_size
-        encoder._signal = True
         connection.encoder = cast("hpack.Encoder", encoder)
