@@ -809,6 +809,33 @@ def test_install_serves_h2_requests_and_responses() -> None:
     assert client.decoder.table
 
 
+def test_a_block_refused_half_way_leaves_nothing_out_of_step() -> None:
+    # h2 feeds the encoder the headers it has validated so far and raises at a bad one: with
+    # hpack's encoder the fields before it are in its table but not in the server's, and the
+    # next request refers to them. Ours keeps no table: the next request decodes as sent.
+    client, server = _h2_pair()
+    refused = [*HTTPX_REQUEST, (b"x-fresh", b"never sent"), (b":bad", b"pseudo after regular")]
+    with pytest.raises(h2.exceptions.ProtocolError):
+        _request(client, refused)
+    assert client.data_to_send() == b""
+    request = [*HTTPX_REQUEST, (b"x-fresh", b"never sent")]
+    _request(client, request)
+    received = [e for e in _exchange(client, server) if isinstance(e, h2.events.RequestReceived)]
+    assert [_plain(e.headers) for e in received] == [request]
+    # And the encoder alone: a failure in the middle of a block keeps the size update due.
+    encoder = Encoder()
+
+    def failing() -> Iterable[Header]:
+        yield (b":method", b"GET")
+        raise ValueError("bad header")
+
+    with pytest.raises(ValueError, match="bad header"):
+        encoder.encode(failing())
+    block = encoder.encode(HTTPX_REQUEST)
+    assert block[:1] == b"\x20"
+    assert _plain(hpack.Decoder().decode(block, raw=True)) == HTTPX_REQUEST
+
+
 def test_install_follows_settings_both_ways() -> None:
     client, server = _h2_pair()
     # The server lowers its HEADER_TABLE_SIZE: h2 tells our encoder, which signals 0 again.
