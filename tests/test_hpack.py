@@ -286,6 +286,29 @@ def test_our_encoder_to_hpacks_decoder_over_the_corpus() -> None:
             assert ours.table == ()
 
 
+def test_seeded_random_blocks_from_our_encoder() -> None:
+    rng = random.Random(7540)
+    encoder = Encoder()
+    theirs = hpack.Decoder()
+    ours = Decoder()
+    for block_number in range(2000):
+        if rng.random() < 0.02:  # the server's SETTINGS_HEADER_TABLE_SIZE changes
+            size = rng.choice([0, 64, 256, 4096, 65536])
+            encoder.header_table_size = size
+            theirs.max_allowed_table_size = ours.max_allowed_table_size = size
+        headers = _random_headers(rng)
+        block = encoder.encode(headers)
+        expected = _plain(h[:2] for h in headers)
+        sensitive = [
+            isinstance(h, NeverIndexedHeaderTuple) or (len(h) == 3 and h[2]) for h in headers
+        ]
+        for decoded in (theirs.decode(block, raw=True), ours.decode(block, raw=True)):
+            assert _plain(decoded) == expected, block_number
+            assert [type(h) is NeverIndexedHeaderTuple for h in decoded] == sensitive
+        assert _their_table(theirs) == []
+        assert encoder.memo_size <= MEMO_ENTRIES
+
+
 def test_our_encoder_signals_table_size_zero_first_and_after_every_change() -> None:
     encoder = Encoder()
     assert encoder.header_table_size == 4096
