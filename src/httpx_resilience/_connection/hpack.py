@@ -11,8 +11,9 @@ with ``hpack.Decoder`` and 4.3 µs with this one (10x); encoding the 7 headers o
 request 8.3 µs with ``hpack.Encoder`` and 0.7 µs with this one (12x). What the memos do not
 serve costs less too: a request with a new ``:path`` each time 21 -> 4.4 µs; a response with a
 new date, length and etag each time 30 -> 15 µs (Huffman decoding of the new strings). End to
-end, ``benchmarks/throughput.py --http 2 --concurrency 50`` against nginx (one run each): the
-connection layer's client CPU per request went from 483 to 412 µs (2,057 -> 2,427 req/s).
+end, ``benchmarks/throughput.py --http 2 --concurrency 50`` against nginx (one run each, with
+`install` in ``http2.py``): the connection layer's client CPU per request went from 395 to
+329 µs (2,516 -> 3,022 req/s).
 
 **Decoder.** Full RFC 7541: indexed fields (static and dynamic table), the three kinds of
 literal, dynamic table size updates (only at the start of a block, never above
