@@ -91,6 +91,7 @@ import httpx
 
 from .connect import AsyncioStream, NetworkStream
 from .errors import is_not_processed, not_processed
+from .hpack import install as install_hpack
 
 if TYPE_CHECKING:
     from hyperframe.frame import Frame, GoAwayFrame
@@ -255,6 +256,7 @@ class HTTP2Connection:
         self._write_lock = None if self._asyncio else anyio.Lock()
 
         state = self._h2 = _GracefulH2Connection(config=_CONFIG)
+        install_hpack(state)  # HPACK memoized, no dynamic table of our own (`hpack.py`)
         state.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
