@@ -395,6 +395,19 @@ async def test_credentials_are_never_indexed_and_headers_are_normalized() -> Non
         assert all(bytes(n) == bytes(n).lower() for n, _ in fields)
 
 
+async def test_a_connect_request_is_refused_before_anything_is_sent() -> None:
+    """CONNECT has no ``:scheme``/``:path`` in HTTP/2 (RFC 9113 §8.5), which this layer always
+    sends: h2's checks refuse it before a stream is opened, and the connection goes on."""
+    with ScriptedServer() as server:
+        async with httpx.AsyncClient(transport=h2c(), base_url=server.url) as client:
+            with anyio.fail_after(30):
+                with pytest.raises(httpx.LocalProtocolError, match="CONNECT"):
+                    await client.request("CONNECT", "/ok")
+                assert (await client.get("/ok")).text == "ok"
+    assert server.arrived == ["/ok"]
+    assert server.connections == 1
+
+
 async def test_a_header_h2_refuses_fails_only_its_request() -> None:
     """A request header HTTP/2 forbids (a user header named like a pseudo-header) is a
     LocalProtocolError raised before h2's state is touched: no stream is opened or reset, the

@@ -148,6 +148,8 @@ _QUEUED = (
     h2.events.StreamEnded,
     h2.events.StreamReset,
 )
+#: Both of the above: the events addressed to one stream.
+_STREAM_EVENTS = (*_QUEUED, h2.events.InformationalResponseReceived, h2.events.TrailersReceived)
 
 
 class ConnectionUnavailable(Exception):
@@ -356,7 +358,7 @@ class HTTP2Connection:
             return
         streams = self._streams
         for event in events:
-            if isinstance(event, (*_QUEUED, *_ANSWERS)):
+            if isinstance(event, _STREAM_EVENTS):
                 stream_id: int = event.stream_id
                 s = streams.get(stream_id)
                 if s is None:
@@ -708,10 +710,13 @@ class HTTP2Connection:
         url = request.url
         authority = b""
         has_body = False
+        pseudo = False  # a user header named like a pseudo-header (h2 refuses those)
         fields: list[tuple[bytes, bytes]] = []
         for name, value in request.headers.raw:
             lowered = name.lower()
-            if lowered == b"host":
+            if lowered[:1] == b":":
+                pseudo = True
+            elif lowered == b"host":
                 authority = value
             elif lowered == b"content-length" or lowered == b"transfer-encoding":
                 has_body = True
@@ -726,21 +731,26 @@ class HTTP2Connection:
                 fields.append(hpack.NeverIndexedHeaderTuple(lowered, value))
             else:
                 fields.append((lowered, value))
+        method = request.method.encode("ascii")
+        path = url.raw_path
         headers = [
-            (b":method", request.method.encode("ascii")),
+            (b":method", method),
             (b":authority", authority or url.netloc),
             (b":scheme", url.scheme.encode("ascii")),
-            (b":path", url.raw_path),
+            (b":path", path),
             *fields,
         ]
-        try:
-            # What h2 would check while encoding, checked here once (its own outbound checks
-            # and normalization are off, `_CONFIG`): h2 opens the stream and feeds the headers
-            # before the bad one to the HPACK encoder, and only then raises.
-            for _ in h2.utilities.validate_outbound_headers(headers, _REQUEST_HEADER_FLAGS):
-                pass
-        except h2.exceptions.ProtocolError as exc:
-            raise httpx.LocalProtocolError(f"invalid HTTP/2 request: {exc}") from exc
+        if pseudo or not path or method == b"CONNECT":
+            # What h2 would check while encoding (its own outbound checks and normalization
+            # are off, `_CONFIG`), checked before h2 opens the stream: h2 feeds the headers
+            # before the bad one to the HPACK encoder, and only then raises. The rest of its
+            # checks hold by construction above: pseudo-headers first, once each; no
+            # connection-specific header; ``te`` only as ``trailers``; no ``host``.
+            try:
+                for _ in h2.utilities.validate_outbound_headers(headers, _REQUEST_HEADER_FLAGS):
+                    pass
+            except h2.exceptions.ProtocolError as exc:
+                raise httpx.LocalProtocolError(f"invalid HTTP/2 request: {exc}") from exc
         state = self._h2
         try:
             state.send_headers(s.id, headers, end_stream=not has_body)
