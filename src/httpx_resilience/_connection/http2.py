@@ -96,7 +96,7 @@ from .hpack import install as install_hpack
 if TYPE_CHECKING:
     from hyperframe.frame import Frame, GoAwayFrame
 
-__all__ = ["LOCAL_MAX_STREAMS", "ConnectionUnavailable", "HTTP2Connection"]
+__all__ = ["H2_CONFIG", "LOCAL_MAX_STREAMS", "ConnectionUnavailable", "HTTP2Connection"]
 
 #: How many concurrent streams a connection asks the server to allow (httpcore's value).
 LOCAL_MAX_STREAMS = 100
@@ -120,7 +120,7 @@ _REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
 #: h2's outbound normalization and checks are done once, by `_send_request`: lowercase names,
 #: values stripped, connection-specific headers dropped, credentials never indexed (what h2's
 #: `normalize_outbound_headers` does), then h2's `validate_outbound_headers`.
-_CONFIG = h2.config.H2Configuration(
+H2_CONFIG = h2.config.H2Configuration(
     validate_inbound_headers=False,
     validate_outbound_headers=False,
     normalize_outbound_headers=False,
@@ -257,7 +257,7 @@ class HTTP2Connection:
         self._read_lock = None if self._asyncio else anyio.Lock()
         self._write_lock = None if self._asyncio else anyio.Lock()
 
-        state = self._h2 = _GracefulH2Connection(config=_CONFIG)
+        state = self._h2 = _GracefulH2Connection(config=H2_CONFIG)
         install_hpack(state)  # HPACK memoized, no dynamic table of our own (`hpack.py`)
         state.local_settings = h2.settings.Settings(
             client=True,
@@ -742,7 +742,7 @@ class HTTP2Connection:
         ]
         if pseudo or not path or method == b"CONNECT":
             # What h2 would check while encoding (its own outbound checks and normalization
-            # are off, `_CONFIG`), checked before h2 opens the stream: h2 feeds the headers
+            # are off, `H2_CONFIG`), checked before h2 opens the stream: h2 feeds the headers
             # before the bad one to the HPACK encoder, and only then raises. The rest of its
             # checks hold by construction above: pseudo-headers first, once each; no
             # connection-specific header; ``te`` only as ``trailers``; no ``host``.
