@@ -37,12 +37,16 @@ def _checked_origin(cls: type[Origin], scheme: str, host: str, port: int) -> Ori
 
 
 # NamedTuple forbids defining __new__ in the class body; set it afterwards. The transport's own
-# origins (`origin_of`) are built with `_make`, which skips the check.
+# origins (`origin_of`) skip the check: they come from a parsed URL.
 Origin.__new__ = _checked_origin  # type: ignore[assignment,method-assign]
+
+# ``tuple.__new__(Origin, ...)``: what `Origin._make` does, without its Python-level frame and
+# length check (every request builds one, see `origin_of`).
+_new_origin = tuple.__new__
 
 
 def origin_of(scheme: str, host: str, port: int | None) -> Origin:
     """The origin of a request URL, with the scheme's default port filled in."""
     if port is None:
         port = 443 if scheme in ("https", "wss") else 80
-    return Origin._make((scheme, host, port))
+    return _new_origin(Origin, (scheme, host, port))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 import anyio
 import httpx
 
-from ._auth import request_secrets, strip_foreign_credentials
+from ._auth import CREDENTIALS_EXTENSION, request_secrets, strip_foreign_credentials
 from ._breaker import CircuitBreaker, CircuitState, Permit
 from ._budget import RetryBudget
 from ._classify import FailureKind, classify_error, counts_against_upstream
@@ -27,7 +27,7 @@ from ._cooldown import CoolDown, Gate, GateKind, Waited, server_wait
 from ._decision import BUDGET_EXHAUSTED, RETRY_AFTER_STATUSES, Decision, decide
 from ._exceptions import CircuitOpenError, CoolDownError, DeadlineExceeded
 from ._fleet import Fleet, SharedBudget
-from ._history import Attempt, attach_history
+from ._history import HISTORY_EXTENSION, Attempt, attach_history
 from ._instrument._hooks import (
     AttemptEnd,
     AttemptEndHook,
@@ -75,6 +75,9 @@ _CIRCUIT_OPENED = "circuit open"
 _FINAL_DECISION = Decision(False, 0.0, _FINAL)
 _CIRCUIT_OPEN_DECISION = Decision(False, 0.0, _CIRCUIT_OPENED)
 _NO_RETRY = RetryConfig(max_retries=0, budget_ratio=None)
+# ``tuple.__new__(Attempt, fields)`` is ``Attempt(*fields)`` without the named tuple's
+# Python-level ``__new__``: for the one record every attempt makes.
+_new_tuple = tuple.__new__
 _SYNC_CLIENT = (
     "ResilientTransport is an async transport: give it to httpx.AsyncClient, not httpx.Client "
     "(there is no sync ResilientTransport yet)"
@@ -259,7 +262,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         return f"{type(self).__name__}(transport={self._transport!r}, retry={self._retry!r})"
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        config = request.extensions.get(RETRY_EXTENSION, _UNSET)
+        # The happy path (a response at the first attempt) runs top to bottom through this
+        # method with as few calls and objects as it can: every attempt pays for it. What only
+        # failures, hooks or the fleet need stays in the helpers below.
+        extensions = request.extensions
+        config = extensions.get(RETRY_EXTENSION, _UNSET)
         if config is _UNSET:
             config = self._retry
         elif config is None or config is False:
@@ -269,23 +276,23 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 f'request.extensions["{RETRY_EXTENSION}"] must be a RetryConfig, None or False, '
                 f"got {config!r}"
             )
-        # A redirect to another origin must not carry the credentials set for this one.
-        strip_foreign_credentials(request)
-        return await self._send(request, config)
-
-    async def _send(self, request: httpx.Request, config: RetryConfig) -> httpx.Response:
+        # A redirect to another origin must not carry the credentials set for this one (only
+        # a request marked with them can carry any).
+        if CREDENTIALS_EXTENSION in extensions:
+            strip_foreign_credentials(request)
         clock = self._clock
         attempt_start = clock()
         budget = self._budget if config.budget_ratio is not None else None
         if budget is not None:
             budget.record_request(attempt_start)
         deadline = None if config.total_timeout is None else attempt_start + config.total_timeout
-        read_body = request.extensions.get(READ_BODY_EXTENSION) is True
+        read_body = extensions.get(READ_BODY_EXTENSION) is True
         cool = self._cool_down if config.respect_retry_after else None
         fleet = self._fleet
         # The request's origin: for the breaker and the cool-down, and for `stats()` and the
         # instrumentation hooks.
-        target = _origin(request)
+        url = request.url
+        target = origin_of(url.scheme, url.host, url.port)
         if fleet is not None:
             fleet.started(target if self._breaker is not None or cool is not None else None)
         origin = None if self._breaker is None else target
@@ -295,11 +302,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             guard = await _ReplayGuard.for_request(request)
         run = _Run(request, config, guard, deadline, budget, origin, target, hooks)
         history = run.history
+        inner = self._transport
         waited: Waited | None = None  # what this retry waited for in the retry loop
         while True:
             probe = False  # whether this attempt is the probe of a cool-down window
             if cool is not None:
-                gate = cool.gate(run.target, waited=waited)
+                gate = cool.gate(target, waited=waited)
                 if gate.kind is not GateKind.SEND:
                     probe = await self._hold(cool, run, gate, waited)
                 waited = None
@@ -317,7 +325,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             # Instrumentation: nothing at all unless some hook wants every attempt.
             ends = self._start(run) if hooks.on_attempt else None
             try:
-                if deadline is None:
+                if deadline is None and not read_body:
+                    response = await inner.handle_async_request(request)
+                elif deadline is None:
                     response = await self._attempt(request, read_body)
                 else:
                     response = await self._attempt_before(
@@ -373,10 +383,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 # One reading of the wall clock for a Retry-After date: the cool-down's window
                 # and the retry's wait must agree, or the retry is held again for the skew.
                 wall_now = time.time()
-                if cool is not None:
-                    noted = _note_response(cool, run.target, response, probe, wall_now)
+                if cool is not None and (probe or response.status_code in cool.statuses):
+                    noted = _note_response(cool, target, response, probe, wall_now)
                     if noted and fleet is not None:
-                        fleet.share_cool_down(run.target, cool.retry_in(run.target))
+                        fleet.share_cool_down(target, cool.retry_in(target))
                 try:
                     if fleet is not None:
                         await self._share_response(fleet, run, response, permit)
@@ -518,14 +528,15 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         if status not in run.config.retry_on_status:
             now = self._clock()
             self._counts.record(run.target, now, status >= 500)
+            elapsed = now - attempt_start
             history.append(
-                Attempt(len(history) + 1, status, None, now - attempt_start, None, _FINAL)
+                _new_tuple(Attempt, (len(history) + 1, status, None, elapsed, None, _FINAL))
             )
-            decision = _FINAL_DECISION
-        else:
-            self._counts.record(run.target, self._clock(), True)
-            decision = self._decide(run, status=status, headers=response.headers, wall_now=wall_now)
-            history.append(_record(history, status, None, attempt_start, self._clock, decision))
+            response.extensions[HISTORY_EXTENSION] = tuple(history)
+            return _FINAL_DECISION
+        self._counts.record(run.target, self._clock(), True)
+        decision = self._decide(run, status=status, headers=response.headers, wall_now=wall_now)
+        history.append(_record(history, status, None, attempt_start, self._clock, decision))
         if not decision.retry:
             attach_history(response, tuple(history))
         return decision
@@ -847,11 +858,6 @@ def _note_response(
     if probe:
         _wake(cool.probe_done(origin, answered=True))
     return False
-
-
-def _origin(request: httpx.Request) -> Origin:
-    url = request.url
-    return origin_of(url.scheme, url.host, url.port)
 
 
 def _outcome(decision: Decision) -> AttemptOutcome:
