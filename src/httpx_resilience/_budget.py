@@ -27,7 +27,7 @@ class RetryBudget:
 
     def record_request(self, now: float) -> None:
         """Count one request (not a retry) made at ``now``."""
-        self._counts.add(now, first=1)
+        self._counts.add(now, 1)
 
     def try_spend(self, now: float) -> bool:
         """Count a retry at ``now`` and return True if the budget allows it; else count nothing."""

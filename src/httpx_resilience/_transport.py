@@ -75,6 +75,8 @@ _CIRCUIT_OPENED = "circuit open"
 _FINAL_DECISION = Decision(False, 0.0, _FINAL)
 _CIRCUIT_OPEN_DECISION = Decision(False, 0.0, _CIRCUIT_OPENED)
 _NO_RETRY = RetryConfig(max_retries=0, budget_ratio=None)
+#: Origins a transport remembers the `Origin` object of (see `ResilientTransport._origin`).
+_MAX_ORIGINS = 1024
 # ``tuple.__new__(Attempt, fields)`` is ``Attempt(*fields)`` without the named tuple's
 # Python-level ``__new__``: for the one record every attempt makes.
 _new_tuple = tuple.__new__
@@ -206,6 +208,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         if cool_down is not None:
             attach_hooks(cool_down, self._hooks)
         self._counts = AttemptCounts()
+        # Each origin's `Origin`, by the URL's (scheme, host, port): one object per origin, so
+        # that the per-origin tables (cool-down, stats, breaker) find it by identity.
+        self._origins: dict[tuple[str, str, int | None], Origin] = {}
         self._budget = _make_budget(retry)
         self._fleet: Fleet | None = None
         if state_store is not None:
@@ -292,7 +297,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         # The request's origin: for the breaker and the cool-down, and for `stats()` and the
         # instrumentation hooks.
         url = request.url
-        target = origin_of(url.scheme, url.host, url.port)
+        key = (url.scheme, url.host, url.port)
+        target = self._origins.get(key)
+        if target is None:
+            target = self._origin(key)
         if fleet is not None:
             fleet.started(target if self._breaker is not None or cool is not None else None)
         origin = None if self._breaker is None else target
@@ -380,18 +388,32 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     self._report(run, ends, AttemptOutcome.CANCELLED, cancelled)
                 raise
             else:
+                status = response.status_code
                 # One reading of the wall clock for a Retry-After date: the cool-down's window
                 # and the retry's wait must agree, or the retry is held again for the skew.
                 wall_now = time.time()
-                if cool is not None and (probe or response.status_code in cool.statuses):
+                if cool is not None and (probe or status in cool.statuses):
                     noted = _note_response(cool, target, response, probe, wall_now)
                     if noted and fleet is not None:
                         fleet.share_cool_down(target, cool.retry_in(target))
                 try:
                     if fleet is not None:
                         await self._share_response(fleet, run, response, permit)
-                        permit = None  # recorded
-                    decision = self._judge(run, response, permit, attempt_start, wall_now)
+                    elif permit is not None:
+                        self._record_status(permit, status)
+                    if status in config.retry_on_status:
+                        decision = self._judge(run, response, attempt_start, wall_now)
+                    else:
+                        # A final response, the common case: its attempt is recorded here.
+                        now = clock()
+                        self._counts.record(target, now, status >= 500)
+                        elapsed = now - attempt_start
+                        attempt = (len(history) + 1, status, None, elapsed, None, _FINAL)
+                        history.append(_new_tuple(Attempt, attempt))
+                        response.extensions[HISTORY_EXTENSION] = tuple(history)
+                        if ends is None:
+                            return response
+                        decision = _FINAL_DECISION
                 except BaseException as exc:
                     if ends is not None:  # end the hooks' attempt: spans, contexts
                         elapsed = clock() - attempt_start
@@ -511,29 +533,23 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         run.unprocessed += 1
         return True
 
+    def _origin(self, key: tuple[str, str, int | None]) -> Origin:
+        """The `Origin` of a URL's (scheme, host, port), remembered for the next request
+        (at most `_MAX_ORIGINS`; all are forgotten when that many are held)."""
+        origins = self._origins
+        if len(origins) >= _MAX_ORIGINS:
+            origins.clear()
+        origin = origins[key] = origin_of(*key)
+        return origin
+
     def _judge(
-        self,
-        run: _Run,
-        response: httpx.Response,
-        permit: Permit | None,
-        attempt_start: float,
-        wall_now: float,
+        self, run: _Run, response: httpx.Response, attempt_start: float, wall_now: float
     ) -> Decision:
-        """Record a response's attempt and decide what follows; attach the history when it
-        is the final response."""
+        """Record the attempt of a response whose status the policy retries (its outcome in
+        the breaker is recorded already) and decide what follows; attach the history when
+        no retry follows."""
         status = response.status_code
         history = run.history
-        if permit is not None:
-            self._record_status(permit, status)
-        if status not in run.config.retry_on_status:
-            now = self._clock()
-            self._counts.record(run.target, now, status >= 500)
-            elapsed = now - attempt_start
-            history.append(
-                _new_tuple(Attempt, (len(history) + 1, status, None, elapsed, None, _FINAL))
-            )
-            response.extensions[HISTORY_EXTENSION] = tuple(history)
-            return _FINAL_DECISION
         self._counts.record(run.target, self._clock(), True)
         decision = self._decide(run, status=status, headers=response.headers, wall_now=wall_now)
         history.append(_record(history, status, None, attempt_start, self._clock, decision))

@@ -148,7 +148,7 @@ class AttemptCounts:
             if len(self._counts) >= MAX_ORIGINS:
                 del self._counts[next(iter(self._counts))]
             counts = self._counts[origin] = SlidingCounts(self.window)
-        counts.add(now, first=1, second=1 if failed else 0)
+        counts.add(now, 1, 1 if failed else 0)
 
     def read(self, now: float) -> dict[Origin, tuple[int, int]]:
         result = {}
