@@ -303,7 +303,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             target = self._origin(key)
         if fleet is not None:
             fleet.started(target if self._breaker is not None or cool is not None else None)
-        origin = None if self._breaker is None else target
+        breaker = self._breaker
+        origin = None if breaker is None else target
         hooks = current_hooks(self._hooks, self._hook_cache)
         guard = None
         if type(request.stream) is not httpx.ByteStream:
@@ -323,7 +324,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             try:
                 if fleet is not None and origin is not None and fleet.suspect(origin):
                     await fleet.check(origin, deadline)
-                permit = None if origin is None else self._admit(run)
+                permit = None
+                if breaker is not None:
+                    try:
+                        permit = breaker.admit(target)
+                    except CircuitOpenError as error:
+                        self._refused(run, error)
                 if fleet is not None and permit is not None and permit.generation:
                     await self._claim_probe(fleet, permit, run)
             except BaseException:
@@ -399,8 +405,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 try:
                     if fleet is not None:
                         await self._share_response(fleet, run, response, permit)
-                    elif permit is not None:
-                        self._record_status(permit, status)
+                    elif permit is not None and breaker is not None:
+                        # Any other answer, a 4xx included, shows the upstream is up.
+                        if status in breaker.failure_statuses:
+                            breaker.record_failure(permit)
+                        else:
+                            breaker.record_success(permit)
                     if status in config.retry_on_status:
                         decision = self._judge(run, response, attempt_start, wall_now)
                     else:
@@ -557,21 +567,18 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             attach_history(response, tuple(history))
         return decision
 
-    def _admit(self, run: _Run) -> Permit:
-        """The breaker's leave for one attempt, or `CircuitOpenError` chained to the last
-        failure."""
-        try:
-            return self._breaker.admit(run.target)  # type: ignore[union-attr]
-        except CircuitOpenError as error:
-            request, history = run.request, run.history
-            error.request = request
-            attach_history(error, tuple(history))
-            if run.hooks.after:
-                self._report_refusal(run, error.retry_in)
-            last = history[-1].error if history else None
-            if last is not None:
-                raise error from last
-            raise
+    def _refused(self, run: _Run, error: CircuitOpenError) -> NoReturn:
+        """The breaker refused an attempt: raise its `CircuitOpenError` for ``run``, chained to
+        the last failure."""
+        request, history = run.request, run.history
+        error.request = request
+        attach_history(error, tuple(history))
+        if run.hooks.after:
+            self._report_refusal(run, error.retry_in)
+        last = history[-1].error if history else None
+        if last is not None:
+            raise error from last
+        raise error
 
     def _circuit_error(self, run: _Run) -> CircuitOpenError:
         """The error for a retry loop that stops because its failures opened the circuit."""

@@ -14,11 +14,12 @@ _BUCKETS = 10
 class SlidingCounts:
     """Counts of two kinds of event (``first``, ``second``) seen in the last ``window`` seconds."""
 
-    __slots__ = ("_bucket", "_firsts", "_seconds", "_width", "first", "second")
+    __slots__ = ("_bucket", "_firsts", "_index", "_seconds", "_width", "first", "second")
 
     def __init__(self, window: float) -> None:
         self._width = window / _BUCKETS
         self._bucket: int | None = None
+        self._index = 0  # the current bucket's index in the lists
         self._firsts = [0] * _BUCKETS
         self._seconds = [0] * _BUCKETS
         self.first = 0  # totals over the window as of the last call
@@ -26,9 +27,9 @@ class SlidingCounts:
 
     def add(self, now: float, first: int = 0, second: int = 0) -> None:
         """Slide the window to ``now`` and count the events given."""
-        bucket = int(now // self._width)
-        # Most calls land in the bucket of the call before: nothing slides (and no call).
-        index = bucket % _BUCKETS if bucket == self._bucket else self.slide(now)
+        # Most calls land in the bucket of the call before: nothing slides, and the float
+        # ``now // width`` is compared with the int bucket as it is (exactly).
+        index = self._index if now // self._width == self._bucket else self.slide(now)
         if first:
             self._firsts[index] += first
             self.first += first
@@ -51,4 +52,5 @@ class SlidingCounts:
                 self._firsts[index] = 0
                 self._seconds[index] = 0
             self._bucket = bucket
-        return bucket % _BUCKETS
+            self._index = bucket % _BUCKETS
+        return self._index
