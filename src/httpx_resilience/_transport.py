@@ -309,8 +309,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         guard = None
         if type(request.stream) is not httpx.ByteStream:
             guard = await _ReplayGuard.for_request(request)
-        run = _Run(request, config, guard, deadline, budget, origin, target, hooks)
-        history = run.history
+        history: list[Attempt] = []
+        # What the helpers need about the request, made the first time one is called: never
+        # on the happy path (no cool-down, no refusal, no hook for every attempt, no fleet, a
+        # final response at the first attempt).
+        run: _Run | None = None
         inner = self._transport
         waited: Waited | None = None  # what this retry waited for in the retry loop
         while True:
@@ -318,6 +321,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             if cool is not None:
                 gate = cool.gate(target, waited=waited)
                 if gate.kind is not GateKind.SEND:
+                    if run is None:
+                        run = _Run(request, config, guard, deadline, budget, origin, target,
+                                   hooks, history)  # fmt: skip
                     probe = await self._hold(cool, run, gate, waited)
                 waited = None
             noted = False  # whether this attempt's answer started or extended a cool-down
@@ -329,15 +335,26 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     try:
                         permit = breaker.admit(target)
                     except CircuitOpenError as error:
+                        if run is None:
+                            run = _Run(request, config, guard, deadline, budget, origin, target,
+                                       hooks, history)  # fmt: skip
                         self._refused(run, error)
                 if fleet is not None and permit is not None and permit.generation:
+                    if run is None:
+                        run = _Run(request, config, guard, deadline, budget, origin, target,
+                                   hooks, history)  # fmt: skip
                     await self._claim_probe(fleet, permit, run)
             except BaseException:
                 if probe:
-                    _probe_failed(cool, run)
+                    _probe_failed(cool, target)
                 raise
             # Instrumentation: nothing at all unless some hook wants every attempt.
-            ends = self._start(run) if hooks.on_attempt else None
+            ends = None
+            if hooks.on_attempt:
+                if run is None:
+                    run = _Run(request, config, guard, deadline, budget, origin, target, hooks,
+                               history)  # fmt: skip
+                ends = self._start(run)
             try:
                 if deadline is None and not read_body:
                     response = await inner.handle_async_request(request)
@@ -352,7 +369,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 # clear the request's credentials from it before it reaches history or a log.
                 scrub_exception(exc, request_secrets(request))
                 if probe:
-                    _probe_failed(cool, run)
+                    _probe_failed(cool, target)
+                if run is None:
+                    run = _Run(request, config, guard, deadline, budget, origin, target, hooks,
+                               history)  # fmt: skip
                 if permit is not None:
                     failed = self._record_error(permit, exc)
                     if fleet is not None:
@@ -360,7 +380,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                             fleet.ignored(permit)
                         else:
                             await fleet.outcome(permit, failed)
-                self._counts.record(run.target, clock(), counts_against_upstream(exc))
+                self._counts.record(target, clock(), counts_against_upstream(exc))
                 if self._resend_unprocessed(run, exc):
                     elapsed = clock() - attempt_start
                     history.append(
@@ -383,12 +403,13 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     raise
             except BaseException as exc:  # cancelled: says nothing about the upstream
                 if probe:
-                    _probe_failed(cool, run)
+                    _probe_failed(cool, target)
                 if permit is not None:
                     self._breaker.record_ignored(permit)  # type: ignore[union-attr]
                     if fleet is not None:
                         fleet.ignored(permit)
                 if ends is not None:
+                    assert run is not None  # made for the hooks' start
                     elapsed = clock() - attempt_start
                     cancelled = Attempt(len(history) + 1, None, exc, elapsed, None, "cancelled")
                     self._report(run, ends, AttemptOutcome.CANCELLED, cancelled)
@@ -402,8 +423,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     noted = _note_response(cool, target, response, probe, wall_now)
                     if noted and fleet is not None:
                         fleet.share_cool_down(target, cool.retry_in(target))
+                if run is None and (fleet is not None or status in config.retry_on_status):
+                    run = _Run(request, config, guard, deadline, budget, origin, target, hooks,
+                               history)  # fmt: skip
                 try:
                     if fleet is not None:
+                        assert run is not None
                         await self._share_response(fleet, run, response, permit)
                     elif permit is not None and breaker is not None:
                         # Any other answer, a 4xx included, shows the upstream is up.
@@ -412,6 +437,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                         else:
                             breaker.record_success(permit)
                     if status in config.retry_on_status:
+                        assert run is not None
                         decision = self._judge(run, response, attempt_start, wall_now)
                     else:
                         # A final response, the common case: its attempt is recorded here.
@@ -426,11 +452,14 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                         decision = _FINAL_DECISION
                 except BaseException as exc:
                     if ends is not None:  # end the hooks' attempt: spans, contexts
+                        assert run is not None
                         elapsed = clock() - attempt_start
                         broken = Attempt(len(history) + 1, None, exc, elapsed, None, "cancelled")
                         self._report(run, ends, AttemptOutcome.CANCELLED, broken)
                     await _close_quietly(response)
                     raise
+                # From here on a helper was called: ``run`` is made.
+                assert run is not None
                 if ends is not None or (hooks.after and decision is not _FINAL_DECISION):
                     self._report(run, ends, _outcome(decision), response=response)
                 if not decision.retry:
@@ -442,7 +471,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 await _close_quietly(response)
                 if noted:
                     assert cool is not None
-                    waited = cool.waited(run.target, decision.wait)
+                    waited = cool.waited(target, decision.wait)
             await self._sleep(0.0 if is_testing() else decision.wait)
             attempt_start = clock()
 
@@ -823,6 +852,7 @@ class _Run:
         origin: Origin | None,
         target: Origin,
         hooks: HookSet,
+        history: list[Attempt],
     ) -> None:
         self.request = request
         self.config = config
@@ -832,7 +862,8 @@ class _Run:
         self.origin = origin  # set when a circuit breaker tracks the request's origin
         #: The request's origin.
         self.target = target
-        self.history: list[Attempt] = []
+        #: The attempts so far (the retry loop's own list).
+        self.history = history
         #: Attempts the server provably did not process, resent without spending a retry.
         self.unprocessed = 0
         self.hooks = hooks
@@ -852,11 +883,11 @@ async def _close_quietly(response: httpx.Response) -> None:
         await response.aclose()
 
 
-def _probe_failed(cool: CoolDown | None, run: _Run) -> None:
+def _probe_failed(cool: CoolDown | None, origin: Origin) -> None:
     # The probe got no answer (an error, cancelled, refused by the breaker): the next waiting
     # request becomes the probe.
     assert cool is not None
-    _wake(cool.probe_done(run.target, answered=False))
+    _wake(cool.probe_done(origin, answered=False))
 
 
 def _wake(signal: anyio.Event | None) -> None:
