@@ -15,6 +15,9 @@ draws the same numbers as an SVG chart (``_chart.py``), as docs/performance.md s
 
     python benchmarks/overhead.py [--requests 2000] [--rounds 7] [--concurrency 1 [10 ...]]
         [--chart docs/images/throughput.svg]
+
+``--in-memory-only`` skips the network section (no server): only the wrapper's own cost,
+``--calls`` calls per round (50,000 by default).
 """
 
 from __future__ import annotations
@@ -124,21 +127,37 @@ async def in_memory(requests: int, rounds: int) -> tuple[float, float]:
     return statistics.median(a_times), statistics.median(b_times)
 
 
+def print_in_memory(alone: float, wrapped: float, calls: int, rounds: int) -> None:
+    print(f"instant in-memory inner transport, {calls:,} calls per round, {rounds} rounds:")
+    print(
+        f"  alone {alone * 1e6:.2f} us, wrapped {wrapped * 1e6:.2f} us per call: "
+        f"the wrapper adds {(wrapped - alone) * 1e6:.2f} us"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per variant")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1], metavar="N")
     parser.add_argument("--chart", metavar="PATH", help="write requests/s as an SVG chart")
+    only = "only the instant in-memory section: the wrapper's own cost"
+    parser.add_argument("--in-memory-only", action="store_true", help=only)
+    parser.add_argument("--calls", type=int, default=50_000, help="in-memory calls per round")
     args = parser.parse_args()
 
+    if args.in_memory_only:
+        m_a, m_b = asyncio.run(in_memory(args.calls, args.rounds))
+        print(f"httpx {httpx.__version__}, Python {platform.python_version()}")
+        print_in_memory(m_a, m_b, args.calls, args.rounds)
+        return
     results: dict[int, list[Round]] = {}
     with child_server(app) as url:
         for concurrency in args.concurrency:
             results[concurrency] = asyncio.run(
                 network(url, args.requests, args.rounds, concurrency)
             )
-    m_a, m_b = asyncio.run(in_memory(50_000, args.rounds))
+    m_a, m_b = asyncio.run(in_memory(args.calls, args.rounds))
 
     setup = (
         f"httpx {httpx.__version__}, Python {platform.python_version()}; {args.rounds} rounds x "
@@ -152,11 +171,7 @@ def main() -> None:
         print(f"  client CPU per request, ResilientTransport() own pool: {c.cpu * 1e6:8.1f} us")
         for name, ratio in (("wrapped", b.cpu / a.cpu), ("own pool", c.cpu / a.cpu)):
             print(f"  ratio {name} / alone: {ratio:.3f}  (overhead {100 * (ratio - 1):+.1f} %)")
-    print("instant in-memory inner transport, 50,000 calls per round:")
-    print(
-        f"  alone {m_a * 1e6:.2f} us, wrapped {m_b * 1e6:.2f} us per call: "
-        f"the wrapper adds {(m_b - m_a) * 1e6:.2f} us"
-    )
+    print_in_memory(m_a, m_b, args.calls, args.rounds)
     print("\nrequests per second (median round):\n")
     print("| client | " + " | ".join(f"concurrency {c}" for c in results) + " |")
     print("|---|" + "---|" * len(results))

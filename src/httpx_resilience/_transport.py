@@ -75,6 +75,7 @@ _CIRCUIT_OPENED = "circuit open"
 _FINAL_DECISION = Decision(False, 0.0, _FINAL)
 _CIRCUIT_OPEN_DECISION = Decision(False, 0.0, _CIRCUIT_OPENED)
 _NO_RETRY = RetryConfig(max_retries=0, budget_ratio=None)
+_SEND = GateKind.SEND  # a module global: an enum's member is slower to look up on its class
 #: Origins a transport remembers the `Origin` object of (see `ResilientTransport._origin`).
 _MAX_ORIGINS = 1024
 # ``tuple.__new__(Attempt, fields)`` is ``Attempt(*fields)`` without the named tuple's
@@ -320,7 +321,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             probe = False  # whether this attempt is the probe of a cool-down window
             if cool is not None:
                 gate = cool.gate(target, waited=waited)
-                if gate.kind is not GateKind.SEND:
+                if gate.kind is not _SEND:
                     if run is None:
                         run = _Run(request, config, guard, deadline, budget, origin, target,
                                    hooks, history)  # fmt: skip
