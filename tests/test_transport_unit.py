@@ -15,7 +15,9 @@ import pytest
 from httpx_resilience import (
     HISTORY_EXTENSION,
     AsyncConnectionPoolTransport,
+    AttemptStart,
     DeadlineExceeded,
+    Origin,
     ResilientTransport,
     RetryConfig,
     get_retry_history,
@@ -362,3 +364,52 @@ async def test_deadline_error_names_no_secret() -> None:
     assert str(caught.value) == (
         "total_timeout ran out during attempt 1 of GET http://upstream.test/x?token=[redacted]"
     )
+
+
+async def test_a_final_response_reads_the_wall_clock_not_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The wall clock serves only a Retry-After date: a response that needs no retry decision and
+    # starts no cool-down leaves it alone; one that does reads it once (see test_cooldown.py).
+    import sys
+    import time
+
+    readings: list[str] = []
+    real_time = time.time
+
+    def counted() -> float:
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith("httpx_resilience"):
+            readings.append(caller)
+        return real_time()
+
+    monkeypatch.setattr(time, "time", counted)
+    script = Script(200, 404, 503, 200)
+    async with httpx.AsyncClient(transport=make(script)) as client:
+        assert (await client.get("http://upstream.test/a")).status_code == 200
+        assert (await client.get("http://upstream.test/b")).status_code == 404
+        assert readings == []
+        assert (await client.get("http://upstream.test/c")).status_code == 200  # 503, then 200
+    assert readings == ["httpx_resilience._transport"]  # the 503's, for its retry decision
+
+
+async def test_one_origin_object_per_origin_and_the_table_is_bounded() -> None:
+    from httpx_resilience._transport import _MAX_ORIGINS
+
+    seen: list[object] = []
+
+    class Origins:
+        def on_attempt(self, start: AttemptStart) -> None:
+            seen.append(start.origin)
+
+    transport = ResilientTransport(Script(200).transport(), retry=FAST, hooks=[Origins()])
+    async with httpx.AsyncClient(transport=transport) as client:
+        await client.get("http://upstream.test/a")
+        await client.get("http://UPSTREAM.test:80/b")
+        assert seen[0] == Origin("http", "upstream.test", 80)
+        assert seen[1] is seen[0]
+        for number in range(_MAX_ORIGINS + 10):
+            await client.get(f"http://host{number}.test/")
+    assert len(transport._origins) <= _MAX_ORIGINS
+    assert len(transport.stats().origins) == 1000  # stats keep their own (MAX_ORIGINS) bound
+    assert seen[-1] == Origin("http", f"host{_MAX_ORIGINS + 9}.test", 80)

@@ -419,8 +419,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 status = response.status_code
                 # One reading of the wall clock for a Retry-After date: the cool-down's window
                 # and the retry's wait must agree, or the retry is held again for the skew.
-                wall_now = time.time()
+                # Taken here for a status that may start a cool-down; else, for a retried
+                # status, by the retry decision (`_decide`); a final response needs none.
+                wall_now = None
                 if cool is not None and (probe or status in cool.statuses):
+                    wall_now = time.time()
                     noted = _note_response(cool, target, response, probe, wall_now)
                     if noted and fleet is not None:
                         fleet.share_cool_down(target, cool.retry_in(target))
@@ -583,7 +586,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         return origin
 
     def _judge(
-        self, run: _Run, response: httpx.Response, attempt_start: float, wall_now: float
+        self, run: _Run, response: httpx.Response, attempt_start: float, wall_now: float | None
     ) -> Decision:
         """Record the attempt of a response whose status the policy retries (its outcome in
         the breaker is recorded already) and decide what follows; attach the history when
