@@ -532,6 +532,51 @@ async def test_waiting_behind_a_blocked_writer_is_bounded_by_the_write_timeout()
     assert server.connections == 2
 
 
+async def test_a_wait_for_the_write_lock_timing_out_fails_only_the_waiting_request() -> None:
+    """A request that gives up waiting behind another stream's write (its own write timeout is
+    shorter) ends with WriteTimeout; the write it waited for is not failed with it: that
+    upload, whose server reads again within its write timeout, completes and is answered.
+    The connection takes no new stream meanwhile."""
+    with ScriptedServer(big_window=True, stall_seconds=4.0) as server:
+        transport = h2c()
+        async with httpx.AsyncClient(
+            transport=transport, base_url=server.url, timeout=httpx.Timeout(20.0)
+        ) as client:
+            outcome: dict[str, Any] = {}
+
+            async def upload() -> None:
+                # Far more than the socket buffers hold: its write waits for the server.
+                try:
+                    response = await client.post("/upload-stall", content=Upload(megabytes=32))
+                    outcome["upload"] = response.text
+                except httpx.TransportError as exc:
+                    outcome["upload"] = type(exc).__name__
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(upload)
+                    await wait_for_arrival(server, "/upload-stall")
+                    # Time for the upload to fill the socket buffers and block in its write
+                    # (the request below then waits for it, rather than write first).
+                    await anyio.sleep(1.0)
+                    try:
+                        await client.post(
+                            "/ok", content=b"x" * 1_000_000, timeout=httpx.Timeout(20.0, write=0.5)
+                        )
+                    except httpx.TransportError as exc:
+                        outcome["second"] = type(exc).__name__
+                    outcome["server_was_still_stalled"] = not server.resumed
+                    outcome["next"] = (await client.get("/ok")).text
+    assert outcome == {
+        "second": "WriteTimeout",
+        "server_was_still_stalled": True,
+        "next": "ok",
+        "upload": "uploaded",
+    }
+    assert server.connections == 2
+    assert_nothing_held(transport)
+
+
 async def test_a_request_blocked_writing_without_a_write_timeout_can_be_cancelled() -> None:
     """With no write timeout, a request whose body the server does not read still ends when
     its caller cancels it (trio: the write is shielded only under a bounded deadline), and its

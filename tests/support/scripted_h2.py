@@ -13,7 +13,8 @@ What it answers is chosen by the request path:
 * ``/data?n=N``: HEADERS and N bytes of DATA, ended;
 * ``/wait-data?n=N``: like ``/data``, but only once an ``/upload-stall`` request has arrived;
 * ``/upload-stall``: the server stops reading the connection (its socket buffers fill) for
-  ``stall_seconds``, then reads again (`ScriptedServer.resumed` turns True).
+  ``stall_seconds``, then reads again (`ScriptedServer.resumed` turns True); a body that ends
+  is answered 200 ``uploaded``.
 
 DATA is sent within the client's flow-control windows (more as WINDOW_UPDATEs arrive).
 """
@@ -242,6 +243,8 @@ class ScriptedServer:
             self._respond(conn, stream_id, b"x" * size, end=True)
         elif url.path == "/wait-data":
             conn.waiting_data.append((stream_id, size))
+        elif url.path == "/upload-stall":
+            self._respond(conn, stream_id, b"uploaded", end=True)
 
     def _respond(self, conn: _Conn, stream_id: int, body: bytes, *, end: bool) -> None:
         conn.h2.send_headers(stream_id, [(b":status", b"200")])
@@ -274,11 +277,12 @@ WINDOW = 65_535 + 2**24
 
 
 class Upload:
-    """A large request body (256 MB, made as it is sent). Not an async generator: httpx does
-    not close the user's generator when its own wrapper is closed, and trio warns about that."""
+    """A large request body (256 MB unless told, made as it is sent, a megabyte at a time). Not
+    an async generator: httpx does not close the user's generator when its own wrapper is
+    closed, and trio warns about that."""
 
-    def __init__(self) -> None:
-        self.left = 256
+    def __init__(self, megabytes: int = 256) -> None:
+        self.left = megabytes
 
     def __aiter__(self) -> Upload:
         return self

@@ -17,7 +17,9 @@ and a stream waits only for its own queue:
 **Writing.** Requests write under the write timeout. A write that fails or times out marks the
 connection failed: it takes no new stream, and nothing more is written on it (under trio a
 write cut short may leave half a frame). Under trio a write is shielded from cancellation only
-when it has a deadline; cancelled without one, it marks the connection failed. Acknowledgements
+when it has a deadline; cancelled without one, it marks the connection failed. A request that
+times out waiting for another stream's write (asyncio's drain lock, trio's write lock) fails
+alone: the connection takes no new stream, and the write it waited for goes on. Acknowledgements
 (window updates, resets) never make a reader wait on a blocked write: under asyncio they are
 buffered; under trio a reader that finds the write lock taken leaves them to its holder, which
 writes what h2 has queued before letting go. DATA a stream never read (closed early) is
@@ -244,6 +246,9 @@ class HTTP2Connection:
         #: Why the connection cannot go on (read failure, end of stream, protocol violation).
         self._failure: httpx.TransportError | None = None
         self._write_failed = False
+        #: A request gave up waiting for another stream's write (`_acquire`): no new stream,
+        #: but writing goes on.
+        self._congested = False
         #: h2 refused a request's headers half-way: the HPACK state is no longer trusted.
         self._broken = False
         self._exhausted = False  # no stream ids left
@@ -284,6 +289,7 @@ class HTTP2Connection:
             self._goaway is None
             and self._failure is None
             and not self._write_failed
+            and not self._congested
             and not self._broken
             and not self._exhausted
             and not self._closed
@@ -500,18 +506,17 @@ class HTTP2Connection:
             if out and stream.write(out):
                 drain_lock = self._drain_lock
                 assert drain_lock is not None
+                # Another stream waiting for the drain holds the lock: the write timeout
+                # covers that wait too (giving up fails this request only, `_acquire`).
+                await self._acquire(drain_lock, seconds)
                 try:
-                    # Another stream waiting for the drain holds the lock: the write timeout
-                    # covers that wait too.
-                    await self._acquire(drain_lock, seconds)
-                    try:
-                        await stream.send(b"", seconds)  # waits for the buffer to drain
-                    finally:
-                        drain_lock.release()
+                    await stream.send(b"", seconds)  # waits for the buffer to drain
                 except (httpx.WriteError, httpx.WriteTimeout):
                     self._write_failed = True
                     self._wake_all()
                     raise
+                finally:
+                    drain_lock.release()
             return
         lock = self._write_lock
         assert lock is not None
@@ -522,17 +527,18 @@ class HTTP2Connection:
             lock.release()
 
     async def _acquire(self, lock: asyncio.Lock | anyio.Lock, seconds: float | None) -> None:
-        """Take a write lock within the write timeout. Timed out, the writer holding it is
-        stuck on a server that does not read: the connection takes no new stream (as after any
-        write timeout), and what this stream queued stays for that writer."""
+        """Take a write lock within the write timeout. Timed out, this request fails with
+        `httpx.WriteTimeout` and the connection takes no new stream (its writes are slower
+        than a request allows), but nothing failed on the wire: the writer holding the lock
+        goes on (its own write timeout may be longer), and what this stream queued is written
+        after it (under asyncio it already was), followed by the stream's reset."""
         if seconds is None:
             await lock.acquire()
             return
         with anyio.move_on_after(seconds):
             await lock.acquire()
             return
-        self._write_failed = True
-        self._wake_all()
+        self._congested = True
         raise httpx.WriteTimeout("timed out while writing")
 
     async def _send_pending(self, seconds: float | None) -> None:
