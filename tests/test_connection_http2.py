@@ -408,6 +408,42 @@ async def test_a_connect_request_is_refused_before_anything_is_sent() -> None:
     assert server.connections == 1
 
 
+async def test_a_header_name_with_surrounding_whitespace_is_stripped_not_sent(
+    h2_server: ServerThread, client_ssl_context: ssl.SSLContext, key: str
+) -> None:
+    """A header name with surrounding whitespace (httpx takes it) goes out stripped, as h2's
+    own normalization sent it: sent as given, a compliant server (Hypercorn, h2 underneath)
+    takes it for a protocol error and closes the whole connection, failing every other request
+    on it (RFC 9113 §8.2.1)."""
+    transport = AsyncConnectionPoolTransport(http2=True, verify=client_ssl_context)
+    outcome: dict[str, Any] = {}
+    async with httpx.AsyncClient(transport=transport, base_url=h2_server.url) as client:
+
+        async def other() -> None:
+            try:
+                outcome["other"] = (await client.get(f"/slow/{key}-other?delay=2")).status_code
+            except httpx.TransportError as exc:
+                outcome["other"] = type(exc).__name__
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                group.start_soon(other)
+                for _ in range(1_000):  # the other request is in flight on the connection
+                    if h2_server.app.hits(f"{key}-other"):  # type: ignore[attr-defined]
+                        break
+                    await anyio.sleep(0.01)
+                try:
+                    response = await client.get(f"/ok/{key}", headers={"X-Padded ": "value"})
+                    outcome["padded"] = response.status_code
+                except httpx.TransportError as exc:
+                    outcome["padded"] = type(exc).__name__
+        stats = tuple(transport.pool_stats or ())
+    assert outcome == {"padded": 200, "other": 200}
+    assert stats == (1, 1, 0, 0)  # one connection, still open
+    received = h2_server.app.received[key][-1]  # type: ignore[attr-defined]
+    assert received.headers.get("x-padded") == "value"
+
+
 async def test_a_header_h2_refuses_fails_only_its_request() -> None:
     """A request header HTTP/2 forbids (a user header named like a pseudo-header) is a
     LocalProtocolError raised before h2's state is touched: no stream is opened or reset, the

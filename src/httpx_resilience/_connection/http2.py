@@ -119,9 +119,9 @@ _DROPPED_HEADERS = frozenset(
 )
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
-#: h2's outbound normalization and checks are done once, by `_send_request`: lowercase names,
-#: values stripped, connection-specific headers dropped, credentials never indexed (what h2's
-#: `normalize_outbound_headers` does), then h2's `validate_outbound_headers`.
+#: h2's outbound normalization and checks are done once, by `_send_request`: names stripped
+#: and lowercased, values stripped, connection-specific headers dropped, credentials never
+#: indexed (what h2's `normalize_outbound_headers` does), then h2's `validate_outbound_headers`.
 H2_CONFIG = h2.config.H2Configuration(
     validate_inbound_headers=False,
     validate_outbound_headers=False,
@@ -719,7 +719,9 @@ class HTTP2Connection:
         pseudo = False  # a user header named like a pseudo-header (h2 refuses those)
         fields: list[tuple[bytes, bytes]] = []
         for name, value in request.headers.raw:
-            lowered = name.lower()
+            # Stripped as h2's normalization strips it: a name with surrounding whitespace is a
+            # protocol error to the server, which then closes the connection (every stream).
+            lowered = name.strip().lower()
             if lowered[:1] == b":":
                 pseudo = True
             elif lowered == b"host":
