@@ -408,13 +408,18 @@ async def test_a_connect_request_is_refused_before_anything_is_sent() -> None:
     assert server.connections == 1
 
 
-async def test_a_header_name_with_surrounding_whitespace_is_stripped_not_sent(
-    h2_server: ServerThread, client_ssl_context: ssl.SSLContext, key: str
+@pytest.mark.parametrize("header", ["name", "host"])
+async def test_header_fields_with_surrounding_whitespace_go_out_stripped(
+    h2_server: ServerThread, client_ssl_context: ssl.SSLContext, key: str, header: str
 ) -> None:
-    """A header name with surrounding whitespace (httpx takes it) goes out stripped, as h2's
-    own normalization sent it: sent as given, a compliant server (Hypercorn, h2 underneath)
-    takes it for a protocol error and closes the whole connection, failing every other request
-    on it (RFC 9113 §8.2.1)."""
+    """A header name, or a Host value (it becomes ``:authority``), with surrounding whitespace
+    (httpx takes both) goes out stripped, as h2's own normalization sent it: sent as given, a
+    compliant server (Hypercorn, h2 underneath) takes it for a protocol error and closes the
+    whole connection, failing every other request on it (RFC 9113 §8.2.1)."""
+    if header == "name":
+        headers = {"X-Padded ": "value"}
+    else:
+        headers = {"Host": f" {httpx.URL(h2_server.url).netloc.decode()} ", "X-Padded": "value"}
     transport = AsyncConnectionPoolTransport(http2=True, verify=client_ssl_context)
     outcome: dict[str, Any] = {}
     async with httpx.AsyncClient(transport=transport, base_url=h2_server.url) as client:
@@ -433,7 +438,7 @@ async def test_a_header_name_with_surrounding_whitespace_is_stripped_not_sent(
                         break
                     await anyio.sleep(0.01)
                 try:
-                    response = await client.get(f"/ok/{key}", headers={"X-Padded ": "value"})
+                    response = await client.get(f"/ok/{key}", headers=headers)
                     outcome["padded"] = response.status_code
                 except httpx.TransportError as exc:
                     outcome["padded"] = type(exc).__name__

@@ -719,9 +719,11 @@ class HTTP2Connection:
         pseudo = False  # a user header named like a pseudo-header (h2 refuses those)
         fields: list[tuple[bytes, bytes]] = []
         for name, value in request.headers.raw:
-            # Stripped as h2's normalization strips it: a name with surrounding whitespace is a
-            # protocol error to the server, which then closes the connection (every stream).
+            # Names and values (the Host value too: it becomes ``:authority``) stripped, as
+            # h2's normalization strips them: surrounding whitespace is a protocol error to the
+            # server, which then closes the connection (every stream on it).
             lowered = name.strip().lower()
+            value = value.strip()
             if lowered[:1] == b":":
                 pseudo = True
             elif lowered == b"host":
@@ -732,7 +734,6 @@ class HTTP2Connection:
                 continue
             if lowered == b"te" and value.lower() != b"trailers":
                 continue  # the one value HTTP/2 allows (§8.2.2)
-            value = value.strip()
             if lowered in _SECRET_HEADERS or (lowered == b"cookie" and len(value) < 20):
                 # Kept out of both sides' HPACK tables (an attacker who can add headers of
                 # their own could otherwise guess a credential from the compressed size).
