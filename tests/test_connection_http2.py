@@ -395,6 +395,35 @@ async def test_credentials_are_never_indexed_and_headers_are_normalized() -> Non
         assert all(bytes(n) == bytes(n).lower() for n, _ in fields)
 
 
+@pytest.mark.parametrize("header", [("x-bad", "a\r\nb"), ("x-nul", "a\x00b"), ("host", "h\nx")])
+async def test_cr_lf_or_nul_in_a_header_fails_only_its_request(header: tuple[str, str]) -> None:
+    """A header value with CR, LF or NUL (RFC 9113 §8.2.1 forbids them; the server would answer
+    with a connection error, failing every stream) is refused before a stream is opened, with
+    a message that quotes nothing; a request in flight and the connection carry on."""
+    with ScriptedServer() as server:
+        async with httpx.AsyncClient(
+            transport=h2c(), base_url=server.url, timeout=httpx.Timeout(10.0)
+        ) as client:
+            results: dict[str, Any] = {}
+
+            async def held() -> None:
+                results["held"] = (await client.get("/hold")).status_code
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(held)
+                    await wait_for_arrival(server, "/hold")
+                    with pytest.raises(httpx.LocalProtocolError) as refused:
+                        await client.get("/ok", headers=[header])
+                    results["next"] = (await client.get("/ok")).status_code
+                    server.release()
+    assert results == {"held": 200, "next": 200}
+    assert header[1] not in str(refused.value)
+    assert server.arrived == ["/hold", "/ok"]
+    assert server.connections == 1
+    assert server.errors == []
+
+
 async def test_a_connect_request_is_refused_before_anything_is_sent() -> None:
     """CONNECT has no ``:scheme``/``:path`` in HTTP/2 (RFC 9113 §8.5), which this layer always
     sends: h2's checks refuse it before a stream is opened, and the connection goes on."""

@@ -740,6 +740,14 @@ class HTTP2Connection:
                 fields.append(hpack.NeverIndexedHeaderTuple(lowered, value))
             else:
                 fields.append((lowered, value))
+        # CR, LF and NUL are not allowed in a field (RFC 9113 §8.2.1); sent anyway, the server
+        # answers with a connection error that fails every stream on the connection. (h11
+        # refuses them for HTTP/1.1 alike.) The message quotes nothing: it may be a credential.
+        joined = b" ".join([part for field in fields for part in field])
+        if b"\r" in joined or b"\n" in joined or b"\0" in joined or not _clean(authority):
+            raise httpx.LocalProtocolError(
+                "invalid HTTP/2 request: a header name or value contains CR, LF or NUL"
+            )
         method = request.method.encode("ascii")
         path = url.raw_path
         headers = [
@@ -822,7 +830,11 @@ class HTTP2Connection:
         """Send ``data`` within the flow-control windows and the frame size (as many frames as
         the window allows, then one write). False when the server ended the stream first."""
         state = self._h2
-        while data:
+        # Frames are cut from a view: slicing the bytes would copy what is left of the body
+        # for every frame (quadratic: a 32 MB body held the event loop for seconds).
+        view = memoryview(data)
+        offset, end = 0, len(view)
+        while offset < end:
             if not self._can_send(s):
                 return False
             self._raise_failure(s, writing=True)
@@ -832,10 +844,10 @@ class HTTP2Connection:
                     await self._wait(s, seconds, httpx.WriteTimeout)
                     continue
                 frame = state.max_outbound_frame_size
-                while data and window > 0:
-                    size = min(len(data), window, frame)
-                    state.send_data(s.id, data[:size])
-                    data = data[size:]
+                while offset < end and window > 0:
+                    size = min(end - offset, window, frame)
+                    state.send_data(s.id, view[offset : offset + size])
+                    offset += size
                     window -= size
             except h2.exceptions.StreamClosedError:
                 return False
@@ -1005,6 +1017,10 @@ class HTTP2Connection:
     async def end_stream(self, s: _Stream) -> None:
         if self._finish(s):
             await self._flush_after_finish()
+
+
+def _clean(value: bytes) -> bool:
+    return b"\r" not in value and b"\n" not in value and b"\0" not in value
 
 
 def _all_ascii(headers: list[tuple[bytes, bytes]]) -> bool:
