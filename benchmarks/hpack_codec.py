@@ -16,28 +16,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import platform
+import sys
 import timeit
 from collections.abc import Callable
+from pathlib import Path
 
 import hpack
 
 from httpx_resilience._connection import hpack as ours
 
-#: nginx's response to GET /data.json (after the first block's table size update).
-NGINX_BLOCK = bytes.fromhex(
-    "887689aa6355e580ae212e1f6196d07abe94640a693f75040138a04371b72e34f298b46f5f8b1d75d0620d26"
-    "3d4c7441ea5c0231306c96d07abe94640a693f75040138a04371b72e34f298b46f00832a47378afe5c8c12"
-    "38d3c0587fcf008919085ad2b583aa62a3848fd24a8f"
-)
-REQUEST = [
-    (b":method", b"GET"),
-    (b":authority", b"127.0.0.1:8443"),
-    (b":scheme", b"https"),
-    (b":path", b"/data.json"),
-    (b"accept", b"*/*"),
-    (b"accept-encoding", b"gzip, deflate"),
-    (b"user-agent", b"python-httpx/0.28.1"),
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support.hpack_samples import HTTPX_REQUEST as REQUEST
+from tests.support.hpack_samples import NGINX_BLOCK
 
 
 def best(work: Callable[[], object], number: int, repeat: int) -> float:
