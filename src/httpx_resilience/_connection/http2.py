@@ -270,8 +270,10 @@ class HTTP2Connection:
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: LOCAL_MAX_STREAMS,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
-                # Every stream's receive window, without a WINDOW_UPDATE frame per stream.
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW,
+                # Not INITIAL_WINDOW_SIZE: each stream's window is opened by a WINDOW_UPDATE
+                # (`_send_request`), as httpcore does. With the window in SETTINGS instead,
+                # Hypercorn 0.18 left hundreds of app tasks stuck in `drain` after connections
+                # it closed by GOAWAY (`benchmarks/goaway.py`'s Hypercorn row: 3 runs of 3).
             },
         )
         # Some servers balk at a setting the original RFC did not define (as httpcore notes).
@@ -781,10 +783,7 @@ class HTTP2Connection:
             self._broken = True
             raise httpx.LocalProtocolError(f"invalid HTTP/2 request: {exc}") from exc
         s.opened = True
-        if state.local_settings.initial_window_size < _WINDOW:
-            # Our SETTINGS are not acknowledged yet: the stream's window is still the
-            # protocol's 65,535 bytes, so open it (the acknowledgement then adds to it).
-            state.increment_flow_control_window(_WINDOW, stream_id=s.id)
+        state.increment_flow_control_window(_WINDOW, stream_id=s.id)
         if not has_body and self._send_soon():
             return
         await self._flush(seconds, catch_up=False)  # `handle` has just caught up
