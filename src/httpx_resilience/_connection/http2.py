@@ -745,8 +745,7 @@ class HTTP2Connection:
         # CR, LF and NUL are not allowed in a field (RFC 9113 §8.2.1); sent anyway, the server
         # answers with a connection error that fails every stream on the connection. (h11
         # refuses them for HTTP/1.1 alike.) The message quotes nothing: it may be a credential.
-        joined = b" ".join([part for field in fields for part in field])
-        if b"\r" in joined or b"\n" in joined or b"\0" in joined or not _clean(authority):
+        if not _clean(b" ".join([authority, *(part for field in fields for part in field)])):
             raise httpx.LocalProtocolError(
                 "invalid HTTP/2 request: a header name or value contains CR, LF or NUL"
             )
