@@ -434,12 +434,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     if fleet is not None:
                         assert run is not None
                         await self._share_response(fleet, run, response, permit)
-                    elif permit is not None and breaker is not None:
-                        # Any other answer, a 4xx included, shows the upstream is up.
-                        if status in breaker.failure_statuses:
-                            breaker.record_failure(permit)
-                        else:
-                            breaker.record_success(permit)
+                    elif permit is not None:
+                        self._record_status(permit, status)
                     if status in config.retry_on_status:
                         assert run is not None
                         decision = self._judge(run, response, attempt_start, wall_now)

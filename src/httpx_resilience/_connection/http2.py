@@ -399,11 +399,7 @@ class HTTP2Connection:
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self._note_goaway(event)
         if self._asyncio:
-            out = self._h2.data_to_send()
-            if out:
-                stream = self._stream
-                assert isinstance(stream, AsyncioStream)
-                stream.write(out)
+            self._write_queued()  # acknowledgements (SETTINGS, PING) go at once
 
     def eof_received(self, exc: BaseException | None) -> None:
         if self._failure is None:
@@ -597,6 +593,10 @@ class HTTP2Connection:
 
     def _send_now(self) -> None:
         self._send_scheduled = False
+        self._write_queued()
+
+    def _write_queued(self) -> None:
+        """(asyncio) Write what h2 has queued, without waiting for the buffer to drain."""
         out = self._h2.data_to_send()
         if out:
             stream = self._stream
