@@ -64,8 +64,13 @@ class Worker:
         self.store = None
         if redis_url is not None:
             hook = None if events is None else (lambda ok, error: events.append(ok))
+            # A generous store timeout unless a test is about timeouts: a call that times
+            # out means local state, and one pause of the test process (a GC pass, the
+            # machine's scheduler) longer than the default 0.1 s would change what a test
+            # about sharing sees.
+            settings = {"timeout": 2.0, **(store_kwargs or {})}
             self.store = RedisStore.from_url(
-                redis_url, prefix="test", on_availability=hook, **(store_kwargs or {})
+                redis_url, prefix="test", on_availability=hook, **settings
             )
         self.breaker = CircuitBreaker(name=name, **(breaker or {})) if breaker else None
         self.transport = ResilientTransport(
@@ -135,10 +140,8 @@ async def test_requests_in_flight_while_the_fleet_counts_failures_are_bounded(
 ) -> None:
     # failure_threshold 8: the fleet lets failures + reserved requests out reach 10.
     breaker = {"failure_threshold": 8, "recovery_time": 60.0}
-    # Requests held at the limit wait up to sync_interval for the ones out to decide. A
-    # generous timeout: on a loaded machine a store call that times out means local state,
-    # which is another test's subject.
-    settings = {"sync_interval": 5.0, "timeout": 2.0}
+    # Requests held at the limit wait up to sync_interval for the ones out to decide.
+    settings = {"sync_interval": 5.0}
     hits: dict[str, int] = {}
     outcomes: dict[str, list[int | str]] = {}
     for mode, redis_url in (("local", None), ("shared", redis_server.url)):
@@ -211,8 +214,7 @@ async def test_a_dead_probe_holder_blocks_the_fleet_only_for_its_lease(
     name = f"dead-{key}"
     fleet = workers(3, h1_server.url, redis_server.url, name=name,
                     breaker={"failure_threshold": 2, "recovery_time": 0.2},
-                    store_kwargs={"probe_lease": 1.0, "sync_interval": 0.02,
-                                  "timeout": 2.0})  # fmt: skip
+                    store_kwargs={"probe_lease": 1.0, "sync_interval": 0.02})  # fmt: skip
     origin = str(Origin("http", "127.0.0.1", h1_server.port))
     for _ in range(2):  # the fleet's circuit opens
         assert await fleet[0].get(f"/status/{key}-open?code=500") == 500

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.anyio
 
 COUNT = CircuitPolicy(3, 0.2, None, 10, 30.0, 5.0)
 RATE = CircuitPolicy(3, 0.2, 0.5, 4, 30.0, 5.0)
+STORE_TIMEOUT = 2.0
 
 
 @pytest.fixture
@@ -40,7 +41,10 @@ async def store(request: pytest.FixtureRequest, key: str) -> AsyncIterator[State
         yield MemoryStore()
         return
     server: RedisServer = request.getfixturevalue("redis_server")
-    redis_store = RedisStore.from_url(server.url, prefix=f"t{key}")
+    # A generous timeout: these tests are about what the store answers, not how fast. With
+    # the default 0.1 s, one pause of the test process (a GC pass, the machine's scheduler)
+    # while 20 calls open their connections made a call raise `TimeoutError` (seen in CI).
+    redis_store = RedisStore.from_url(server.url, prefix=f"t{key}", timeout=STORE_TIMEOUT)
     try:
         yield redis_store
     finally:
@@ -243,7 +247,7 @@ async def test_cool_downs_only_grow(store: StateStore) -> None:
 async def test_redis_keys_all_expire_and_stay_few_per_origin(
     redis_server: RedisServer, key: str
 ) -> None:
-    store = RedisStore.from_url(redis_server.url, prefix=f"k{key}")
+    store = RedisStore.from_url(redis_server.url, prefix=f"k{key}", timeout=STORE_TIMEOUT)
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         for origin in ("a", "b"):
