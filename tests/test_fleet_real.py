@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from httpx_resilience import (
     CircuitBreaker,
@@ -383,3 +384,115 @@ async def test_on_trio_the_redis_store_keeps_to_local_state(
         with pytest.raises(CircuitOpenError):
             await client.get(f"/ok/{key}")
     assert "does not work on trio: this transport keeps to local state" in caplog.text
+
+
+class ConnectionCounter:
+    """Counts the connections redis-server accepted since `start` (``INFO stats``:
+    ``total_connections_received``), through a client of its own (its one connection is left
+    out): connections a test's transport opened in the meantime, closed since or not, so at
+    least as many as it had open at any moment."""
+
+    def __init__(self, url: str) -> None:
+        self._client = aioredis.Redis.from_url(url)
+        self._base = 0
+
+    async def _received(self) -> int:
+        stats = await self._client.info("stats")
+        return int(stats["total_connections_received"])
+
+    async def start(self) -> None:
+        await self._client.ping()  # its own connection is open before the count starts
+        self._base = await self._received()
+
+    async def opened(self) -> int:
+        """Connections accepted since `start`, closed since or not."""
+        return await self._received() - self._base
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+BURST = 300
+
+
+async def test_a_burst_of_failures_opens_few_redis_connections_and_the_fleet_circuit(
+    h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
+) -> None:
+    # An origin every worker has used while it was healthy, then an outage: 300 requests at
+    # once through one transport, all in flight before the first failure comes back, so all
+    # reach the upstream; their 300 failures are reported at once.
+    name = f"burst-{key}"
+    breaker = {"failure_threshold": 5, "recovery_time": 60.0}
+    [worker] = workers(1, h1_server.url, redis_server.url, name=name, breaker=breaker)
+    assert await worker.get(f"/ok/{key}-warm") == 200
+    counter = ConnectionCounter(redis_server.url)
+    await counter.start()
+    try:
+        results: list[int | str] = []
+
+        async def send() -> None:
+            results.append(await worker.get(f"/status/{key}?code=500&delay=0.2"))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for _ in range(BURST):
+                    group.start_soon(send)
+        opened = await counter.opened()
+    finally:
+        await counter.aclose()
+    assert results == [500] * BURST
+    assert h1_server.app.hits(key) == BURST  # type: ignore[attr-defined]
+    # One transport, one store: at most its pool's bound of connections, however many
+    # requests failed at once (with redis-py's default pool: one per concurrent call, 95
+    # here, and past its 100 every call failed: the worker fell back to local state).
+    assert worker.store is not None
+    bound = worker.store.max_connections
+    assert opened <= bound, (opened, bound)
+    # The failures reached the fleet: the circuit is open here, and for a worker that joins
+    # now (its first request to the origin asks the fleet), without reaching the upstream.
+    [other] = workers(1, h1_server.url, redis_server.url, name=name, breaker=breaker)
+    for each in (worker, other):
+        assert await each.get(f"/status/{key}?code=500") == "CircuitOpenError"
+    assert h1_server.app.hits(key) == BURST  # type: ignore[attr-defined]
+
+
+async def test_a_burst_while_the_fleet_counts_failures_opens_few_redis_connections(
+    h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
+) -> None:
+    # The fleet has counted 4 failures of 8 for the origin; then 300 requests at once through
+    # one transport to the upstream, which fails slowly: each request reserves an in-flight
+    # place first (the fleet allows 10, failures included), the rest are held and ask again.
+    breaker = {"failure_threshold": 8, "recovery_time": 60.0}
+    settings = {"sync_interval": 5.0}  # held requests wait up to 5 s for the ones out
+    worker, other = workers(2, h1_server.url, redis_server.url, name=f"held-{key}",
+                            breaker=breaker, store_kwargs=settings)  # fmt: skip
+    for each in (worker, other):
+        for _ in range(2):
+            assert await each.get(f"/status/{key}-first?code=500") == 500
+    counter = ConnectionCounter(redis_server.url)
+    await counter.start()
+    try:
+        results: list[int | str] = []
+
+        async def send() -> None:
+            results.append(await worker.get(f"/status/{key}?code=500&delay=0.2"))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for _ in range(BURST):
+                    group.start_soon(send)
+        opened = await counter.opened()
+    finally:
+        await counter.aclose()
+    # As with 40 requests from 4 workers (above): 6 places, 6 failures, and the circuit opens
+    # fleet-wide; every held request fails fast.
+    # (With redis-py's default pool, 100 concurrent calls failed with "Too many connections":
+    # the worker fell back to local state and all 300 went.)
+    assert h1_server.app.hits(key) == 6  # type: ignore[attr-defined]
+    assert sorted(results, key=str) == [500] * 6 + ["CircuitOpenError"] * (BURST - 6)
+    assert worker.store is not None
+    bound = worker.store.max_connections
+    assert opened <= bound, (opened, bound)
+    for each in (worker, other):
+        assert await each.get(f"/status/{key}?code=500") == "CircuitOpenError"
+    assert h1_server.app.hits(key) == 6  # type: ignore[attr-defined]

@@ -30,11 +30,16 @@ from ._protocol import (
     StoreSettings,
     check_settings,
 )
+from .._validate import check_number
 
 if TYPE_CHECKING:
     import redis.asyncio
 
 __all__ = ["RedisStore"]
+
+#: `RedisStore.from_url`'s bound on its connections, and the largest allowed.
+DEFAULT_MAX_CONNECTIONS = 10
+MAX_CONNECTIONS_LIMIT = 10_000
 
 _STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN)
 
@@ -248,28 +253,49 @@ class RedisStore:
         self.prefix = prefix
         self._client = client
         self._owns_client = False
+        #: The most connections the client's pool opens (None: not known).
+        self.max_connections: int | None = getattr(client.connection_pool, "max_connections", None)
         self._circuit_script: Any = client.register_script(_CIRCUIT)
         self._budget_script: Any = client.register_script(_BUDGET)
         self._cool_down_script: Any = client.register_script(_COOL_DOWN)
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 0.1, **kwargs: Any) -> RedisStore:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout: float = 0.1,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        **kwargs: Any,
+    ) -> RedisStore:
         """A store with a client of its own for ``url`` (``redis://host:port/db``), whose
-        sockets time out after ``timeout`` seconds (connecting too); ``kwargs`` as for the
+        sockets time out after ``timeout`` seconds (connecting too), and which opens at most
+        ``max_connections`` connections (default 10): a call that finds them all busy waits
+        for one, at most ``timeout`` seconds, then fails like any other store call (the
+        transport keeps to local state for ``retry_interval``). ``kwargs`` as for the
         constructor."""
+        check_number("RedisStore", "max_connections", max_connections, minimum=1,
+                     maximum=MAX_CONNECTIONS_LIMIT, integer=True)  # fmt: skip
+        check_number("RedisStore", "timeout", timeout, minimum=0.001, maximum=60.0)
         try:
             import redis.asyncio as aioredis
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ImportError(
                 "RedisStore needs redis-py: pip install 'httpx-resilience[redis]'"
             ) from exc
-        client = aioredis.Redis.from_url(
+        # A blocking pool: past the bound a call waits for a connection (within the store's
+        # timeout) instead of opening one more (redis-py's default pool opens one per
+        # concurrent call, up to 100 in redis-py 6+, and then fails at once).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry_on_timeout=False,
             health_check_interval=0,
         )
+        client = aioredis.Redis.from_pool(pool)
         store = cls(client, timeout=timeout, **kwargs)
         store._owns_client = True
         return store
