@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._circuit import CircuitState
+from .._validate import check_number
 from ._protocol import (
     AvailabilityListener,
     BudgetPolicy,
@@ -30,7 +31,6 @@ from ._protocol import (
     StoreSettings,
     check_settings,
 )
-from .._validate import check_number
 
 if TYPE_CHECKING:
     import redis.asyncio
