@@ -374,3 +374,124 @@ async def test_a_read_answered_late_does_not_hide_a_failure_reported_since() -> 
     # failures are in the fleet's run.
     assert store.calls == ["admit", "report"]
     assert store._circuits[("default", "http://a.example:80")].fails == 2
+
+
+class GatedStore(FlakyStore):
+    """A FlakyStore that records each ``report``'s failures and each ``admit``, and how many
+    ``admit`` calls were in flight at once; reports wait for ``gate`` while it is unset."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = anyio.Event()
+        self.reported: list[int] = []
+        self.admitting = self.most_admitting = 0
+
+    async def circuit(self, scope: str, origin: str, op: Any, policy: Any, **kw: Any) -> Any:
+        if op == "report" and kw.get("failures"):
+            self.reported.append(kw["failures"])
+            await self.gate.wait()
+        if op != "admit":
+            return await super().circuit(scope, origin, op, policy, **kw)
+        self.admitting += 1
+        self.most_admitting = max(self.most_admitting, self.admitting)
+        try:
+            await anyio.lowlevel.checkpoint()  # a round trip: others may ask meanwhile
+            return await super().circuit(scope, origin, op, policy, **kw)
+        finally:
+            self.admitting -= 1
+
+
+async def test_failures_that_come_at_once_are_reported_in_few_calls() -> None:
+    # 50 requests to an origin that looked healthy fail at once: the first failure's report
+    # is in flight (held at the gate) while the others come; they go as one more call.
+    store = GatedStore(timeout=10.0, sync_interval=60.0)
+    breaker = CircuitBreaker(failure_threshold=5, recovery_time=60.0)
+    ok, release = True, anyio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if ok:
+            return httpx.Response(200)
+        if request.url.path != "/first":
+            await release.wait()
+        return httpx.Response(500)
+
+    transport = ResilientTransport(
+        httpx.MockTransport(handler), retry=NO_RETRY, circuit_breaker=breaker, state_store=store
+    )
+    results: list[int] = []
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get("http://a.example/")).status_code == 200
+        ok = False
+
+        async def send(path: str = "/") -> None:
+            results.append((await client.get(f"http://a.example{path}")).status_code)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(send, "/first")
+            for _ in range(49):
+                group.start_soon(send)
+            await anyio.wait_all_tasks_blocked()  # the first failed: its report is out
+            assert store.reported == [1]
+            release.set()
+            await anyio.wait_all_tasks_blocked()  # the other 49 failed meanwhile
+            assert store.reported == [1]
+            store.gate.set()
+        assert results == [500] * 50
+        # One more call carried the other 49 failures, and the fleet's circuit opened: the
+        # local one follows it.
+        assert store.reported == [1, 49]
+        with pytest.raises(CircuitOpenError):
+            await client.get("http://a.example/")
+    assert store._circuits[("default", "http://a.example:80")].open_until > 0
+
+
+async def test_requests_held_at_the_in_flight_limit_ask_one_at_a_time() -> None:
+    # The fleet counts 4 failures of 8 (10 places): 50 requests at once to an upstream that
+    # answers only when told. One request at a time asks for a place: 6 go, the seventh is
+    # held and asks again; the others wait their turn and, once the 6 failed and the circuit
+    # opened, fail fast without asking.
+    store = GatedStore(timeout=10.0, sync_interval=5.0)
+    store.gate.set()
+    breaker = CircuitBreaker(failure_threshold=8, recovery_time=60.0)
+    upstream_gate = anyio.Event()
+    sent = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal sent
+        sent += 1
+        await upstream_gate.wait()
+        return httpx.Response(500)
+
+    transport = ResilientTransport(
+        httpx.MockTransport(handler), retry=NO_RETRY, circuit_breaker=breaker, state_store=store
+    )
+    policy = transport._fleet._circuit_policy  # type: ignore[union-attr]
+    assert policy is not None
+    results: list[int | str] = []
+    async with httpx.AsyncClient(transport=transport) as client:
+        upstream_gate.set()
+        for _ in range(4):
+            assert (await client.get("http://a.example/")).status_code == 500
+        upstream_gate, sent = anyio.Event(), 0
+        store.calls.clear()
+
+        async def send() -> None:
+            try:
+                results.append((await client.get("http://a.example/")).status_code)
+            except CircuitOpenError:
+                results.append("open")
+
+        async with anyio.create_task_group() as group:
+            for _ in range(50):
+                group.start_soon(send)
+            for _ in range(500):  # until the seventh has been refused once
+                if store.calls.count("admit") > 6:
+                    break
+                await anyio.sleep(0.001)
+            assert sent == 6
+            upstream_gate.set()
+    assert sorted(results, key=str) == [500] * 6 + ["open"] * 44
+    assert store.most_admitting == 1
+    # 6 places, then the seventh's few asks (5, 10, 20 ms... apart) until the circuit
+    # opened: far fewer than the requests held (before: each asked every few ms).
+    assert store.calls.count("admit") < 50

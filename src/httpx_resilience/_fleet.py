@@ -61,8 +61,9 @@ class _Origin:
     """What this process has not told the fleet yet about one origin."""
 
     __slots__ = (
-        "fleet_failures", "probe_elsewhere_until", "raised_at", "reserved", "success_at",
-        "successes", "token",
+        "admitting", "batch", "cool_down_pending", "fleet_failures", "probe_elsewhere_until",
+        "raised_at", "reserved", "sending", "sharing_cool_down", "success_at", "successes",
+        "token",
     )  # fmt: skip
 
     def __init__(self, stamp: int) -> None:
@@ -82,9 +83,30 @@ class _Origin:
         # In-flight reservations (`Fleet.check`) of this process's requests: any request's
         # outcome gives one back (they are interchangeable).
         self.reserved: list[str] = []
+        # One request at a time asks the fleet for an in-flight place here (`Fleet.check`);
+        # made on first use.
+        self.admitting: anyio.Lock | None = None
+        # Failures without a reservation, gathered while a report is in flight
+        # (`Fleet._report_failure`), and whether a task is sending them.
+        self.batch: _Batch | None = None
+        self.sending = False
+        # The cool-down to share once the call in flight is done (`Fleet.share_cool_down`).
+        self.cool_down_pending = 0.0
+        self.sharing_cool_down = False
 
     def take_reservation(self) -> str:
         return self.reserved.pop() if self.reserved else ""
+
+
+class _Batch:
+    """Failures reported for one origin while a report was in flight: sent as one call."""
+
+    __slots__ = ("done", "failures", "success_at")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.success_at: float | None = None  # the latest success not reported yet
+        self.done = anyio.Event()  # set once the store answered (or the call failed)
 
 
 class SharedBudget(RetryBudget):
@@ -386,7 +408,40 @@ class Fleet:
                 self._apply(origin, answer[0], issued)
             return
         local = self._local(origin)
-        held, wait = 0.0, _HOLD_FIRST_WAIT
+        # One request at a time per origin asks (the others wait their turn, then look at
+        # what its answer showed): a burst of requests to an origin makes a few calls, not
+        # one per request and then one per request every few ms while they are held.
+        if local.admitting is None:
+            local.admitting = anyio.Lock()
+        lock, began = local.admitting, anyio.current_time()
+        try:
+            lock.acquire_nowait()
+        except anyio.WouldBlock:
+            # Its turn comes within the hold's limit, or it goes as a request held that
+            # long does (without a reservation; the breaker, as the others' answers left
+            # it, still decides).
+            limit = store.sync_interval
+            if deadline is not None:
+                limit = min(limit, deadline - self._clock())
+            with anyio.move_on_after(max(0.0, limit)) as scope:
+                await lock.acquire()
+            if scope.cancelled_caught:
+                return
+        try:
+            await self._admit(origin, local, deadline, anyio.current_time() - began)
+        finally:
+            lock.release()
+
+    async def _admit(
+        self, origin: Origin, local: _Origin, deadline: float | None, held: float
+    ) -> None:
+        """`check`'s asking, in count mode, while this request holds the origin's turn;
+        ``held``: seconds it waited for its turn."""
+        policy, store, name = self._circuit_policy, self.store, str(origin)
+        assert policy is not None
+        if not self.suspect(origin):
+            return  # an answer while it waited settled it: the breaker decides
+        wait = _HOLD_FIRST_WAIT
         while True:
             token = secrets.token_hex(8)
             issued = self._stamp
@@ -487,8 +542,50 @@ class Fleet:
                 local.success_at = self._clock()
         else:
             success_at, local.success_at = local.success_at, None
-            await self._report(permit.origin, local, failures=1, success_at=success_at,
-                               token=local.take_reservation())  # fmt: skip
+            token = local.take_reservation()
+            if token:  # at most the fleet's in-flight limit of these: each its own call
+                await self._report(permit.origin, local, failures=1, success_at=success_at,
+                                   token=token)  # fmt: skip
+            else:
+                await self._report_failure(permit.origin, local, success_at)
+
+    async def _report_failure(
+        self, origin: Origin, local: _Origin, success_at: float | None
+    ) -> None:
+        """Report a failure without a reservation (its request went while the origin looked
+        healthy: any number of them may fail at once). While a report for the origin is in
+        flight the failures gather in one batch, sent as one call when it is done; each
+        waits for its batch's answer (applied here) at most the store's ``timeout``."""
+        if not self.sharing:
+            return
+        batch = local.batch
+        if batch is None:
+            batch = local.batch = _Batch()
+        batch.failures += 1
+        if success_at is not None and (batch.success_at is None or success_at > batch.success_at):
+            batch.success_at = success_at
+        if not local.sending:
+            local.sending = True
+            if self._spawn(self._send_failures(origin, local)) is None:
+                local.sending, local.batch = False, None  # closed: local state only
+                return
+        with anyio.move_on_after(self.store.timeout):
+            await batch.done.wait()
+
+    async def _send_failures(self, origin: Origin, local: _Origin) -> None:
+        """Send the origin's batches of failures, one call at a time, until none is left."""
+        batch = None
+        try:
+            while local.batch is not None:
+                batch, local.batch = local.batch, None
+                await self._report(origin, local, failures=batch.failures,
+                                   success_at=batch.success_at)  # fmt: skip
+                batch.done.set()
+        finally:
+            local.sending = False
+            for left in (batch, local.batch):
+                if left is not None:
+                    left.done.set()  # cancelled (the fleet closed): nobody waits for it
 
     async def _report(
         self, origin: Origin, local: _Origin, *, failures: int = 0, successes: int = 0,
@@ -549,8 +646,25 @@ class Fleet:
         fleet, in the background."""
         if seconds <= 0 or not self.sharing:
             return
+        # One call at a time per origin: the answers of a burst of requests in flight each
+        # extend the window a little; the latest is shared when the call out is done.
+        local = self._local(origin)
+        local.cool_down_pending = max(local.cool_down_pending, self._clock() + seconds)
+        if not local.sharing_cool_down:
+            local.sharing_cool_down = True
+            if self._spawn(self._send_cool_down(origin, local)) is None:
+                local.sharing_cool_down = False
+
+    async def _send_cool_down(self, origin: Origin, local: _Origin) -> None:
         store, name = self.store, str(origin)
-        self._spawn(self._call_quietly(lambda: store.note_cool_down(self.scope, name, seconds)))
+        try:
+            while local.cool_down_pending > 0:
+                until, local.cool_down_pending = local.cool_down_pending, 0.0
+                seconds = until - self._clock()
+                if seconds > 0:
+                    await self._call(partial(store.note_cool_down, self.scope, name, seconds))
+        finally:
+            local.sharing_cool_down = False
 
     async def _call_quietly(self, call: Callable[[], Awaitable[Any]]) -> None:
         await self._call(call)
