@@ -496,3 +496,35 @@ async def test_a_burst_while_the_fleet_counts_failures_opens_few_redis_connectio
     for each in (worker, other):
         assert await each.get(f"/status/{key}?code=500") == "CircuitOpenError"
     assert h1_server.app.hits(key) == 6  # type: ignore[attr-defined]
+
+
+async def test_no_free_connection_within_the_timeout_is_a_store_failure(
+    h1_server: ServerThread,
+    redis_server: RedisServer,
+    key: str,
+    workers: Callable[..., Any],
+    fault_proxy: FaultProxy,
+) -> None:
+    # The store's one connection is taken (checked out of its pool) and not given back: the
+    # failures' reports wait for it, give up after the store's timeout, and the worker keeps
+    # to local state (the hook says so; no caller sees an error). Given back, sharing resumes.
+    events: list[bool] = []
+    [worker] = workers(1, h1_server.url, redis_server.url, name=f"busy-{key}", events=events,
+                       breaker={"failure_threshold": 3, "recovery_time": 60.0},
+                       store_kwargs={"max_connections": 1, "timeout": 0.2,
+                                     "retry_interval": 0.0})  # fmt: skip
+    assert await worker.get(f"/ok/{key}") == 200
+    assert worker.store is not None
+    pool = worker.store._client.connection_pool
+    taken = await pool.get_connection()
+    try:
+        results = [await worker.get(f"/status/{key}-down?code=500") for _ in range(4)]
+    finally:
+        await pool.release(taken)
+    assert results == [500, 500, 500, "CircuitOpenError"]  # the local breaker's decisions
+    assert events[:1] == [False]
+
+    async def tick() -> None:  # requests to another origin: their syncs ask the store
+        assert (await worker.client.get(f"{fault_proxy.url}/ok/{key}")).status_code == 200
+
+    await until(lambda: events[-1:] == [True], tick=tick)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 
+import anyio
 import pytest
 import redis.asyncio as aioredis
 
 from httpx_resilience import CircuitState, MemoryStore, RedisStore, StateStore
 from httpx_resilience._stores._protocol import BudgetPolicy, CircuitPolicy
-from tests.support.redis import RedisServer, redis_server_or_skip
+from tests.support.redis import DelayProxy, RedisServer, redis_server_or_skip
 
 pytestmark = pytest.mark.anyio
 
@@ -291,3 +292,88 @@ def test_invalid_memory_settings_name_the_field() -> None:
 def test_stores_satisfy_the_protocol() -> None:
     assert isinstance(MemoryStore(), StateStore)
     assert isinstance(RedisStore(aioredis.Redis()), StateStore)
+
+
+def test_invalid_max_connections_name_the_field() -> None:
+    for value, error in (
+        (0, ValueError),
+        (10_001, ValueError),
+        (2.5, TypeError),
+        (True, TypeError),
+    ):
+        with pytest.raises(error, match=r"RedisStore\.max_connections must be "):
+            RedisStore.from_url("redis://127.0.0.1:1/0", max_connections=value)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"RedisStore\.max_connections must be >= 1 and <= 10000"):
+        RedisStore.from_url("redis://127.0.0.1:1/0", max_connections=-3)
+
+
+async def test_from_url_bounds_its_connections(redis_server: RedisServer, key: str) -> None:
+    store = RedisStore.from_url(redis_server.url, prefix=f"m{key}", timeout=STORE_TIMEOUT,
+                                max_connections=3)  # fmt: skip
+    default = RedisStore.from_url(redis_server.url)
+    counter = aioredis.Redis.from_url(redis_server.url)
+    try:
+        assert (store.max_connections, default.max_connections) == (3, 10)
+        await counter.ping()
+        before = (await counter.info("stats"))["total_connections_received"]
+        # 40 calls at once share 3 connections: the others wait for one (within the timeout).
+        views = await asyncio.gather(
+            *(store.circuit("s", f"o{n}", "report", COUNT, failures=1) for n in range(40))
+        )
+        assert [view.failures for view, _ in views] == [1] * 40
+        after = (await counter.info("stats"))["total_connections_received"]
+        assert after - before == 3
+    finally:
+        await store.aclose()
+        await default.aclose()
+        await counter.aclose()
+
+
+async def test_calls_cancelled_while_waiting_for_a_connection_leak_none(
+    redis_server: RedisServer, key: str
+) -> None:
+    # One connection; a slow Redis (5 s) keeps it busy while 20 more calls wait for it. They are
+    # cancelled while they wait (half by a cancel scope, which anyio delivers again at every
+    # await until the scope exits; half by Task.cancel, once), and then the call that held it.
+    # None of them may keep the connection: the next calls get it.
+    with DelayProxy(redis_server.port) as proxy:
+        store = RedisStore.from_url(proxy.url, prefix=f"c{key}", timeout=STORE_TIMEOUT,
+                                    max_connections=1)  # fmt: skip
+        try:
+            await store.circuit("s", "o", "read", COUNT)  # the connection is open
+            proxy.delay = 5.0
+            holder = asyncio.ensure_future(store.circuit("s", "o", "read", COUNT))
+            scopes: list[anyio.CancelScope] = []
+            waiting: list[asyncio.Task[object]] = []
+
+            async def in_scope() -> object:
+                with anyio.CancelScope() as scope:
+                    scopes.append(scope)
+                    return await store.circuit("s", "o", "read", COUNT)
+                return None
+
+            for n in range(20):
+                call = in_scope() if n % 2 else store.circuit("s", "o", "read", COUNT)
+                waiting.append(asyncio.ensure_future(call))
+            await asyncio.sleep(0.05)  # all 21 started; one has the connection
+            assert not holder.done()  # 5 s of delay: it holds the connection
+            assert not any(task.done() for task in waiting)  # they wait for it
+            for scope in scopes:
+                scope.cancel()
+            for task in waiting[::2]:
+                task.cancel()
+            results = await asyncio.gather(*waiting, return_exceptions=True)
+            assert all(r is None or isinstance(r, asyncio.CancelledError) for r in results)
+            holder.cancel()  # in flight: redis-py drops that connection
+            with pytest.raises(asyncio.CancelledError):
+                await holder
+            proxy.delay = 0.0
+            # The connection is free again: one call, then 5 at once, all answered.
+            view, _ = await store.circuit("s", "o", "report", COUNT, failures=1)
+            assert view.failures == 1
+            views = await asyncio.gather(
+                *(store.circuit("s", "o", "report", COUNT, failures=0) for _ in range(5))
+            )
+            assert [view.failures for view, _ in views] == [1] * 5
+        finally:
+            await store.aclose()
