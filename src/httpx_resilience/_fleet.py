@@ -15,6 +15,13 @@ asks this class to share it:
   in-flight place first, or is held until the requests out decide (`check`); a half-open
   probe must claim the fleet's one probe first; a retry must be granted by the fleet's
   budget; a 429/503 with ``Retry-After`` is shared (in the background).
+* A burst makes few calls, so that a store with a bounded pool of connections
+  (`RedisStore.from_url`'s ``max_connections``) keeps up: per origin, failures of requests
+  that went without a reservation are gathered while a report is in flight and sent as one
+  call (`_report_failure`); one request at a time asks for an in-flight place, and the others
+  wait their turn and look at what its answer showed (`check`); one cool-down share at a time.
+  The calls whose number is not bounded so (reserved requests' outcomes, probes, retries)
+  are bounded by the fleet's limits themselves.
 * The store fails (down, slow, restarted, or an event loop it does not support): the call is
   given up after ``timeout``, a `StoreAvailability` hook event (logged by the default
   `LoggingHook`) and ``on_availability`` report it, and for ``retry_interval`` seconds every
@@ -397,7 +404,10 @@ class Fleet:
         hold the request and ask again, for at most ``sync_interval`` seconds and never past
         ``deadline`` (the request's, on this fleet's clock): then it goes without a
         reservation. The requests out decide meanwhile: if they fail, the circuit opens and
-        the request fails fast; a success ends the run and lets it go."""
+        the request fails fast; a success ends the run and lets it go.
+
+        One request at a time per origin asks; the others wait their turn (within the same
+        limits), then ask only if the answers meanwhile left the origin suspect."""
         policy, store, name = self._circuit_policy, self.store, str(origin)
         if policy is None:
             return

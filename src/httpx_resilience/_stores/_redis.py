@@ -11,7 +11,8 @@ key gets a TTL on every write. Keys, for a ``prefix`` and a ``scope`` (the break
 * ``{prefix}:{scope}:budget`` -- a hash: 10 buckets of requests and retries.
 
 So an origin has at most two keys, and a scope one more. The client is redis-py's asyncio
-client (``pip install 'httpx-resilience[redis]'``), which works on asyncio only.
+client (``pip install 'httpx-resilience[redis]'``), which works on asyncio only; `from_url`
+gives it a blocking pool of at most ``max_connections`` connections.
 """
 
 from __future__ import annotations
@@ -210,8 +211,10 @@ class RedisStore:
 
     Args:
         client: A ``redis.asyncio.Redis`` client. Give it short ``socket_timeout`` and
-            ``socket_connect_timeout`` values; `RedisStore.from_url` does. Closed by
-            `aclose` only if the store made it.
+            ``socket_connect_timeout`` values and a bounded pool that waits for a free
+            connection (``redis.asyncio.BlockingConnectionPool(max_connections=...,
+            timeout=...)``); `RedisStore.from_url` does. Closed by `aclose` only if the store
+            made it.
         prefix: The first part of every key. Default ``"httpx-resilience"``.
         timeout: Seconds one call may take before the transport gives up on it and uses local
             state. Default 0.1.
@@ -223,6 +226,10 @@ class RedisStore:
             worker died). Default 10.
         on_availability: Called as ``(available, error)`` when the store stops answering
             (with the error) and when it answers again (with None).
+
+    Attributes:
+        max_connections: The most connections the client's pool opens (None if its pool
+            does not say).
 
     Works on asyncio only (redis-py's asyncio client). On trio the transport logs it once
     and keeps to local state.
@@ -253,7 +260,6 @@ class RedisStore:
         self.prefix = prefix
         self._client = client
         self._owns_client = False
-        #: The most connections the client's pool opens (None: not known).
         self.max_connections: int | None = getattr(client.connection_pool, "max_connections", None)
         self._circuit_script: Any = client.register_script(_CIRCUIT)
         self._budget_script: Any = client.register_script(_BUDGET)
@@ -268,12 +274,20 @@ class RedisStore:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         **kwargs: Any,
     ) -> RedisStore:
-        """A store with a client of its own for ``url`` (``redis://host:port/db``), whose
-        sockets time out after ``timeout`` seconds (connecting too), and which opens at most
-        ``max_connections`` connections (default 10): a call that finds them all busy waits
-        for one, at most ``timeout`` seconds, then fails like any other store call (the
-        transport keeps to local state for ``retry_interval``). ``kwargs`` as for the
-        constructor."""
+        """A store with a client of its own for ``url``.
+
+        Args:
+            url: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS).
+            timeout: Seconds one call may take (the constructor's ``timeout``): its sockets
+                time out after it, connecting too, and so does a wait for a free connection.
+                Default 0.1.
+            max_connections: The most connections the client opens (1 to 10,000; default
+                10). A call that finds them all busy waits for one, at most ``timeout``
+                seconds, then fails like any other call: the transport keeps to local state
+                for ``retry_interval``. A fleet of N workers opens at most N times this many
+                connections to Redis.
+            **kwargs: As for the constructor (``prefix``, ``sync_interval``, ...).
+        """
         check_number("RedisStore", "max_connections", max_connections, minimum=1,
                      maximum=MAX_CONNECTIONS_LIMIT, integer=True)  # fmt: skip
         check_number("RedisStore", "timeout", timeout, minimum=0.001, maximum=60.0)
