@@ -528,3 +528,36 @@ async def test_no_free_connection_within_the_timeout_is_a_store_failure(
         assert (await worker.client.get(f"{fault_proxy.url}/ok/{key}")).status_code == 200
 
     await until(lambda: events[-1:] == [True], tick=tick)
+
+
+async def test_a_burst_of_retried_failures_stays_within_the_fleet_budget_and_few_connections(
+    h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
+) -> None:
+    # 300 requests at once, every answer 502, one retry each if the fleet's budget allows:
+    # floor 1 + 20 % of the requests. Each failure asks the budget before its retry decision.
+    retry = RetryConfig(
+        max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.2,
+        budget_min_per_second=0.1, budget_window=10.0,
+    )  # fmt: skip
+    [worker] = workers(1, h1_server.url, redis_server.url, name=f"retries-{key}", retry=retry)
+    assert await worker.get(f"/ok/{key}-warm") == 200
+    counter = ConnectionCounter(redis_server.url)
+    await counter.start()
+    try:
+        results: list[int | str] = []
+
+        async def send() -> None:
+            results.append(await worker.get(f"/status/{key}?code=502&delay=0.2"))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for _ in range(BURST):
+                    group.start_soon(send)
+        opened = await counter.opened()
+    finally:
+        await counter.aclose()
+    assert results == [502] * BURST
+    retries = h1_server.app.hits(key) - BURST  # type: ignore[attr-defined]
+    assert 0 < retries <= 1 + 0.2 * (BURST + 1)  # the warm-up request counts too
+    assert worker.store is not None
+    assert opened <= worker.store.max_connections

@@ -495,3 +495,59 @@ async def test_requests_held_at_the_in_flight_limit_ask_one_at_a_time() -> None:
     # 6 places, then the seventh's few asks (5, 10, 20 ms... apart) until the circuit
     # opened: far fewer than the requests held (before: each asked every few ms).
     assert store.calls.count("admit") < 50
+
+
+class GatedBudgetStore(FlakyStore):
+    """A FlakyStore whose budget calls that want retries record how many, and wait for
+    ``gate`` (counting only, as `MemoryStore.read` flushes, goes through)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = anyio.Event()
+        self.wanted: list[int] = []
+
+    async def budget(self, scope: str, requests: int, want: int, *args: Any, **kw: Any) -> Any:
+        if want:
+            self.wanted.append(want)
+            await self.gate.wait()
+        return await super().budget(scope, requests, want, *args, **kw)
+
+
+async def test_retries_wanted_at_once_are_asked_for_in_few_calls() -> None:
+    # 30 requests fail at once (502); the first asks the fleet's budget (held at the gate)
+    # while the other 29 come: they are asked for in one more call, which grants what fits:
+    # floor 1 + 20 % of 30 requests = 7 retries in all.
+    store = GatedBudgetStore(timeout=10.0, sync_interval=60.0)
+    retry = RetryConfig(max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.2,
+                        budget_min_per_second=0.1, budget_window=10.0)  # fmt: skip
+    release, sent = anyio.Event(), 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal sent
+        sent += 1
+        if sent > 30:  # the retries
+            return httpx.Response(200)
+        if request.url.path != "/first":
+            await release.wait()
+        return httpx.Response(502)
+
+    transport = ResilientTransport(httpx.MockTransport(handler), retry=retry, state_store=store)
+    results: list[int] = []
+    async with httpx.AsyncClient(transport=transport) as client:
+
+        async def send(path: str = "/") -> None:
+            results.append((await client.get(f"http://a.example{path}")).status_code)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(send, "/first")
+            for _ in range(29):
+                group.start_soon(send)
+            await anyio.wait_all_tasks_blocked()  # the first failed: its budget call is out
+            assert store.wanted == [1]
+            release.set()
+            await anyio.wait_all_tasks_blocked()  # the other 29 failed meanwhile
+            assert store.wanted == [1]
+            store.gate.set()
+    assert store.wanted == [1, 29]
+    assert sorted(results) == [200] * 7 + [502] * 23  # 7 retries, each answered 200
+    assert sent == 37

@@ -226,6 +226,15 @@ async def test_budget_is_floor_plus_ratio_of_requests(store: StateStore) -> None
     assert not (await store.budget("s", 0, True, policy)).granted
 
 
+async def test_budget_grants_as_many_retries_as_fit_at_once(store: StateStore) -> None:
+    policy = BudgetPolicy(ratio=0.2, floor=2.0, window=30.0)
+    view = await store.budget("s", 10, 3, policy)  # 2 + 0.2 * 10 = 4 allowed
+    assert view == (3, 10, 1.0)
+    view = await store.budget("s", 0, 5, policy)  # one left
+    assert view == (1, 10, 0.0)
+    assert (await store.budget("s", 7, 50, policy)).granted == 1  # 0.2 * 7 = 1.4 more
+
+
 async def test_retries_spent_without_the_store_are_reconciled(store: StateStore) -> None:
     policy = BudgetPolicy(ratio=0.2, floor=2.0, window=30.0)
     await store.budget("s", 20, False, policy)  # 2 + 0.2 * 20 = 6 allowed

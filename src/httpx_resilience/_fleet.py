@@ -106,12 +106,13 @@ class _Origin:
 
 
 class _Batch:
-    """Failures reported for one origin while a report was in flight: sent as one call."""
+    """What requests asked for while a call of the same kind was in flight (failures to
+    report for one origin, retries to ask the budget for): sent as one call."""
 
-    __slots__ = ("done", "failures", "success_at")
+    __slots__ = ("count", "done", "success_at")
 
     def __init__(self) -> None:
-        self.failures = 0
+        self.count = 0
         self.success_at: float | None = None  # the latest success not reported yet
         self.done = anyio.Event()  # set once the store answered (or the call failed)
 
@@ -205,6 +206,10 @@ class Fleet:
         self._stamp = 0
         self._requests = 0  # counted since the last flush
         self.retry_tokens = 0  # retries the fleet's budget granted this process, unspent
+        # Retries wanted while a budget call is in flight (`reserve_retry`), and whether a
+        # task is asking.
+        self._retry_batch: _Batch | None = None
+        self._asking_budget = False
         self.local_budget: SharedBudget | None = None
         # For when the store is unavailable: this worker's share of the retries the fleet's
         # budget had left at its last answer (None: no answer yet), and the requests made and
@@ -571,7 +576,7 @@ class Fleet:
         batch = local.batch
         if batch is None:
             batch = local.batch = _Batch()
-        batch.failures += 1
+        batch.count += 1
         if success_at is not None and (batch.success_at is None or success_at > batch.success_at):
             batch.success_at = success_at
         if not local.sending:
@@ -588,7 +593,7 @@ class Fleet:
         try:
             while local.batch is not None:
                 batch, local.batch = local.batch, None
-                await self._report(origin, local, failures=batch.failures,
+                await self._report(origin, local, failures=batch.count,
                                    success_at=batch.success_at)  # fmt: skip
                 batch.done.set()
         finally:
@@ -614,21 +619,53 @@ class Fleet:
 
     async def reserve_retry(self) -> None:
         """Before a retry decision: make sure a retry token from the fleet's budget is at
-        hand (one call to the store when none is)."""
-        budget = self._budget_policy
-        if budget is None or self.retry_tokens > 0 or not self.sharing:
+        hand (a call to the store when none is). The requests that ask while a budget call
+        is in flight are asked for together in the next call (a burst's retries take a few
+        calls, not one each); each waits for its batch's answer at most the store's
+        ``timeout`` (then it has no token: no retry, the strict side)."""
+        if self._budget_policy is None or self.retry_tokens > 0 or not self.sharing:
             return
+        batch = self._retry_batch
+        if batch is None:
+            batch = self._retry_batch = _Batch()
+        batch.count += 1
+        if not self._asking_budget:
+            self._asking_budget = True
+            if self._spawn(self._ask_budget()) is None:
+                self._asking_budget, self._retry_batch = False, None  # closed: local state
+                return
+        with anyio.move_on_after(self.store.timeout):
+            await batch.done.wait()
+
+    async def _ask_budget(self) -> None:
+        """Ask the fleet's budget for the retries wanted, one call at a time, until no
+        request waits."""
+        batch = None
+        try:
+            while self._retry_batch is not None:
+                batch, self._retry_batch = self._retry_batch, None
+                await self._spend_budget(batch.count)
+                batch.done.set()
+        finally:
+            self._asking_budget = False
+            for left in (batch, self._retry_batch):
+                if left is not None:
+                    left.done.set()  # cancelled (the fleet closed): nobody waits for it
+
+    async def _spend_budget(self, wanted: int) -> None:
+        """One budget call: flush the counts, spend up to ``wanted`` retries as tokens."""
+        budget = self._budget_policy
+        assert budget is not None
         requests, self._requests = self._requests, 0
         retries, self._unreported_retries = self._unreported_retries, 0
         store = self.store
         answer = await self._call(
-            lambda: store.budget(self.scope, requests, True, budget, retries=retries)
+            lambda: store.budget(self.scope, requests, wanted, budget, retries=retries)
         )
         if answer is None:
             self._unreported_retries += retries  # and the requests are not (see `_read`)
             return
-        if answer.granted:
-            self.retry_tokens += 1
+        self.retry_tokens += answer.granted
         # This worker's share of what is left, for when the store stops answering.
         share = 1.0
         if self.local_budget is not None and answer.requests > 0:

@@ -8,6 +8,7 @@ Redis key does, so memory stays bounded by the origins in use.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -211,7 +212,7 @@ class MemoryStore:
         return _view(circuit, now), False
 
     async def budget(
-        self, scope: str, requests: int, want: bool, policy: BudgetPolicy, *, retries: int = 0
+        self, scope: str, requests: int, want: int, policy: BudgetPolicy, *, retries: int = 0
     ) -> BudgetView:
         now = self._clock()
         entry = self._budgets.get(scope)
@@ -219,10 +220,12 @@ class MemoryStore:
             entry = (SlidingCounts(policy.window), 0.0)
         counts = entry[0]
         counts.add(now, first=requests, second=retries)
-        granted = False
-        if want and counts.second + 1 <= policy.floor + policy.ratio * counts.first:
-            counts.add(now, second=1)
-            granted = True
+        granted = 0
+        if want > 0:  # as many as fit: spent + granted <= floor + ratio * requests
+            room = policy.floor + policy.ratio * counts.first - counts.second
+            granted = max(0, min(int(want), math.floor(room)))
+            if granted:
+                counts.add(now, second=granted)
         self._budgets[scope] = (counts, now + 2 * policy.window)
         left = policy.floor + policy.ratio * counts.first - counts.second
         return BudgetView(granted, int(counts.first), left)
@@ -245,7 +248,7 @@ class MemoryStore:
         reports: Mapping[str, tuple[int, float | None]] | None = None,
     ) -> dict[str, tuple[CircuitView, float]]:
         if budget is not None and (requests or retries):
-            await self.budget(scope, requests, False, budget, retries=retries)
+            await self.budget(scope, requests, 0, budget, retries=retries)
         now = self._clock()
         views = {}
         for origin in origins:

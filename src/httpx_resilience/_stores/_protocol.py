@@ -33,8 +33,9 @@ Circuits, per ``scope`` (the breaker's name) and origin:
 * ``read``: the state only.
 
 The retry budget, per ``scope``: ``budget`` adds ``requests`` and ``retries`` (spent while
-the caller could not reach the store: reconciled now) and, if ``want``, spends one retry when
-``spent + 1 <= floor + ratio * requests`` over the last ``window`` seconds. It answers with the
+the caller could not reach the store: reconciled now) and spends up to ``want`` retries, as
+many as keep ``spent <= floor + ratio * requests`` over the last ``window`` seconds (a caller
+asks for the retries of several requests at once). It answers with the
 fleet's requests in the window and the retries left, from which a caller works out its share
 for when the store becomes unreachable.
 
@@ -129,7 +130,7 @@ class BudgetPolicy:
 class BudgetView(NamedTuple):
     """The fleet's retry budget as the store sees it after a `StateStore.budget` call."""
 
-    granted: bool  # whether the retry asked for was spent
+    granted: int  # how many of the retries asked for were spent (0 to ``want``)
     requests: int  # the fleet's requests in the window
     left: float  # retries the window allows still: floor + ratio * requests - spent
 
@@ -179,10 +180,10 @@ class StateStore(Protocol):
         ...
 
     async def budget(
-        self, scope: str, requests: int, want: bool, policy: BudgetPolicy, *, retries: int = 0
+        self, scope: str, requests: int, want: int, policy: BudgetPolicy, *, retries: int = 0
     ) -> BudgetView:
-        """Count ``requests`` and ``retries``; if ``want``, spend one retry if the budget
-        allows (``granted``)."""
+        """Count ``requests`` and ``retries``; spend up to ``want`` retries (0: none, count
+        only), as many as the budget allows (``granted``)."""
         ...
 
     async def note_cool_down(self, scope: str, origin: str, seconds: float) -> None:

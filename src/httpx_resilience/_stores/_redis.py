@@ -162,12 +162,12 @@ redis.call('PEXPIRE', key, ttl)
 return view(0)
 """
 
-# KEYS[1]: the budget hash. ARGV: requests, want (0|1), ratio, floor, window ms, retries
-# spent elsewhere (reconciled). Returns {granted (0|1), requests in the window, retries left
-# (a string: it may have a fraction)}.
+# KEYS[1]: the budget hash. ARGV: requests, retries wanted (0: none), ratio, floor, window ms,
+# retries spent elsewhere (reconciled). Returns {retries granted (up to those wanted),
+# requests in the window, retries left (a string: it may have a fraction)}.
 _BUDGET = """
 local key = KEYS[1]
-local requests, want = tonumber(ARGV[1]), ARGV[2] == '1'
+local requests, want = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ratio, floor, window = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local retries = tonumber(ARGV[6])
 local t = redis.call('TIME')
@@ -188,10 +188,12 @@ for i = 0, 9 do
   end
 end
 local granted = 0
-if want and spent + 1 <= floor + ratio * seen then
-  redis.call('HINCRBY', key, 't' .. slot, 1)
-  spent = spent + 1
-  granted = 1
+if want > 0 then  -- as many as fit: spent + granted <= floor + ratio * seen
+  granted = math.max(0, math.min(want, math.floor(floor + ratio * seen - spent)))
+  if granted > 0 then
+    redis.call('HINCRBY', key, 't' .. slot, granted)
+    spent = spent + granted
+  end
 end
 redis.call('PEXPIRE', key, 2 * window)
 return {granted, seen, tostring(floor + ratio * seen - spent)}
@@ -341,13 +343,13 @@ class RedisStore:
         return _circuit_view(result)
 
     async def budget(
-        self, scope: str, requests: int, want: bool, policy: BudgetPolicy, *, retries: int = 0
+        self, scope: str, requests: int, want: int, policy: BudgetPolicy, *, retries: int = 0
     ) -> BudgetView:
         granted, seen, left = await self._budget_script(
             keys=[self._key(scope, "budget")],
             args=_budget_args(requests, want, policy, retries),
         )
-        return BudgetView(bool(int(granted)), int(seen), float(left))
+        return BudgetView(int(granted), int(seen), float(left))
 
     async def note_cool_down(self, scope: str, origin: str, seconds: float) -> None:
         ms = max(1, int(seconds * 1000))
@@ -372,7 +374,7 @@ class RedisStore:
                 assert budget is not None
                 await self._budget_script(
                     keys=[self._key(scope, "budget")],
-                    args=_budget_args(requests, False, budget, retries),
+                    args=_budget_args(requests, 0, budget, retries),
                     client=pipe,
                 )
             for origin in origins:
@@ -432,9 +434,9 @@ def _circuit_args(
     ]
 
 
-def _budget_args(requests: int, want: bool, policy: BudgetPolicy, retries: int) -> list[object]:
+def _budget_args(requests: int, want: int, policy: BudgetPolicy, retries: int) -> list[object]:
     return [
-        requests, 1 if want else 0, repr(policy.ratio), repr(policy.floor),
+        requests, max(0, int(want)), repr(policy.ratio), repr(policy.floor),
         int(policy.window * 1000), retries,
     ]  # fmt: skip
 
