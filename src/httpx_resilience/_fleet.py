@@ -19,9 +19,10 @@ asks this class to share it:
   (`RedisStore.from_url`'s ``max_connections``) keeps up: per origin, failures of requests
   that went without a reservation are gathered while a report is in flight and sent as one
   call (`_report_failure`); one request at a time asks for an in-flight place, and the others
-  wait their turn and look at what its answer showed (`check`); one cool-down share at a time.
-  The calls whose number is not bounded so (reserved requests' outcomes, probes, retries)
-  are bounded by the fleet's limits themselves.
+  wait their turn and look at what its answer showed (`check`); one cool-down share at a time;
+  and retries wanted while a budget call is in flight are asked for together
+  (`reserve_retry`). The calls not coalesced so (reserved requests' outcomes, probes) are
+  bounded by the fleet's limits themselves.
 * The store fails (down, slow, restarted, or an event loop it does not support): the call is
   given up after ``timeout``, a `StoreAvailability` hook event (logged by the default
   `LoggingHook`) and ``on_availability`` report it, and for ``retry_interval`` seconds every
