@@ -413,6 +413,7 @@ class ConnectionCounter:
 
 
 BURST = 300
+POOL_BOUND = 10  # RedisStore.from_url's max_connections by default
 
 
 async def test_a_burst_of_failures_opens_few_redis_connections_and_the_fleet_circuit(
@@ -445,9 +446,9 @@ async def test_a_burst_of_failures_opens_few_redis_connections_and_the_fleet_cir
     # One transport, one store: at most its pool's bound of connections, however many
     # requests failed at once (with redis-py's default pool: one per concurrent call, 95
     # here, and past its 100 every call failed: the worker fell back to local state).
+    assert opened <= POOL_BOUND, opened
     assert worker.store is not None
-    bound = worker.store.max_connections
-    assert opened <= bound, (opened, bound)
+    assert worker.store.max_connections == POOL_BOUND
     # The failures reached the fleet: the circuit is open here, and for a worker that joins
     # now (its first request to the origin asks the fleet), without reaching the upstream.
     [other] = workers(1, h1_server.url, redis_server.url, name=name, breaker=breaker)
@@ -490,9 +491,9 @@ async def test_a_burst_while_the_fleet_counts_failures_opens_few_redis_connectio
     # the worker fell back to local state and all 300 went.)
     assert h1_server.app.hits(key) == 6  # type: ignore[attr-defined]
     assert sorted(results, key=str) == [500] * 6 + ["CircuitOpenError"] * (BURST - 6)
+    assert opened <= POOL_BOUND, opened
     assert worker.store is not None
-    bound = worker.store.max_connections
-    assert opened <= bound, (opened, bound)
+    assert worker.store.max_connections == POOL_BOUND
     for each in (worker, other):
         assert await each.get(f"/status/{key}?code=500") == "CircuitOpenError"
     assert h1_server.app.hits(key) == 6  # type: ignore[attr-defined]
@@ -516,7 +517,10 @@ async def test_no_free_connection_within_the_timeout_is_a_store_failure(
     assert await worker.get(f"/ok/{key}") == 200
     assert worker.store is not None
     pool = worker.store._client.connection_pool
-    taken = await pool.get_connection()
+    try:
+        taken = await pool.get_connection()
+    except TypeError:  # redis-py before 5.3 wants a command's name
+        taken = await pool.get_connection("PING")  # type: ignore[call-arg,unused-ignore]
     try:
         results = [await worker.get(f"/status/{key}-down?code=500") for _ in range(4)]
     finally:
@@ -559,5 +563,4 @@ async def test_a_burst_of_retried_failures_stays_within_the_fleet_budget_and_few
     assert results == [502] * BURST
     retries = h1_server.app.hits(key) - BURST  # type: ignore[attr-defined]
     assert 0 < retries <= 1 + 0.2 * (BURST + 1)  # the warm-up request counts too
-    assert worker.store is not None
-    assert opened <= worker.store.max_connections
+    assert opened <= POOL_BOUND, opened
