@@ -301,7 +301,8 @@ class RedisStore:
             ) from exc
         # A blocking pool: past the bound a call waits for a connection (within the store's
         # timeout) instead of opening one more (redis-py's default pool opens one per
-        # concurrent call, up to 100 in redis-py 6+, and then fails at once).
+        # concurrent call: without limit in redis-py 5, up to 100 in 8.1, and then fails at
+        # once).
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
