@@ -725,11 +725,12 @@ async def test_read_and_write_timeouts(h1_server: ServerThread, parser: str, key
     client, transport = make_client(h1_server.url, parser)
     async with client:
         # A short read timeout after a long one, and a long one after a short one: the
-        # connection's one read timer is re-armed for each.
-        fast = httpx.Timeout(5.0, read=0.3)
+        # connection's one read timer is re-armed for each. (Short, but not so short that a
+        # pause of the test process, whose server thread answers, could exceed it.)
+        fast = httpx.Timeout(5.0, read=1.0)
         assert (await client.get(f"/ok/{key}", timeout=fast)).status_code == 200
         with pytest.raises(httpx.ReadTimeout) as timed_out:
-            await client.get(f"/slow/{key}?delay=5", timeout=httpx.Timeout(5.0, read=0.5))
+            await client.get(f"/slow/{key}?delay=5", timeout=httpx.Timeout(5.0, read=1.5))
         assert classify_error(timed_out.value) is FailureKind.MAYBE_PROCESSED
         assert (await client.get(f"/ok/{key}", timeout=httpx.Timeout(60.0))).status_code == 200
         with pytest.raises(httpx.ReadTimeout):

@@ -230,14 +230,16 @@ async def test_connection_dropped_before_the_response(server: ServerInfo, key: s
 
 async def test_read_timeout_retries_get_but_not_post(server: ServerInfo, key: str) -> None:
     async with make_client(server) as client:
-        response = await client.get(f"/slow/{key}?delay=3&fail=1", timeout=0.3)
+        # 1 s: the first attempt times out; the retry, answered at once, must not (a pause
+        # of the test process, whose server thread answers, must not exceed it).
+        response = await client.get(f"/slow/{key}?delay=3&fail=1", timeout=1.0)
         assert response.status_code == 200
         assert server.app.hits(key) == 2
         assert isinstance(get_retry_history(response)[0].error, httpx.ReadTimeout)
 
         post_key = key + "-post"
         with pytest.raises(httpx.ReadTimeout):
-            await client.post(f"/slow/{post_key}?delay=3&fail=1", content=b"x", timeout=0.3)
+            await client.post(f"/slow/{post_key}?delay=3&fail=1", content=b"x", timeout=1.0)
         assert server.app.hits(post_key) == 1
 
 
