@@ -15,6 +15,7 @@ import pytest
 from httpx_resilience import (
     CircuitBreaker,
     CircuitOpenError,
+    CircuitState,
     CoolDownStart,
     Hook,
     MemoryStore,
@@ -551,3 +552,60 @@ async def test_retries_wanted_at_once_are_asked_for_in_few_calls() -> None:
     assert store.wanted == [1, 29]
     assert sorted(results) == [200] * 7 + [502] * 23  # 7 retries, each answered 200
     assert sent == 37
+
+
+class AnswerHeldStore(FlakyStore):
+    """A FlakyStore whose next failure ``report`` (after `hold_next`) reaches the store at once
+    and has its answer held until ``gate`` is set: a report in flight on its way back."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = anyio.Event()
+        self.holding = False
+        self.reported: list[tuple[int, float | None]] = []
+
+    async def circuit(self, scope: str, origin: str, op: Any, policy: Any, **kw: Any) -> Any:
+        answer = await super().circuit(scope, origin, op, policy, **kw)
+        if op == "report" and kw.get("failures"):
+            self.reported.append((kw["failures"], kw.get("success_age")))
+            if self.holding:
+                self.holding = False
+                await self.gate.wait()
+        return answer
+
+
+async def test_failures_before_a_success_do_not_count_in_the_run_after_it() -> None:
+    # Count mode, 3 in a row open the circuit. F0 fails and its report is out (the store
+    # counted it; its answer is on the way back); meanwhile F1 fails, S succeeds, then F2 and
+    # F3 fail. No 3 failures came in a row (F0 F1 | S | F2 F3): the fleet's run is F2 F3, and
+    # the circuit stays closed, as it does here locally.
+    store = AnswerHeldStore(timeout=10.0, sync_interval=60.0)
+    breaker = CircuitBreaker(failure_threshold=3, recovery_time=60.0)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200 if request.url.path == "/s" else 500)
+
+    transport = ResilientTransport(
+        httpx.MockTransport(handler), retry=NO_RETRY, circuit_breaker=breaker, state_store=store
+    )
+    results: dict[str, int] = {}
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get("http://a.example/s")).status_code == 200  # the origin known
+
+        async def send(path: str) -> None:
+            results[path] = (await client.get(f"http://a.example{path}")).status_code
+
+        async with anyio.create_task_group() as group:
+            store.holding = True
+            group.start_soon(send, "/f0")
+            await anyio.wait_all_tasks_blocked()  # F0's report is out, its answer held
+            assert store.reported == [(1, store.reported[0][1])]
+            for path in ("/f1", "/s", "/f2", "/f3"):  # one after the other
+                group.start_soon(send, path)
+                await anyio.wait_all_tasks_blocked()
+            store.gate.set()
+        assert results == {"/f0": 500, "/f1": 500, "/s": 200, "/f2": 500, "/f3": 500}
+        assert breaker.state(Origin("http", "a.example", 80)) is CircuitState.CLOSED
+        fleet_run = store._circuits[("default", "http://a.example:80")]
+        assert (fleet_run.fails, fleet_run.open_until) == (2, 0)
+        assert (await client.get("http://a.example/s")).status_code == 200
