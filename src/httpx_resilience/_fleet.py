@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, TypeVar
@@ -69,7 +69,7 @@ class _Origin:
     """What this process has not told the fleet yet about one origin."""
 
     __slots__ = (
-        "admitting", "batch", "cool_down_pending", "fleet_failures", "probe_elsewhere_until",
+        "admitting", "batches", "cool_down_pending", "fleet_failures", "probe_elsewhere_until",
         "raised_at", "reserved", "sending", "sharing_cool_down", "success_at", "successes",
         "token",
     )  # fmt: skip
@@ -95,8 +95,10 @@ class _Origin:
         # made on first use.
         self.admitting: anyio.Lock | None = None
         # Failures without a reservation, gathered while a report is in flight
-        # (`Fleet._report_failure`), and whether a task is sending them.
-        self.batch: _Batch | None = None
+        # (`Fleet._report_failure`): in count mode a new batch after each success (the
+        # failures before it are not in the run after it), sent in order; and whether a
+        # task is sending them.
+        self.batches: deque[_Batch] = deque()
         self.sending = False
         # The cool-down to share once the call in flight is done (`Fleet.share_cool_down`).
         self.cool_down_pending = 0.0
@@ -574,34 +576,42 @@ class Fleet:
         waits for its batch's answer (applied here) at most the store's ``timeout``."""
         if not self.sharing:
             return
-        batch = local.batch
-        if batch is None:
-            batch = local.batch = _Batch()
+        batches = local.batches
+        # Count mode: a success since the failures gathered breaks their run; one call can
+        # say "a success, then these failures", not "failures, a success, failures": those
+        # after it go in a batch of their own.
+        if batches and not (self._counting and success_at is not None):
+            batch = batches[-1]
+        else:
+            batch = _Batch()
+            batches.append(batch)
         batch.count += 1
         if success_at is not None and (batch.success_at is None or success_at > batch.success_at):
             batch.success_at = success_at
         if not local.sending:
             local.sending = True
             if self._spawn(self._send_failures(origin, local)) is None:
-                local.sending, local.batch = False, None  # closed: local state only
+                local.sending = False  # closed: local state only
+                batches.clear()
                 return
         with anyio.move_on_after(self.store.timeout):
             await batch.done.wait()
 
     async def _send_failures(self, origin: Origin, local: _Origin) -> None:
         """Send the origin's batches of failures, one call at a time, until none is left."""
-        batch = None
+        batches, batch = local.batches, None
         try:
-            while local.batch is not None:
-                batch, local.batch = local.batch, None
+            while batches:
+                batch = batches.popleft()
                 await self._report(origin, local, failures=batch.count,
                                    success_at=batch.success_at)  # fmt: skip
                 batch.done.set()
         finally:
             local.sending = False
-            for left in (batch, local.batch):
-                if left is not None:
-                    left.done.set()  # cancelled (the fleet closed): nobody waits for it
+            if batch is not None:
+                batch.done.set()
+            while batches:  # cancelled (the fleet closed): nobody waits for them
+                batches.popleft().done.set()
 
     async def _report(
         self, origin: Origin, local: _Origin, *, failures: int = 0, successes: int = 0,
