@@ -609,3 +609,58 @@ async def test_failures_before_a_success_do_not_count_in_the_run_after_it() -> N
         fleet_run = store._circuits[("default", "http://a.example:80")]
         assert (fleet_run.fails, fleet_run.open_until) == (2, 0)
         assert (await client.get("http://a.example/s")).status_code == 200
+
+
+class SlowAdmitStore(FlakyStore):
+    """A FlakyStore whose ``admit`` calls take ``delay`` seconds (within its timeout)."""
+
+    def __init__(self, delay: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.delay = delay
+
+    async def circuit(self, scope: str, origin: str, op: Any, policy: Any, **kw: Any) -> Any:
+        if op == "admit":
+            await anyio.sleep(self.delay)
+        return await super().circuit(scope, origin, op, policy, **kw)
+
+
+async def test_a_burst_to_an_origin_with_failures_stays_within_the_in_flight_limit() -> None:
+    # Count mode, 8 in a row open the circuit: 10 places while the fleet counts failures.
+    # The fleet counts 1 failure; then 60 requests at once to the upstream, which fails each
+    # in 0.05 s, with a store that answers an ``admit`` in 0.1 s (within its 1 s timeout;
+    # sync_interval 0.3 s).
+    # At most 9 go and fail, the circuit opens, the others fail fast: the upstream sees at
+    # most the limit, however slow each place is to grant.
+    store = SlowAdmitStore(0.1, timeout=1.0, sync_interval=0.3)
+    breaker = CircuitBreaker(failure_threshold=8, recovery_time=60.0)
+    sent = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal sent
+        sent += 1
+        await anyio.sleep(0.05)  # the upstream takes a moment to fail
+        return httpx.Response(500)
+
+    transport = ResilientTransport(
+        httpx.MockTransport(handler), retry=NO_RETRY, circuit_breaker=breaker, state_store=store
+    )
+    policy = transport._fleet._circuit_policy  # type: ignore[union-attr]
+    assert policy is not None and policy.in_flight_limit == 10
+    results: list[int | str] = []
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get("http://a.example/")).status_code == 500  # the fleet's 1st
+        sent = 0
+
+        async def send() -> None:
+            try:
+                results.append((await client.get("http://a.example/")).status_code)
+            except CircuitOpenError:
+                results.append("open")
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                for _ in range(60):
+                    group.start_soon(send)
+    assert len(results) == 60
+    assert sent <= policy.in_flight_limit - 1  # the places left by the first failure
+    assert results.count(500) == sent
