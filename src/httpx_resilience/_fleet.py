@@ -18,8 +18,10 @@ asks this class to share it:
 * A burst makes few calls, so that a store with a bounded pool of connections
   (`RedisStore.from_url`'s ``max_connections``) keeps up: per origin, failures of requests
   that went without a reservation are gathered while a report is in flight and sent as one
-  call (`_report_failure`); one request at a time asks for an in-flight place, and the others
-  wait their turn and look at what its answer showed (`check`); one cool-down share at a time;
+  call (`_report_failure`); at most the in-flight limit of requests ask for an in-flight
+  place at once, and once the fleet is at its limit one held request at a time asks again,
+  the others waiting their turn and looking at what its answers showed (`check`); one
+  cool-down share at a time;
   and retries wanted while a budget call is in flight are asked for together
   (`reserve_retry`). The calls not coalesced so (reserved requests' outcomes, probes) are
   bounded by the fleet's limits themselves.
@@ -69,9 +71,9 @@ class _Origin:
     """What this process has not told the fleet yet about one origin."""
 
     __slots__ = (
-        "admitting", "batches", "cool_down_pending", "fleet_failures", "probe_elsewhere_until",
-        "raised_at", "reserved", "sending", "sharing_cool_down", "success_at", "successes",
-        "token",
+        "asking", "batches", "cool_down_pending", "fleet_failures", "full", "polling",
+        "probe_elsewhere_until", "raised_at", "reserved", "sending", "sharing_cool_down",
+        "success_at", "successes", "token",
     )  # fmt: skip
 
     def __init__(self, stamp: int) -> None:
@@ -91,9 +93,12 @@ class _Origin:
         # In-flight reservations (`Fleet.check`) of this process's requests: any request's
         # outcome gives one back (they are interchangeable).
         self.reserved: list[str] = []
-        # One request at a time asks the fleet for an in-flight place here (`Fleet.check`);
-        # made on first use.
-        self.admitting: anyio.Lock | None = None
+        # Asking the fleet for an in-flight place here (`Fleet.check`): at most the fleet's
+        # in-flight limit of requests ask at once; once an answer showed the fleet at its
+        # limit (``full``), one held request at a time asks again. Made on first use.
+        self.asking: anyio.Semaphore | None = None
+        self.polling: anyio.Lock | None = None
+        self.full = False
         # Failures without a reservation, gathered while a report is in flight
         # (`Fleet._report_failure`): in count mode a new batch after each success (the
         # failures before it are not in the run after it), sent in order; and whether a
@@ -269,6 +274,7 @@ class Fleet:
         for local in self._origins.values():
             local.token = ""
             local.reserved.clear()
+            local.full = False
         if self._available:
             self._available = False
             self._notify(False, error)
@@ -381,9 +387,11 @@ class Fleet:
                 local.fleet_failures = failures
             elif local.raised_at <= issued:
                 local.fleet_failures = 0
+                local.full = False
         if view.state is CircuitState.OPEN:
             if local is not None:
                 local.reserved.clear()  # the store dropped them when the circuit opened
+                local.full = False
             breaker._open_from_fleet(origin, view.retry_in)
         elif view.state is CircuitState.HALF_OPEN and breaker.state(origin) is CircuitState.CLOSED:
             breaker._open_from_fleet(origin, 0.0)  # the fleet waits for its one probe
@@ -414,8 +422,10 @@ class Fleet:
         reservation. The requests out decide meanwhile: if they fail, the circuit opens and
         the request fails fast; a success ends the run and lets it go.
 
-        One request at a time per origin asks; the others wait their turn (within the same
-        limits), then ask only if the answers meanwhile left the origin suspect."""
+        At most the fleet's in-flight limit of requests per origin ask at once, and once the
+        fleet is at its limit one held request at a time asks again; the others wait their
+        turn (within the same limits), then ask only if the answers meanwhile left the
+        origin suspect."""
         policy, store, name = self._circuit_policy, self.store, str(origin)
         if policy is None:
             return
@@ -426,65 +436,107 @@ class Fleet:
                 self._apply(origin, answer[0], issued)
             return
         local = self._local(origin)
-        # One request at a time per origin asks (the others wait their turn, then look at
-        # what its answer showed): a burst of requests to an origin makes a few calls, not
-        # one per request and then one per request every few ms while they are held.
-        if local.admitting is None:
-            local.admitting = anyio.Lock()
-        lock, began = local.admitting, anyio.current_time()
-        try:
-            lock.acquire_nowait()
-        except anyio.WouldBlock:
-            # Its turn comes within the hold's limit, or it goes as a request held that
-            # long does (without a reservation; the breaker, as the others' answers left
-            # it, still decides).
-            limit = store.sync_interval
-            if deadline is not None:
-                limit = min(limit, deadline - self._clock())
-            with anyio.move_on_after(max(0.0, limit)) as scope:
-                await lock.acquire()
-            if scope.cancelled_caught:
-                return
-        try:
-            await self._admit(origin, local, deadline, anyio.current_time() - began)
-        finally:
-            lock.release()
+        # A burst of requests to an origin makes few calls, and the places fill at once: at
+        # most the fleet's in-flight limit of them ask together (no more places than that
+        # can be granted); once an answer shows the fleet at its limit, the requests held
+        # wait for their turn to ask again, one at a time (not each every few ms), until a
+        # place frees. Each waits for a turn within the hold's limit, or goes as a request
+        # held that long does (without a reservation; the breaker, as the others' answers
+        # left it, still decides).
+        if local.asking is None or local.polling is None:
+            local.asking = anyio.Semaphore(policy.in_flight_limit)
+            local.polling = anyio.Lock()
+        asking, polling, began = local.asking, local.polling, anyio.current_time()
+        while self.suspect(origin):
+            if local.full:
+                if not await self._take_turn(polling, began, deadline):
+                    return
+                try:
+                    if local.full:  # else a place freed meanwhile: ask with the others
+                        await self._hold(origin, local, deadline, anyio.current_time() - began)
+                        return
+                finally:
+                    polling.release()
+            else:
+                if not await self._take_turn(asking, began, deadline):
+                    return
+                try:
+                    refused = (
+                        not local.full
+                        and self.suspect(origin)
+                        and await self._ask_place(origin, local)
+                    )
+                finally:
+                    asking.release()
+                if not refused and not local.full:
+                    return
 
-    async def _admit(
-        self, origin: Origin, local: _Origin, deadline: float | None, held: float
-    ) -> None:
-        """`check`'s asking, in count mode, while this request holds the origin's turn;
-        ``held``: seconds it waited for its turn."""
+    async def _take_turn(
+        self, turn: anyio.Lock | anyio.Semaphore, began: float, deadline: float | None
+    ) -> bool:
+        """Acquire ``turn`` for `check`, within the hold's limit (``sync_interval`` since
+        ``began``, and ``deadline``); False if the limit came first."""
+        limit = self.store.sync_interval - (anyio.current_time() - began)
+        if deadline is not None:
+            limit = min(limit, deadline - self._clock())
+        if limit <= 0:
+            return False
+        try:
+            turn.acquire_nowait()
+            return True
+        except anyio.WouldBlock:
+            pass
+        with anyio.move_on_after(limit):
+            await turn.acquire()
+            return True
+        return False
+
+    async def _ask_place(self, origin: Origin, local: _Origin) -> bool:
+        """One ``admit`` call for `check`: True if refused (the fleet at its limit, its
+        circuit closed): the request is held; else it goes (granted, the circuit not closed
+        -- the breaker decides --, or the store unavailable)."""
         policy, store, name = self._circuit_policy, self.store, str(origin)
         assert policy is not None
-        if not self.suspect(origin):
-            return  # an answer while it waited settled it: the breaker decides
+        token = secrets.token_hex(8)
+        issued = self._stamp
+        answer = await self._call(
+            partial(store.circuit, self.scope, name, "admit", policy, token=token)
+        )
+        if answer is None:
+            return False  # the store is unavailable: local state decides
+        view, granted = answer
+        self._apply(origin, view, issued)
+        if granted:
+            local.full = False
+            if view.failures:  # else granted without a reservation
+                if len(local.reserved) >= _MAX_RESERVED:
+                    del local.reserved[0]
+                local.reserved.append(token)
+            return False
+        if view.state is not CircuitState.CLOSED:
+            return False
+        local.full = True
+        return True
+
+    async def _hold(
+        self, origin: Origin, local: _Origin, deadline: float | None, held: float
+    ) -> None:
+        """`check`'s held request, while it has the origin's one turn to ask again: ask,
+        5 ms later, then doubling to 50 ms between asks, until a place is granted or the
+        circuit is not closed, for at most ``sync_interval`` held (``held``: seconds so
+        far) and never past ``deadline``."""
+        store = self.store
         wait = _HOLD_FIRST_WAIT
-        while True:
-            token = secrets.token_hex(8)
-            issued = self._stamp
-            answer = await self._call(
-                partial(store.circuit, self.scope, name, "admit", policy, token=token)
-            )
-            if answer is None:
-                return  # the store is unavailable: local state decides
-            view, granted = answer
-            self._apply(origin, view, issued)
-            if granted:
-                if view.failures:  # else granted without a reservation
-                    if len(local.reserved) >= _MAX_RESERVED:
-                        del local.reserved[0]
-                    local.reserved.append(token)
-                return
-            if view.state is not CircuitState.CLOSED or held >= store.sync_interval:
-                return
+        while self.suspect(origin):
             if deadline is not None:
                 wait = min(wait, deadline - self._clock())
-                if wait <= 0:
-                    return
+            if wait <= 0 or held >= store.sync_interval:
+                return
             await anyio.sleep(wait)
             held += wait
             wait = min(2 * wait, _HOLD_MAX_WAIT)
+            if not await self._ask_place(origin, local):
+                return
 
     async def claim_probe(self, permit: Permit) -> float | None:
         """``permit`` is a local half-open probe: claim the fleet's one probe. None if it may
