@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from httpx_resilience import CircuitState, MemoryStore, RedisStore, StateStore
 from httpx_resilience._stores._protocol import BudgetPolicy, CircuitPolicy
@@ -384,5 +385,31 @@ async def test_calls_cancelled_while_waiting_for_a_connection_leak_none(
                 *(store.circuit("s", "o", "report", COUNT, failures=0) for _ in range(5))
             )
             assert [view.failures for view, _ in views] == [1] * 5
+        finally:
+            await store.aclose()
+
+
+async def test_a_store_works_again_after_more_failed_connects_than_connections(key: str) -> None:
+    # Redis down (killed: every connect refused) for more calls than the pool has
+    # connections, then back: the store answers again. No failed connect may keep its
+    # connection checked out of the pool.
+    with RedisServer(redis_server_or_skip()) as server:  # its own: this test kills it
+        store = RedisStore.from_url(server.url, prefix=f"d{key}", timeout=0.5,
+                                    max_connections=2)  # fmt: skip
+        try:
+            await store.circuit("s", "o", "read", COUNT)  # connected
+            server.kill()
+            for _ in range(6):
+                with (
+                    anyio.fail_after(10),
+                    pytest.raises(
+                        (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+                    ),
+                ):
+                    await store.circuit("s", "o", "read", COUNT)
+            server.start()
+            with anyio.fail_after(10):
+                view, _ = await store.circuit("s", "o", "report", COUNT, failures=1)
+            assert view.failures == 1
         finally:
             await store.aclose()
