@@ -33,7 +33,7 @@ asks this class to share it:
   resumed, and the retries spent meanwhile are added to the fleet's budget. No caller ever
   sees the store's exception.
 
-Calls are cancel-safe: a cancelled request cancels its store call, and redis-py (>= 5.0.1)
+Calls are cancel-safe: a cancelled request cancels its store call, and redis-py (>= 5.0.2)
 drops that connection rather than reusing it with an answer in flight.
 """
 
