@@ -444,7 +444,13 @@ class Fleet:
         # held that long does (without a reservation; the breaker, as the others' answers
         # left it, still decides).
         if local.asking is None or local.polling is None:
-            local.asking = anyio.Semaphore(policy.in_flight_limit)
+            # No more at once than the store's connections either (`RedisStore.from_url`'s
+            # ``max_connections``): the others would wait for one within their timeout.
+            width = policy.in_flight_limit
+            bound = getattr(store, "max_connections", None)
+            if isinstance(bound, int) and bound > 0:
+                width = min(width, bound)
+            local.asking = anyio.Semaphore(width)
             local.polling = anyio.Lock()
         asking, polling, began = local.asking, local.polling, anyio.current_time()
         while self.suspect(origin):
