@@ -577,3 +577,34 @@ async def test_a_burst_of_retried_failures_stays_within_the_fleet_budget_and_few
     retries = h1_server.app.hits(key) - BURST  # type: ignore[attr-defined]
     assert 0 < retries <= 1 + 0.2 * (BURST + 1)  # the warm-up request counts too
     assert opened <= POOL_BOUND, opened
+
+
+async def test_a_burst_to_an_origin_with_failures_stays_within_the_limit_with_a_slow_redis(
+    h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
+) -> None:
+    # failure_threshold 20: failures + reserved requests out may reach 25. The fleet has
+    # counted 1 failure; then 60 requests at once to an upstream that fails in 50 ms, through
+    # a Redis that answers each call in about 0.1 s (within the 2 s timeout). Held requests
+    # wait up to sync_interval (1 s). At most 24 places are granted: at most 24 requests
+    # reach the upstream; their failures open the circuit and the others fail fast. (Asking
+    # one request at a time took a round trip per place: most of the burst waited its turn
+    # past sync_interval and went without a place.)
+    breaker = {"failure_threshold": 20, "recovery_time": 60.0}
+    with DelayProxy(redis_server.port) as proxy:
+        [worker] = workers(1, h1_server.url, proxy.url, name=f"slow-{key}", breaker=breaker,
+                           store_kwargs={"sync_interval": 1.0})  # fmt: skip
+        assert await worker.get(f"/status/{key}-first?code=500") == 500  # the fleet's 1st
+        proxy.delay = 0.05
+        results: list[int | str] = []
+
+        async def send() -> None:
+            results.append(await worker.get(f"/status/{key}?code=500&delay=0.05"))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for _ in range(60):
+                    group.start_soon(send)
+        proxy.delay = 0.0
+    hits = h1_server.app.hits(key)  # type: ignore[attr-defined]
+    assert hits <= 24, hits
+    assert sorted(results, key=str) == [500] * hits + ["CircuitOpenError"] * (60 - hits)
