@@ -668,3 +668,39 @@ async def test_a_burst_to_an_origin_with_failures_stays_within_the_in_flight_lim
     assert len(results) == 60
     assert sent <= policy.in_flight_limit - 1  # the places left by the first failure
     assert results.count(500) == sent
+
+
+async def test_requests_cancelled_while_held_leave_no_turn_taken() -> None:
+    # The fleet is at its limit (8 failures counted of 10 places, 2 reserved elsewhere): 30
+    # requests at once are held (one asks again, the others wait their turn). All are
+    # cancelled while held. Then a place frees: the next request asks and goes at once.
+    store = FlakyStore(timeout=10.0, sync_interval=30.0)
+    breaker = CircuitBreaker(failure_threshold=9, recovery_time=60.0)
+    transport = ResilientTransport(upstream(200), retry=NO_RETRY, circuit_breaker=breaker,
+                                   state_store=store)  # fmt: skip
+    fleet = transport._fleet
+    assert fleet is not None
+    policy = fleet._circuit_policy
+    assert policy is not None
+    assert policy.in_flight_limit == 11
+    name, origin = "http://a.example:80", Origin("http", "a.example", 80)
+    store.circuit_now("default", name, "report", policy, failures=8)
+    for token in ("x", "y", "z"):
+        assert store.circuit_now("default", name, "admit", policy, token=token)[1]
+    async with httpx.AsyncClient(transport=transport) as client:
+        with anyio.move_on_after(0.3) as scope:  # well before sync_interval
+            async with anyio.create_task_group() as group:
+                for _ in range(30):
+                    group.start_soon(client.get, "http://a.example/")
+        assert scope.cancelled_caught
+        local = fleet._origins[origin]
+        assert local.full
+        assert local.asking is not None
+        assert local.polling is not None
+        assert not local.polling.locked()
+        assert local.asking.value == policy.in_flight_limit  # none left taken
+        store.circuit_now("default", name, "release", policy, token="x")  # a place frees
+        calls = len(store.calls)
+        with anyio.fail_after(5):  # far less than sync_interval: it did not wait its turn
+            assert (await client.get("http://a.example/")).status_code == 200
+        assert store.calls[calls:].count("admit") <= 2
