@@ -704,3 +704,23 @@ async def test_requests_cancelled_while_held_leave_no_turn_taken() -> None:
         with anyio.fail_after(5):  # far less than sync_interval: it did not wait its turn
             assert (await client.get("http://a.example/")).status_code == 200
         assert store.calls[calls:].count("admit") <= 2
+
+
+async def test_a_first_burst_to_an_origin_asks_the_fleet_once() -> None:
+    # Count mode: a transport's first requests to an origin ask the fleet's circuit first.
+    # 50 at once: one asks; its answer (no failures) lets the others go without asking.
+    store = GatedStore(timeout=10.0, sync_interval=60.0)
+    store.gate.set()
+    transport = ResilientTransport(upstream(200), retry=NO_RETRY,
+                                   circuit_breaker=CircuitBreaker(), state_store=store)  # fmt: skip
+    results: list[int] = []
+    async with httpx.AsyncClient(transport=transport) as client:
+
+        async def send() -> None:
+            results.append((await client.get("http://a.example/")).status_code)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(50):
+                group.start_soon(send)
+    assert results == [200] * 50
+    assert store.calls.count("admit") == 1

@@ -454,12 +454,20 @@ class Fleet:
             local.polling = anyio.Lock()
         asking, polling, began = local.asking, local.polling, anyio.current_time()
         while self.suspect(origin):
-            if local.full:
+            # The first ask about an origin is one at a time too: its answer settles it for
+            # the others (usually: no failures, go without asking).
+            if local.full or local.fleet_failures < 0:
                 if not await self._take_turn(polling, began, deadline):
                     return
                 try:
                     if local.full:  # else a place freed meanwhile: ask with the others
                         await self._hold(origin, local, deadline, anyio.current_time() - began)
+                        return
+                    if (
+                        local.fleet_failures < 0
+                        and self.suspect(origin)
+                        and not await self._ask_place(origin, local)
+                    ):
                         return
                 finally:
                     polling.release()
