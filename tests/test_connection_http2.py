@@ -366,6 +366,85 @@ async def test_a_response_closed_early_gives_its_unread_window_back() -> None:
     assert server.connections == 1
 
 
+async def wait_until_sent(server: ScriptedServer, path: str, size: int) -> None:
+    """Wait (bounded) until the server has sent more than ``size`` bytes of DATA for ``path``."""
+    for _ in range(1_000):
+        if server.data_sent.get(path, 0) > size:
+            return
+        await anyio.sleep(0.01)
+    raise AssertionError(
+        f"the server sent only {server.data_sent.get(path, 0)} bytes for {path} (more than "
+        f"{size} expected): the stream's window was not opened"
+    )
+
+
+async def test_a_streams_window_opens_once_its_body_is_longer_than_one_frame() -> None:
+    """A response whose first DATA comes without END_STREAM gets its stream's receive window
+    opened to 65,535 + 2**24: the server sends far beyond the initial 65,535 bytes while the
+    caller has read only the first chunk, and the 4 MB body is read to its end. (Without the
+    wider window the server stops after 65,535 bytes plus what the caller acknowledged by
+    reading, at most another 65,535.)"""
+    path = "/data?n=4000000"
+    with ScriptedServer() as server:
+        transport = h2c()
+        async with httpx.AsyncClient(
+            transport=transport, base_url=server.url, timeout=httpx.Timeout(10.0)
+        ) as client:
+            with anyio.fail_after(60):
+                async with client.stream("GET", path) as response:
+                    chunks = response.aiter_raw()
+                    received = len(await chunks.__anext__())
+                    await wait_until_sent(server, path, 4 * 65_535)
+                    async for chunk in chunks:
+                        received += len(chunk)
+            assert received == 4_000_000
+            assert_nothing_held(transport)
+    assert server.window_updates == [path]  # one WINDOW_UPDATE: the widening
+
+
+async def test_a_one_frame_response_needs_no_window_update_of_its_own() -> None:
+    """Responses whose body is one DATA frame with END_STREAM (most of them) cost no
+    WINDOW_UPDATE for their stream; a longer body on the same connection gets exactly one."""
+    with ScriptedServer() as server:
+        async with httpx.AsyncClient(
+            transport=h2c(), base_url=server.url, timeout=httpx.Timeout(10.0)
+        ) as client:
+            with anyio.fail_after(30):
+                for _ in range(3):
+                    assert (await client.get("/ok")).text == "ok"
+                assert len((await client.get("/data?n=16000")).content) == 16_000
+                assert len((await client.get("/data?n=200000")).content) == 200_000
+                assert (await client.get("/ok")).text == "ok"
+    assert server.window_updates == ["/data?n=200000"]
+
+
+async def test_downloads_longer_than_the_widened_window_are_read_whole(
+    h2_server: ServerThread, client_ssl_context: ssl.SSLContext, key: str
+) -> None:
+    """Hypercorn over TLS: two 20 MB bodies at once (each longer than a stream's widened
+    window, 65,535 + 2**24, so its window is also refilled as the caller reads) and a small
+    request beside them, on one connection; read a chunk at a time."""
+    transport = AsyncConnectionPoolTransport(http2=True, verify=client_ssl_context)
+    size = 20_000_000
+    async with httpx.AsyncClient(
+        transport=transport, base_url=h2_server.url, timeout=httpx.Timeout(30.0)
+    ) as client:
+
+        async def download(index: int) -> int:
+            received = 0
+            async with client.stream("GET", f"/big/{key}-{index}?size={size}") as response:
+                assert response.http_version == "HTTP/2"
+                async for chunk in response.aiter_raw():
+                    received += len(chunk)
+            return received
+
+        with anyio.fail_after(120):
+            sizes = await gather(2, download)
+            assert (await client.get(f"/ok/{key}")).status_code == 200
+        assert sizes == [size, size]
+        assert tuple(transport.pool_stats or ()) == (1, 1, 0, 0)
+
+
 async def test_credentials_are_never_indexed_and_headers_are_normalized() -> None:
     """Authorization, Proxy-Authorization and a short Cookie go as HPACK "never indexed" fields
     (kept out of both sides' compression tables), names lowercased, values stripped, HTTP/1.1's

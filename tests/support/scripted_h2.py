@@ -16,7 +16,9 @@ What it answers is chosen by the request path:
   ``stall_seconds``, then reads again (`ScriptedServer.resumed` turns True); a body that ends
   is answered 200 ``uploaded``.
 
-DATA is sent within the client's flow-control windows (more as WINDOW_UPDATEs arrive).
+DATA is sent within the client's flow-control windows (more as WINDOW_UPDATEs arrive);
+`ScriptedServer.data_sent` counts the DATA bytes sent per path, and
+`ScriptedServer.window_updates` the paths of the streams the client sent a WINDOW_UPDATE for.
 """
 
 from __future__ import annotations
@@ -83,6 +85,11 @@ class ScriptedServer:
         self.request_headers: list[list[Any]] = []
         self.errors: list[str] = []
         self.resets: list[int] = []
+        #: DATA bytes sent so far, per request path (as far as the client's windows allowed).
+        self.data_sent: dict[str, int] = {}
+        #: The path of each stream a WINDOW_UPDATE from the client named (one per frame; the
+        #: connection's own updates, stream 0, are not counted).
+        self.window_updates: list[str] = []
         self.connections = 0
         self.resumed = False
         #: SETTINGS acknowledgements received from clients (the first: of the preface's).
@@ -189,7 +196,7 @@ class ScriptedServer:
                     break
                 for event in state.receive_data(data):
                     self._on_event(conn, event)
-                self._pump(conn)
+                self._pump(conn, self.data_sent)
                 conn.flush()
                 if conn.stall:
                     conn.stall = False
@@ -220,6 +227,9 @@ class ScriptedServer:
                 conn.waiting_data.clear()
         elif isinstance(event, h2.events.DataReceived):
             state.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id:
+                self.window_updates.append(conn.paths.get(event.stream_id, "?"))
         elif isinstance(event, h2.events.SettingsAcknowledged):
             self.acks += 1
         elif isinstance(event, h2.events.StreamReset):
@@ -249,11 +259,11 @@ class ScriptedServer:
     def _respond(self, conn: _Conn, stream_id: int, body: bytes, *, end: bool) -> None:
         conn.h2.send_headers(stream_id, [(b":status", b"200")])
         conn.pending[stream_id] = [bytearray(body), end]
-        self._pump(conn)
+        self._pump(conn, self.data_sent)
 
     @staticmethod
-    def _pump(conn: _Conn) -> None:
-        """Send what the flow-control windows allow."""
+    def _pump(conn: _Conn, sent: dict[str, int]) -> None:
+        """Send what the flow-control windows allow (counted in ``sent``, per path)."""
         state = conn.h2
         for stream_id, (buffer, end) in list(conn.pending.items()):
             try:
@@ -264,6 +274,8 @@ class ScriptedServer:
                     size = min(window, state.max_outbound_frame_size, len(buffer))
                     state.send_data(stream_id, bytes(buffer[:size]))
                     del buffer[:size]
+                    path = conn.paths.get(stream_id, "?")
+                    sent[path] = sent.get(path, 0) + size
                 if not buffer:
                     del conn.pending[stream_id]
                     if end:

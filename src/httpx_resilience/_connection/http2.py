@@ -25,6 +25,12 @@ buffered; under trio a reader that finds the write lock taken leaves them to its
 writes what h2 has queued before letting go. DATA a stream never read (closed early) is
 acknowledged on the connection when the stream ends, so the connection's window is not lost.
 
+**Flow control.** The connection's receive window is opened by 2**24 at once. A stream's is
+opened by as much when its first DATA arrives without END_STREAM (`_widen`): a body longer than
+one frame follows, and the server may send up to 65,535 + 2**24 bytes of it ahead of the
+reader. Most responses are one DATA frame and need no WINDOW_UPDATE of their own. Received DATA
+is acknowledged as the caller reads it.
+
 httpcore's `AsyncHTTP2Connection` uses the second design on every backend; the first is simpler
 to reason about (the reader never waits for a consumer, events go to the one stream they name)
 and costs nothing per read under asyncio. Parts of the protocol handling follow httpcore's
@@ -102,7 +108,8 @@ __all__ = ["H2_CONFIG", "LOCAL_MAX_STREAMS", "ConnectionUnavailable", "HTTP2Conn
 
 #: How many concurrent streams a connection asks the server to allow (httpcore's value).
 LOCAL_MAX_STREAMS = 100
-#: The flow-control windows opened for the connection and each stream (httpcore's value).
+#: How far the connection's receive window is opened, and a stream's once its body is longer
+#: than one DATA frame (httpcore's value, which it opens for every stream).
 _WINDOW = 1 << 24
 #: How long a stream that failed with its connection reads what the server had sent before the
 #: failure, to find a GOAWAY that says whether it was processed.
@@ -194,7 +201,7 @@ def _expire(future: asyncio.Future[None]) -> None:
 class _Stream:
     """One request's stream: the events the reader queued for it, and how to wake it."""
 
-    __slots__ = ("answered", "closed", "events", "id", "opened", "signal", "waiter")
+    __slots__ = ("answered", "closed", "events", "id", "opened", "signal", "waiter", "widened")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
@@ -207,6 +214,8 @@ class _Stream:
         self.closed = False
         #: Its HEADERS were given to h2 (the server may know the stream: it can be reset).
         self.opened = False
+        #: Its receive window was opened beyond the initial 65,535 bytes (`_widen`).
+        self.widened = False
 
 
 class HTTP2Connection:
@@ -270,10 +279,11 @@ class HTTP2Connection:
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: LOCAL_MAX_STREAMS,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
-                # Not INITIAL_WINDOW_SIZE: each stream's window is opened by a WINDOW_UPDATE
-                # (`_send_request`), as httpcore does. With the window in SETTINGS instead,
-                # Hypercorn 0.18 left hundreds of app tasks stuck in `drain` after connections
-                # it closed by GOAWAY (`benchmarks/goaway.py`'s Hypercorn row: 3 runs of 3).
+                # Not INITIAL_WINDOW_SIZE: a stream's window is opened by a WINDOW_UPDATE once
+                # its body proves longer than one DATA frame (`_widen`). With the window in
+                # SETTINGS instead, Hypercorn 0.18 left hundreds of app tasks stuck in `drain`
+                # after connections it closed by GOAWAY (`benchmarks/goaway.py`'s Hypercorn
+                # row: 3 runs of 3).
             },
         )
         # Some servers balk at a setting the original RFC did not define (as httpcore notes).
@@ -382,6 +392,12 @@ class HTTP2Connection:
                 if isinstance(event, _QUEUED):
                     s.events.append(event)
                     _wake(s)
+                if (
+                    type(event) is h2.events.DataReceived
+                    and event.stream_ended is None
+                    and not s.widened
+                ):
+                    self._widen(s)
             elif isinstance(event, h2.events.WindowUpdated):
                 self._wake_all()  # senders waiting for window
             elif isinstance(event, h2.events.RemoteSettingsChanged):
@@ -409,6 +425,17 @@ class HTTP2Connection:
                 failure = httpx.ReadError(str(exc) or type(exc).__name__)
                 failure.__cause__ = exc
                 self._fail(failure)
+
+    def _widen(self, s: _Stream) -> None:
+        """Open stream ``s``'s receive window by `_WINDOW`: its first DATA came without
+        END_STREAM, so more of the body follows (a body of one frame never needs it, and most
+        responses are one frame: no WINDOW_UPDATE for them). Written with what the reader
+        acknowledges next (at once under asyncio, `data_received`; under trio by the reader's
+        `_flush_quietly`)."""
+        s.widened = True
+        # The rest of the same read may have ended or reset the stream: nothing to widen.
+        with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+            self._h2.increment_flow_control_window(_WINDOW, stream_id=s.id)
 
     def _fail(self, failure: httpx.TransportError) -> None:
         self._failure = failure
@@ -782,7 +809,6 @@ class HTTP2Connection:
             self._broken = True
             raise httpx.LocalProtocolError(f"invalid HTTP/2 request: {exc}") from exc
         s.opened = True
-        state.increment_flow_control_window(_WINDOW, stream_id=s.id)
         if not has_body and self._send_soon():
             return
         await self._flush(seconds, catch_up=False)  # `handle` has just caught up
