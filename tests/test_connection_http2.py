@@ -429,20 +429,62 @@ async def test_downloads_longer_than_the_widened_window_are_read_whole(
     async with httpx.AsyncClient(
         transport=transport, base_url=h2_server.url, timeout=httpx.Timeout(30.0)
     ) as client:
+        sizes = [0, 0]
 
-        async def download(index: int) -> int:
-            received = 0
+        async def download(index: int) -> None:
             async with client.stream("GET", f"/big/{key}-{index}?size={size}") as response:
                 assert response.http_version == "HTTP/2"
                 async for chunk in response.aiter_raw():
-                    received += len(chunk)
-            return received
+                    sizes[index] += len(chunk)
 
         with anyio.fail_after(120):
-            sizes = await gather(2, download)
-            assert (await client.get(f"/ok/{key}")).status_code == 200
+            async with anyio.create_task_group() as group:
+                group.start_soon(download, 0)
+                group.start_soon(download, 1)
+                assert (await client.get(f"/ok/{key}")).status_code == 200
         assert sizes == [size, size]
         assert tuple(transport.pool_stats or ()) == (1, 1, 0, 0)
+
+
+async def test_read_timeouts_hold_per_stream_on_a_shared_connection() -> None:
+    """Each stream's read timeout holds on its own, whatever the order of the waits on the
+    connection (under asyncio one timer serves them, armed for the earliest deadline): a short
+    timeout that starts after a long one fires; the long ones, started before and beside it,
+    do not, and are answered."""
+    with ScriptedServer() as server:
+        transport = h2c()
+        async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+            results: dict[str, object] = {}
+
+            async def held(name: str, read: float) -> None:
+                try:
+                    response = await client.get("/hold", timeout=httpx.Timeout(30.0, read=read))
+                    results[name] = response.status_code
+                except httpx.ReadTimeout:
+                    results[name] = "ReadTimeout"
+
+            async def arrived(count: int) -> None:
+                for _ in range(1_000):
+                    if server.arrived.count("/hold") >= count:
+                        return
+                    await anyio.sleep(0.01)
+                raise AssertionError("the requests never reached the server")
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(held, "long, first", 30.0)
+                    await arrived(1)
+                    group.start_soon(held, "short", 0.3)
+                    group.start_soon(held, "long, beside", 30.0)
+                    await arrived(3)
+                    for _ in range(1_000):
+                        if "short" in results:
+                            break
+                        await anyio.sleep(0.01)
+                    server.release()
+            assert results == {"long, first": 200, "short": "ReadTimeout", "long, beside": 200}
+            assert_nothing_held(transport)
+    assert server.connections == 1
 
 
 async def test_credentials_are_never_indexed_and_headers_are_normalized() -> None:

@@ -143,22 +143,20 @@ _REQUEST_HEADER_FLAGS = h2.utilities.HeaderValidationFlags(
     is_client=True, is_trailer=False, is_response_header=False, is_push_promise=False
 )
 
-#: Events that prove the server processed a stream (it answered), whatever a later GOAWAY says.
-_ANSWERS = (
-    h2.events.ResponseReceived,
-    h2.events.DataReceived,
-    h2.events.InformationalResponseReceived,
-    h2.events.TrailersReceived,
-)
-#: Events a stream's reader consumes (the rest are evidence only).
-_QUEUED = (
-    h2.events.ResponseReceived,
-    h2.events.DataReceived,
-    h2.events.StreamEnded,
-    h2.events.StreamReset,
-)
-#: Both of the above: the events addressed to one stream.
-_STREAM_EVENTS = (*_QUEUED, h2.events.InformationalResponseReceived, h2.events.TrailersReceived)
+#: The events addressed to one stream, by their type (h2's event classes have no subclasses),
+#: and what each is: evidence that the server processed the stream (it answered, whatever a
+#: later GOAWAY says), something the stream's reader consumes, or both; and DATA.
+_ANSWER = 1
+_QUEUE = 2
+_DATA = 4
+_STREAM_EVENTS: dict[type[h2.events.Event], int] = {
+    h2.events.ResponseReceived: _ANSWER | _QUEUE,
+    h2.events.DataReceived: _ANSWER | _QUEUE | _DATA,
+    h2.events.StreamEnded: _QUEUE,
+    h2.events.StreamReset: _QUEUE,
+    h2.events.InformationalResponseReceived: _ANSWER,
+    h2.events.TrailersReceived: _ANSWER,
+}
 
 
 class ConnectionUnavailable(Exception):
@@ -193,15 +191,20 @@ class _Expired(Exception):
     """A wait passed its timeout (mapped to httpx's timeouts by the waiter)."""
 
 
-def _expire(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_exception(_Expired())
-
-
 class _Stream:
     """One request's stream: the events the reader queued for it, and how to wake it."""
 
-    __slots__ = ("answered", "closed", "events", "id", "opened", "signal", "waiter", "widened")
+    __slots__ = (
+        "answered",
+        "closed",
+        "deadline",
+        "events",
+        "id",
+        "opened",
+        "signal",
+        "waiter",
+        "widened",
+    )
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
@@ -211,6 +214,8 @@ class _Stream:
         #: Something changed (an event, a window update, GOAWAY, the connection's end).
         self.signal = False
         self.waiter: asyncio.Future[None] | None = None
+        #: (asyncio) When the wait in progress times out (`loop.time()`), or None.
+        self.deadline: float | None = None
         self.closed = False
         #: Its HEADERS were given to h2 (the server may know the stream: it can be reset).
         self.opened = False
@@ -269,6 +274,11 @@ class HTTP2Connection:
         #: asyncio: a write of what h2 has queued is scheduled for the end of this turn.
         self._send_scheduled = False
         self._read_lock = None if self._asyncio else anyio.Lock()
+        #: asyncio: the streams waiting with a deadline, and one timer for all of them, armed
+        #: for the earliest deadline or earlier (`_on_timer`), instead of a timer made and
+        #: cancelled for every wait.
+        self._timed: set[_Stream] = set()
+        self._timer: asyncio.TimerHandle | None = None
         self._write_lock = None if self._asyncio else anyio.Lock()
 
         state = self._h2 = _GracefulH2Connection(config=H2_CONFIG)
@@ -290,6 +300,7 @@ class HTTP2Connection:
         del state.local_settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL]
         state.initiate_connection()
         state.increment_flow_control_window(_WINDOW)
+        self._max_streams = min(state.remote_settings.max_concurrent_streams, LOCAL_MAX_STREAMS)
         stream.set_sink(self)  # last: what arrived early is dispatched now
 
     # --- what the pool asks ---------------------------------------------------------------------
@@ -309,8 +320,9 @@ class HTTP2Connection:
 
     @property
     def max_streams(self) -> int:
-        """How many streams may be open at once: the server's limit capped at ours."""
-        return min(self._h2.remote_settings.max_concurrent_streams, LOCAL_MAX_STREAMS)
+        """How many streams may be open at once: the server's limit capped at ours (kept up
+        to date by `data_received`, on each SETTINGS from the server)."""
+        return self._max_streams
 
     @property
     def capacity(self) -> int:
@@ -325,7 +337,7 @@ class HTTP2Connection:
         """
         if not self.usable:
             return 0
-        capacity = self.max_streams - self.leases
+        capacity = self._max_streams - self.leases
         limits = self._limits
         if limits:
             limit = limits.get(self.key)
@@ -356,6 +368,9 @@ class HTTP2Connection:
             if self._failure is None:
                 self._failure = httpx.ReadError("the connection was closed")
             self._wake_all()
+            if self._timer is not None:
+                self._timer.cancel()  # every wait has been woken: it ends
+                self._timer = None
         self._stream.abort()
 
     async def aclose(self) -> None:
@@ -375,33 +390,36 @@ class HTTP2Connection:
             self._fail(failure)
             return
         streams = self._streams
+        kinds = _STREAM_EVENTS
         for event in events:
-            if isinstance(event, _STREAM_EVENTS):
-                stream_id: int = event.stream_id
+            kind = kinds.get(type(event))
+            if kind is not None:
+                stream_id: int = event.stream_id  # type: ignore[attr-defined]
                 s = streams.get(stream_id)
                 if s is None:
-                    if isinstance(event, h2.events.DataReceived):
+                    if kind & _DATA:
                         # A stream already ended here: give its window back to the connection.
                         with contextlib.suppress(h2.exceptions.ProtocolError):
                             self._h2.acknowledge_received_data(
-                                event.flow_controlled_length or 0, stream_id
+                                event.flow_controlled_length or 0,  # type: ignore[attr-defined]
+                                stream_id,
                             )
                     continue
-                if isinstance(event, _ANSWERS):
+                if kind & _ANSWER:
                     s.answered = True
-                if isinstance(event, _QUEUED):
+                if kind & _QUEUE:
                     s.events.append(event)
                     _wake(s)
-                if (
-                    type(event) is h2.events.DataReceived
-                    and event.stream_ended is None
-                    and not s.widened
-                ):
+                if kind & _DATA and not s.widened and event.stream_ended is None:  # type: ignore[attr-defined]
                     self._widen(s)
             elif isinstance(event, h2.events.WindowUpdated):
                 self._wake_all()  # senders waiting for window
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 self._settings_received = True
+                # h2 has applied the server's SETTINGS (and acknowledged them) by now.
+                self._max_streams = min(
+                    self._h2.remote_settings.max_concurrent_streams, LOCAL_MAX_STREAMS
+                )
                 self._wake_all()
                 changed = event.changed_settings.get(
                     h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
@@ -467,7 +485,14 @@ class HTTP2Connection:
             loop = self._loop
             assert loop is not None
             future = s.waiter = loop.create_future()
-            handle = None if seconds is None else loop.call_later(seconds, _expire, future)
+            if seconds is not None:
+                deadline = s.deadline = loop.time() + seconds
+                self._timed.add(s)
+                timer = self._timer
+                if timer is None or timer.when() > deadline:
+                    if timer is not None:
+                        timer.cancel()
+                    self._timer = loop.call_at(deadline, self._on_timer)
             try:
                 await future
             except _Expired:
@@ -475,8 +500,9 @@ class HTTP2Connection:
             finally:
                 s.waiter = None
                 s.signal = False
-                if handle is not None:
-                    handle.cancel()
+                if s.deadline is not None:
+                    s.deadline = None
+                    self._timed.discard(s)
             return
         lock = self._read_lock
         assert lock is not None
@@ -491,6 +517,26 @@ class HTTP2Connection:
             raise kind(_timeout_message(kind)) from None
         s.signal = False
         await self._flush_quietly(seconds)
+
+    def _on_timer(self) -> None:
+        """(asyncio) Time out the waits whose deadline has passed, and arm the timer for the
+        earliest of the others. (A timer armed for a wait that has ended since finds nothing to
+        do, or re-arms for a later deadline.)"""
+        self._timer = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        earliest: float | None = None
+        for s in list(self._timed):
+            deadline, waiter = s.deadline, s.waiter
+            if deadline is None or waiter is None or waiter.done():
+                continue
+            if deadline <= now:
+                waiter.set_exception(_Expired())
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        if earliest is not None:
+            self._timer = loop.call_at(earliest, self._on_timer)
 
     async def _catch_up(self) -> None:
         """Read what the server sent and nobody has read yet (a GOAWAY, a close, SETTINGS or
