@@ -198,6 +198,7 @@ class _Stream:
         "answered",
         "closed",
         "deadline",
+        "ended",
         "events",
         "id",
         "opened",
@@ -219,6 +220,8 @@ class _Stream:
         self.closed = False
         #: Its HEADERS were given to h2 (the server may know the stream: it can be reset).
         self.opened = False
+        #: The reader has reached the end of the response (`read_body`).
+        self.ended = False
         #: Its receive window was opened beyond the initial 65,535 bytes (`_widen`).
         self.widened = False
 
@@ -391,27 +394,30 @@ class HTTP2Connection:
             return
         streams = self._streams
         kinds = _STREAM_EVENTS
+        event: Any
         for event in events:
             kind = kinds.get(type(event))
             if kind is not None:
-                stream_id: int = event.stream_id  # type: ignore[attr-defined]
-                s = streams.get(stream_id)
+                s = streams.get(event.stream_id)
                 if s is None:
                     if kind & _DATA:
                         # A stream already ended here: give its window back to the connection.
-                        with contextlib.suppress(h2.exceptions.ProtocolError):
-                            self._h2.acknowledge_received_data(
-                                event.flow_controlled_length or 0,  # type: ignore[attr-defined]
-                                stream_id,
-                            )
+                        self._give_back(event.flow_controlled_length, event.stream_id)
                     continue
                 if kind & _ANSWER:
                     s.answered = True
                 if kind & _QUEUE:
                     s.events.append(event)
                     _wake(s)
-                if kind & _DATA and not s.widened and event.stream_ended is None:  # type: ignore[attr-defined]
-                    self._widen(s)
+                if kind & _DATA:
+                    if event.stream_ended is not None:
+                        # The stream's last DATA: nothing more can come on it, so its bytes go
+                        # back to the connection's window now, while h2 still holds the stream
+                        # (once h2 has dropped a closed stream, acknowledging costs two
+                        # exceptions inside h2). `read_body` and `_finish` skip them.
+                        self._give_back(event.flow_controlled_length, event.stream_id)
+                    elif not s.widened:
+                        self._widen(s)
             elif isinstance(event, h2.events.WindowUpdated):
                 self._wake_all()  # senders waiting for window
             elif isinstance(event, h2.events.RemoteSettingsChanged):
@@ -443,6 +449,14 @@ class HTTP2Connection:
                 failure = httpx.ReadError(str(exc) or type(exc).__name__)
                 failure.__cause__ = exc
                 self._fail(failure)
+
+    def _give_back(self, size: int | None, stream_id: int) -> None:
+        """Acknowledge ``size`` bytes of DATA received on ``stream_id``: h2 gives them back
+        to the connection's window (and the stream's, while it is open) by WINDOW_UPDATE when
+        enough have been acknowledged."""
+        if size:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.acknowledge_received_data(size, stream_id)
 
     def _widen(self, s: _Stream) -> None:
         """Open stream ``s``'s receive window by `_WINDOW`: its first DATA came without
@@ -968,7 +982,8 @@ class HTTP2Connection:
             await self._wait(s, seconds, httpx.ReadTimeout)
 
     async def read_body(self, s: _Stream, seconds: float | None) -> bytes | None:
-        """The next part of the body, or None at its end."""
+        """The next part of the body, or None at its end. ``s.ended`` turns True with the last
+        part when the end has arrived with it."""
         events = s.events
         while True:
             chunks: list[bytes] = []
@@ -977,14 +992,16 @@ class HTTP2Connection:
                 event = events[0]
                 if isinstance(event, h2.events.DataReceived):
                     events.popleft()
-                    acknowledged += event.flow_controlled_length or 0
+                    if event.stream_ended is None:  # the last DATA was acknowledged on arrival
+                        acknowledged += event.flow_controlled_length or 0
                     if event.data:
                         chunks.append(event.data)
                 elif isinstance(event, h2.events.StreamEnded):
-                    if chunks:
-                        break
                     events.popleft()
-                    return None
+                    s.ended = True
+                    if not chunks:
+                        return None
+                    break
                 elif isinstance(event, h2.events.StreamReset):
                     if chunks:
                         break
@@ -992,8 +1009,7 @@ class HTTP2Connection:
                 else:
                     events.popleft()
             if acknowledged:
-                with contextlib.suppress(h2.exceptions.ProtocolError):
-                    self._h2.acknowledge_received_data(acknowledged, s.id)
+                self._give_back(acknowledged, s.id)
                 await self._flush_quietly(seconds)
             if chunks:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -1054,7 +1070,7 @@ class HTTP2Connection:
         # (and once it is gone, no response on the connection gets any DATA).
         unread = 0
         for event in s.events:
-            if isinstance(event, h2.events.DataReceived):
+            if isinstance(event, h2.events.DataReceived) and event.stream_ended is None:
                 unread += event.flow_controlled_length or 0
         s.events.clear()
         if unread and self._failure is None and not self._write_failed:
@@ -1137,15 +1153,19 @@ class _ResponseStream(httpx.AsyncByteStream):
         conn = self._conn
         if conn is None:
             raise StopAsyncIteration
+        s = self._stream
         try:
-            chunk = await conn.read_body(self._stream, self._timeout)
+            chunk = await conn.read_body(s, self._timeout)
         except BaseException:
             self._conn = None
-            await conn.end_stream(self._stream)
+            await conn.end_stream(s)
             raise
-        if chunk is None:
+        if s.ended:
+            # The end of the body has arrived (with this chunk, or alone): the stream and its
+            # lease end now, not at the next call.
             self._conn = None
-            await conn.end_stream(self._stream)
+            await conn.end_stream(s)
+        if chunk is None:
             raise StopAsyncIteration
         return chunk
 
