@@ -487,6 +487,21 @@ async def test_read_timeouts_hold_per_stream_on_a_shared_connection() -> None:
     assert server.connections == 1
 
 
+async def test_cookie_fields_in_a_response_are_joined_as_http2_says() -> None:
+    """``cookie`` fields received are joined into one, after the others (RFC 9113 §8.2.3; h2's
+    inbound normalization, done by the connection)."""
+    with ScriptedServer() as server:
+        async with httpx.AsyncClient(transport=h2c(), base_url=server.url) as client:
+            with anyio.fail_after(30):
+                response = await client.get("/cookies")
+    assert response.text == "ok"
+    assert response.headers.multi_items() == [
+        ("x-one", "1"),
+        ("x-two", "2"),
+        ("cookie", "a=1; b=2"),
+    ]
+
+
 async def test_credentials_are_never_indexed_and_headers_are_normalized() -> None:
     """Authorization, Proxy-Authorization and a short Cookie go as HPACK "never indexed" fields
     (kept out of both sides' compression tables), names lowercased, values stripped, HTTP/1.1's

@@ -8,6 +8,8 @@ a thread of its own.
 What it answers is chosen by the request path:
 
 * ``/ok``: 200 ``ok``;
+* ``/cookies``: 200 ``ok`` with two ``cookie`` fields among its headers (a response has no use
+  for them; HTTP/2 says received ``cookie`` fields are joined);
 * ``/hold``: answered when the test calls `ScriptedServer.release`;
 * ``/fill?n=N``: HEADERS and N bytes of DATA, never ended;
 * ``/data?n=N``: HEADERS and N bytes of DATA, ended;
@@ -245,6 +247,9 @@ class ScriptedServer:
         size = int(parse_qs(url.query).get("n", ["0"])[0])
         if url.path == "/ok":
             self._respond(conn, stream_id, b"ok", end=True)
+        elif url.path == "/cookies":
+            fields = [(b"cookie", b"a=1"), (b"x-one", b"1"), (b"cookie", b"b=2"), (b"x-two", b"2")]
+            self._respond(conn, stream_id, b"ok", end=True, headers=fields)
         elif url.path == "/hold":
             self._held.append((conn, stream_id))
         elif url.path == "/fill":
@@ -256,8 +261,16 @@ class ScriptedServer:
         elif url.path == "/upload-stall":
             self._respond(conn, stream_id, b"uploaded", end=True)
 
-    def _respond(self, conn: _Conn, stream_id: int, body: bytes, *, end: bool) -> None:
-        conn.h2.send_headers(stream_id, [(b":status", b"200")])
+    def _respond(
+        self,
+        conn: _Conn,
+        stream_id: int,
+        body: bytes,
+        *,
+        end: bool,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        conn.h2.send_headers(stream_id, [(b":status", b"200"), *(headers or [])])
         conn.pending[stream_id] = [bytearray(body), end]
         self._pump(conn, self.data_sent)
 

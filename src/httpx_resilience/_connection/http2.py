@@ -126,11 +126,32 @@ _DROPPED_HEADERS = frozenset(
 )
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
+
+
+class _Configuration(h2.config.H2Configuration):
+    """h2's configuration with its options as plain attributes. h2 reads several of them for
+    each frame it sends or receives, and `h2.config.H2Configuration` makes every read a call
+    of a Python-level descriptor (there to check the type of a value assigned later; this
+    module's values are fixed). ``__init__`` stores the options given to it, as h2's does."""
+
+    # Plain class attributes in place of h2's descriptors and property: `__init__`'s
+    # assignments then land in the instance's ``__dict__``, read without a call.
+    client_side = True
+    header_encoding = None
+    validate_outbound_headers = True
+    normalize_outbound_headers = True
+    split_outbound_cookies = False
+    validate_inbound_headers = True
+    normalize_inbound_headers = True
+
+
 #: h2's outbound normalization and checks are done once, by `_send_request`: names stripped
 #: and lowercased, values stripped, connection-specific headers dropped, credentials never
 #: indexed (what h2's `normalize_outbound_headers` does), then h2's `validate_outbound_headers`.
-H2_CONFIG = h2.config.H2Configuration(
+#: Its inbound normalization (``cookie`` fields joined into one, last) is done by `_read_head`.
+H2_CONFIG = _Configuration(
     validate_inbound_headers=False,
+    normalize_inbound_headers=False,
     validate_outbound_headers=False,
     normalize_outbound_headers=False,
     header_encoding=None,
@@ -969,11 +990,21 @@ class HTTP2Connection:
                     events.popleft()
                     status = 200
                     headers = []
+                    cookies = None
                     for name, value in event.headers or ():
                         if name == b":status":
                             status = int(value.decode("ascii", errors="ignore"))
+                        elif name == b"cookie":
+                            if cookies is None:
+                                cookies = [value]
+                            else:
+                                cookies.append(value)
                         elif not name.startswith(b":"):
                             headers.append((name, value))
+                    if cookies is not None:
+                        # h2's inbound normalization (off, `H2_CONFIG`): ``cookie`` fields
+                        # joined into one, after the others (RFC 9113 §8.2.3).
+                        headers.append((b"cookie", b"; ".join(cookies)))
                     return status, headers
                 if isinstance(event, h2.events.StreamReset):
                     raise self._reset_error(s, event)  # `_finish` gives back unread DATA
