@@ -81,6 +81,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -435,7 +436,7 @@ class HTTP2Connection:
                         # The stream's last DATA: nothing more can come on it, so its bytes go
                         # back to the connection's window now, while h2 still holds the stream
                         # (once h2 has dropped a closed stream, acknowledging costs two
-                        # exceptions inside h2). `read_body` and `_finish` skip them.
+                        # exceptions inside h2). `read_body` and `finish` skip them.
                         self._give_back(event.flow_controlled_length, event.stream_id)
                     elif not s.widened:
                         self._widen(s)
@@ -804,9 +805,9 @@ class HTTP2Connection:
                     await self._read_before_judging(s, exc)
                     failure = self._explain(s, exc)
             finally:
-                flush = self._finish(s)  # no await before it: the lease ends even if cancelled
+                flush = self.finish(s)  # no await before it: the lease ends even if cancelled
             if flush:
-                await self._flush_after_finish()
+                await self.flush_after_finish()
             if failure is exc:
                 raise
             raise failure from failure.__cause__  # "not processed"; its context is ``exc``
@@ -853,7 +854,7 @@ class HTTP2Connection:
         # CR, LF and NUL are not allowed in a field (RFC 9113 §8.2.1); sent anyway, the server
         # answers with a connection error that fails every stream on the connection. (h11
         # refuses them for HTTP/1.1 alike.) The message quotes nothing: it may be a credential.
-        if not _clean(b" ".join([authority, *(part for field in fields for part in field)])):
+        if not _clean(b" ".join([authority, *itertools.chain.from_iterable(fields)])):
             raise httpx.LocalProtocolError(
                 "invalid HTTP/2 request: a header name or value contains CR, LF or NUL"
             )
@@ -1007,7 +1008,7 @@ class HTTP2Connection:
                         headers.append((b"cookie", b"; ".join(cookies)))
                     return status, headers
                 if isinstance(event, h2.events.StreamReset):
-                    raise self._reset_error(s, event)  # `_finish` gives back unread DATA
+                    raise self._reset_error(s, event)  # `finish` gives back unread DATA
                 events.popleft()  # DATA or the end before any HEADERS: h2 refuses those
             self._raise_failure(s)
             await self._wait(s, seconds, httpx.ReadTimeout)
@@ -1085,7 +1086,7 @@ class HTTP2Connection:
             )
         return exc
 
-    def _finish(self, s: _Stream) -> bool:
+    def finish(self, s: _Stream) -> bool:
         """The stream is done with (read, closed early, failed or cancelled): reset it if the
         server may still send on it, and end its lease. Synchronous, so that it happens even
         when the caller is being cancelled. True when a reset or an acknowledgement waits to be
@@ -1127,17 +1128,18 @@ class HTTP2Connection:
             return False
         return reset
 
-    async def _flush_after_finish(self) -> None:
+    async def flush_after_finish(self) -> None:
         with anyio.CancelScope(shield=True):
             await self._flush_quietly(_CLOSE_FLUSH_SECONDS)
 
     async def end_stream(self, s: _Stream) -> None:
-        if self._finish(s):
-            await self._flush_after_finish()
+        if self.finish(s):
+            await self.flush_after_finish()
 
 
 def _clean(value: bytes) -> bool:
-    return b"\r" not in value and b"\n" not in value and b"\0" not in value
+    """No CR, LF or NUL in ``value`` (one pass deleting them is faster than three searches)."""
+    return len(value.translate(None, b"\r\n\0")) == len(value)
 
 
 def _all_ascii(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -1195,7 +1197,8 @@ class _ResponseStream(httpx.AsyncByteStream):
             # The end of the body has arrived (with this chunk, or alone): the stream and its
             # lease end now, not at the next call.
             self._conn = None
-            await conn.end_stream(s)
+            if conn.finish(s):
+                await conn.flush_after_finish()
         if chunk is None:
             raise StopAsyncIteration
         return chunk

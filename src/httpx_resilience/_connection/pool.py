@@ -303,10 +303,9 @@ class ConnectionPool:
         """A stream on one of the origin's HTTP/2 connections, or None. Amortised O(1): a
         connection found full or done for leaves ``shared`` and is not looked at again."""
         shared = origin.shared
-        now = time.monotonic()
         while shared:
             conn = next(iter(shared))
-            if conn.leases == 0 and not conn.is_reusable(now):
+            if conn.leases == 0 and not conn.is_reusable(time.monotonic()):
                 self._close_idle(conn)
                 self._total -= 1
                 continue
@@ -554,11 +553,13 @@ class ConnectionPool:
             return
         if origin is None:
             origin = self._origins[key] = _Origin()
-        self._serve(conn, origin)
-        if conn.capacity > 0:
+        if origin.stream_waiters or origin.waiters:
+            self._serve(conn, origin)
+        capacity = conn.capacity
+        if capacity > 0:
             origin.shared[conn] = None
         if conn.leases == 0:
-            if conn.capacity <= 0:  # its learned request limit is used up
+            if capacity <= 0:  # its learned request limit is used up
                 origin.shared.pop(conn, None)
                 self._discard(conn)
                 self._forget(key, origin)
@@ -579,7 +580,8 @@ class ConnectionPool:
             conn.went_idle()
             self._idle_all[conn] = None
             self._expire_oldest()
-        self._forget(key, origin)
+        if capacity <= 0:  # else the origin keeps it in ``shared``
+            self._forget(key, origin)
 
     def _stream_limit_raised(self, conn: HTTP2Connection) -> None:
         """The server raised MAX_CONCURRENT_STREAMS (SETTINGS) on an open connection: its new
