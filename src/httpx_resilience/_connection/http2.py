@@ -25,11 +25,9 @@ buffered; under trio a reader that finds the write lock taken leaves them to its
 writes what h2 has queued before letting go. DATA a stream never read (closed early) is
 acknowledged on the connection when the stream ends, so the connection's window is not lost.
 
-**Flow control.** The connection's receive window is opened by 2**24 at once. A stream's is
-opened by as much when its first DATA arrives without END_STREAM (`_widen`): a body longer than
-one frame follows, and the server may send up to 65,535 + 2**24 bytes of it ahead of the
-reader. Most responses are one DATA frame and need no WINDOW_UPDATE of their own. Received DATA
-is acknowledged as the caller reads it.
+**Flow control.** The connection's receive window, and each stream's when its HEADERS are
+sent, are opened by 2**24. Received DATA is acknowledged as the caller reads it, but for a
+stream's last DATA frame, acknowledged when it arrives (nothing more can come on that stream).
 
 httpcore's `AsyncHTTP2Connection` uses the second design on every backend; the first is simpler
 to reason about (the reader never waits for a consumer, events go to the one stream they name)
@@ -109,8 +107,7 @@ __all__ = ["H2_CONFIG", "LOCAL_MAX_STREAMS", "ConnectionUnavailable", "HTTP2Conn
 
 #: How many concurrent streams a connection asks the server to allow (httpcore's value).
 LOCAL_MAX_STREAMS = 100
-#: How far the connection's receive window is opened, and a stream's once its body is longer
-#: than one DATA frame (httpcore's value, which it opens for every stream).
+#: The flow-control windows opened for the connection and each stream (httpcore's value).
 _WINDOW = 1 << 24
 #: How long a stream that failed with its connection reads what the server had sent before the
 #: failure, to find a GOAWAY that says whether it was processed.
@@ -226,7 +223,6 @@ class _Stream:
         "opened",
         "signal",
         "waiter",
-        "widened",
     )
 
     def __init__(self, stream_id: int) -> None:
@@ -244,8 +240,6 @@ class _Stream:
         self.opened = False
         #: The reader has reached the end of the response (`read_body`).
         self.ended = False
-        #: Its receive window was opened beyond the initial 65,535 bytes (`_widen`).
-        self.widened = False
 
 
 class HTTP2Connection:
@@ -314,11 +308,13 @@ class HTTP2Connection:
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: LOCAL_MAX_STREAMS,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
-                # Not INITIAL_WINDOW_SIZE: a stream's window is opened by a WINDOW_UPDATE once
-                # its body proves longer than one DATA frame (`_widen`). With the window in
-                # SETTINGS instead, Hypercorn 0.18 left hundreds of app tasks stuck in `drain`
-                # after connections it closed by GOAWAY (`benchmarks/goaway.py`'s Hypercorn
-                # row: 3 runs of 3).
+                # Not INITIAL_WINDOW_SIZE: each stream's window is opened by a WINDOW_UPDATE
+                # (`_send_request`), as httpcore does. With the window in SETTINGS instead,
+                # Hypercorn 0.18 left hundreds of app tasks stuck in `drain` after connections
+                # it closed by GOAWAY (`benchmarks/goaway.py`'s Hypercorn row: 3 runs of 3);
+                # so it did when a stream's window was opened only once its first DATA came
+                # without END_STREAM (2 runs of 2), though that saves a WINDOW_UPDATE for
+                # most responses.
             },
         )
         # Some servers balk at a setting the original RFC did not define (as httpcore notes).
@@ -431,15 +427,12 @@ class HTTP2Connection:
                 if kind & _QUEUE:
                     s.events.append(event)
                     _wake(s)
-                if kind & _DATA:
-                    if event.stream_ended is not None:
-                        # The stream's last DATA: nothing more can come on it, so its bytes go
-                        # back to the connection's window now, while h2 still holds the stream
-                        # (once h2 has dropped a closed stream, acknowledging costs two
-                        # exceptions inside h2). `read_body` and `finish` skip them.
-                        self._give_back(event.flow_controlled_length, event.stream_id)
-                    elif not s.widened:
-                        self._widen(s)
+                if kind & _DATA and event.stream_ended is not None:
+                    # The stream's last DATA: nothing more can come on it, so its bytes go back
+                    # to the connection's window now, while h2 still holds the stream (once h2
+                    # has dropped a closed stream, acknowledging costs two exceptions inside
+                    # h2). `read_body` and `finish` skip them.
+                    self._give_back(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.WindowUpdated):
                 self._wake_all()  # senders waiting for window
             elif isinstance(event, h2.events.RemoteSettingsChanged):
@@ -479,17 +472,6 @@ class HTTP2Connection:
         if size:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.acknowledge_received_data(size, stream_id)
-
-    def _widen(self, s: _Stream) -> None:
-        """Open stream ``s``'s receive window by `_WINDOW`: its first DATA came without
-        END_STREAM, so more of the body follows (a body of one frame never needs it, and most
-        responses are one frame: no WINDOW_UPDATE for them). Written with what the reader
-        acknowledges next (at once under asyncio, `data_received`; under trio by the reader's
-        `_flush_quietly`)."""
-        s.widened = True
-        # The rest of the same read may have ended or reset the stream: nothing to widen.
-        with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
-            self._h2.increment_flow_control_window(_WINDOW, stream_id=s.id)
 
     def _fail(self, failure: httpx.TransportError) -> None:
         self._failure = failure
@@ -891,6 +873,7 @@ class HTTP2Connection:
             self._broken = True
             raise httpx.LocalProtocolError(f"invalid HTTP/2 request: {exc}") from exc
         s.opened = True
+        state.increment_flow_control_window(_WINDOW, stream_id=s.id)
         if not has_body and self._send_soon():
             return
         await self._flush(seconds, catch_up=False)  # `handle` has just caught up
