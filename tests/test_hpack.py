@@ -727,6 +727,44 @@ def test_decoder_never_keeps_never_indexed_values() -> None:
     assert decoder.memo_size == 0
     kept = list(decoder._memo.values()) + [v for _, v in decoder._fields.values()]
     assert not any(b"Bearer" in value for value in kept)
+    assert not decoder._blocks  # nor any block holding one
+
+
+def test_decoder_block_memo_serves_only_blocks_their_octets_decide() -> None:
+    """Whole blocks are remembered only when their octets alone decide their fields (static
+    indexes and literals without indexing, nothing never-indexed): a block that adds to the
+    dynamic table does so every time, one that refers to it follows the table, and a
+    remembered block still obeys the header list limit."""
+    decoder = Decoder()
+    encoder = Encoder()
+    decoder.decode(encoder.encode(NGINX_HEADERS), raw=True)  # with a table size update first
+    assert not decoder._blocks
+    pure = encoder.encode(NGINX_HEADERS)  # static indexes and literals without indexing
+    first = decoder.decode(pure, raw=True)
+    assert first == NGINX_HEADERS
+    assert len(decoder._blocks) == 1
+    for _ in range(3):
+        again = decoder.decode(pure, raw=True)
+        assert again == first
+        assert again is not first  # a list of its own each time
+    text: Any = decoder.decode(pure)  # HeaderTuple of str, whatever its annotation says
+    assert text == [(n.decode(), v.decode()) for n, v in NGINX_HEADERS]
+
+    decoder.max_header_list_size = 100
+    with pytest.raises(hpack.OversizedHeaderListError):
+        decoder.decode(pure, raw=True)
+
+    table = Decoder()  # a table of 4,096 octets
+    indexing = hpack.Encoder()
+    adds = indexing.encode([(b"x-new", b"1")])  # literal with incremental indexing
+    assert table.decode(adds, raw=True) == [(b"x-new", b"1")]
+    assert table.decode(adds, raw=True) == [(b"x-new", b"1")]
+    assert table.table == ((b"x-new", b"1"), (b"x-new", b"1"))  # added twice
+    refers = bytes([0x80 | 62])  # the newest dynamic entry
+    assert table.decode(refers, raw=True) == [(b"x-new", b"1")]
+    table.decode(indexing.encode([(b"x-other", b"2")]), raw=True)
+    assert table.decode(refers, raw=True) == [(b"x-other", b"2")]
+    assert not table._blocks
 
 
 def test_encoder_memo_hits_match_misses_and_stay_bounded() -> None:

@@ -81,6 +81,11 @@ MEMO_BYTES = 256 * 1024
 #: A string longer than this many octets as sent (decoder), or a field whose name and value
 #: together are (encoder), is never memoized.
 MEMO_STRING = 4096
+#: The decoder's block memo (whole header blocks that neither read nor change the dynamic table
+#: and hold no never-indexed field): at most this many blocks, of at most `MEMO_BLOCK_BYTES`
+#: octets each; emptied when full.
+MEMO_BLOCKS = 32
+MEMO_BLOCK_BYTES = 1024
 
 #: RFC 7540 §6.5.2: the initial SETTINGS_HEADER_TABLE_SIZE, and so the initial table size.
 DEFAULT_TABLE_SIZE = 4096
@@ -147,6 +152,7 @@ class Decoder:
     Huffman strings. One per connection (it holds the connection's dynamic table)."""
 
     __slots__ = (
+        "_blocks",
         "_entries",
         "_fields",
         "_memo",
@@ -174,6 +180,10 @@ class Decoder:
         self._fields: dict[bytes, HeaderTuple] = {}
         self._memo: dict[bytes, bytes] = {}
         self._memo_bytes = 0
+        #: A whole block's octets -> its fields and their RFC 7541 §4.1 size, for blocks whose
+        #: fields are all static or literal without indexing, none never-indexed: the octets
+        #: alone decide them (a server that indexes nothing, as nginx, repeats its blocks).
+        self._blocks: dict[bytes, tuple[tuple[HeaderTuple, ...], int]] = {}
 
     @property
     def header_table_size(self) -> int:
@@ -314,14 +324,27 @@ class Decoder:
         """
         if type(data) is not bytes:
             data = bytes(data)
-        headers: list[HeaderTuple] = []
+        limit = self.max_header_list_size
+        block = self._blocks.get(data)
+        if block is not None:
+            if block[1] > limit:
+                raise OversizedHeaderListError(
+                    f"A header list larger than {limit} has been received"
+                )
+            if self._table_max > self.max_allowed_table_size:
+                raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
+            headers = list(block[0])
+            return headers if raw else self._text(headers)
+        headers = []
         append = headers.append
         entries = self._entries
         fields = self._fields
-        limit = self.max_header_list_size
         inflated = 0
         pos = 0
         end = len(data)
+        # The block's octets alone decide its fields: no dynamic table read or changed, no
+        # never-indexed field (the block memo may keep it).
+        pure = True
         while pos < end:
             first = data[pos]
             pos += 1
@@ -334,6 +357,7 @@ class Decoder:
                     header = _STATIC[index]
                 elif index > _STATIC_LENGTH and index - _STATIC_LENGTH <= len(entries):
                     header = entries[index - _STATIC_LENGTH - 1]
+                    pure = False
                 else:
                     raise InvalidTableIndex(f"Invalid table index {index}")
             elif first & 0x40 or not first & 0x20:  # a literal (§6.2)
@@ -343,6 +367,7 @@ class Decoder:
                     if index == 0x3F:
                         index, pos = _integer(data, pos, 0x3F)
                     never = False
+                    pure = False
                 else:  # without indexing, or never indexed
                     index = first & 0x0F
                     if index == 0x0F:
@@ -350,6 +375,7 @@ class Decoder:
                     never = bool(first & 0x10)
                 if never or index > _STATIC_LENGTH:
                     header, pos = self._literal(data, pos, index, never)
+                    pure = False
                 else:
                     # A static or a literal name: the field's octets alone decide the field,
                     # so the field memo answers for one seen before.
@@ -394,6 +420,7 @@ class Decoder:
                 if size > self.max_allowed_table_size:
                     raise InvalidTableSizeError("Encoder exceeded max allowable table size")
                 self.header_table_size = size
+                pure = False
                 continue
             append(header)
             inflated += len(header[0]) + len(header[1]) + 32
@@ -403,8 +430,16 @@ class Decoder:
                 )
         if self._table_max > self.max_allowed_table_size:
             raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
-        if raw:
-            return headers
+        if pure and end <= MEMO_BLOCK_BYTES:
+            blocks = self._blocks
+            if len(blocks) >= MEMO_BLOCKS:
+                blocks.clear()
+            blocks[data] = (tuple(headers), inflated)
+        return headers if raw else self._text(headers)
+
+    @staticmethod
+    def _text(headers: list[HeaderTuple]) -> list[HeaderTuple]:
+        """The fields as UTF-8 text (``raw=False``)."""
         try:
             return [
                 header.__class__(header[0].decode("utf-8"), header[1].decode("utf-8"))
