@@ -30,7 +30,10 @@ A repeated header then costs a dictionary lookup; on a miss Huffman strings are 
 ``hpack``'s own ``decode_huffman``. The memo is bounded (`MEMO_ENTRIES` entries and `MEMO_BYTES`
 octets; it is emptied when either would be exceeded, and nothing longer than `MEMO_STRING` on
 the wire is kept), and the values of never-indexed fields (what the server marks sensitive) are
-never looked up in it nor kept.
+never looked up in it nor kept. A third memo keeps whole blocks that neither read nor change the
+dynamic table and hold no never-indexed field (their octets alone decide their fields, and
+nginx sends every response head so): a repeated head costs one lookup (`MEMO_BLOCKS` blocks of
+at most `MEMO_BLOCK_BYTES` octets).
 
 **Encoder.** No dynamic table at all: a field is an index into the static table when the static
 table has its exact (name, value), else a literal *without indexing* (with the static table's
