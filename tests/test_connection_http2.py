@@ -485,6 +485,22 @@ async def test_cookie_fields_in_a_response_are_joined_as_http2_says() -> None:
     ]
 
 
+@pytest.mark.parametrize("path", ["/no-status", "/status?value=abc", "/status?value=2000"])
+async def test_a_response_without_a_valid_status_is_a_protocol_error(path: str) -> None:
+    """A response head without ``:status``, or with one that is not three digits, is the
+    server breaking the protocol: `httpx.RemoteProtocolError` (not a 200, not a ValueError),
+    and the connection goes on serving other requests."""
+    with ScriptedServer() as server:
+        transport = h2c()
+        async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+            with anyio.fail_after(30):
+                with pytest.raises(httpx.RemoteProtocolError, match="no valid :status"):
+                    await client.get(path)
+                assert (await client.get("/ok")).text == "ok"
+            assert_nothing_held(transport)
+    assert server.connections == 1
+
+
 async def test_credentials_are_never_indexed_and_headers_are_normalized() -> None:
     """Authorization, Proxy-Authorization and a short Cookie go as HPACK "never indexed" fields
     (kept out of both sides' compression tables), names lowercased, values stripped, HTTP/1.1's

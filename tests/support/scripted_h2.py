@@ -10,6 +10,8 @@ What it answers is chosen by the request path:
 * ``/ok``: 200 ``ok``;
 * ``/cookies``: 200 ``ok`` with two ``cookie`` fields among its headers (a response has no use
   for them; HTTP/2 says received ``cookie`` fields are joined);
+* ``/status?value=V``: ``:status`` V, as given (h2's checks of what it sends off), and
+  ``/no-status``: a response head without ``:status``: servers breaking the protocol;
 * ``/hold``: answered when the test calls `ScriptedServer.release`;
 * ``/fill?n=N``: HEADERS and N bytes of DATA, never ended;
 * ``/data?n=N``: HEADERS and N bytes of DATA, ended;
@@ -250,6 +252,15 @@ class ScriptedServer:
         elif url.path == "/cookies":
             fields = [(b"cookie", b"a=1"), (b"x-one", b"1"), (b"cookie", b"b=2"), (b"x-two", b"2")]
             self._respond(conn, stream_id, b"ok", end=True, headers=fields)
+        elif url.path in ("/status", "/no-status"):
+            value = parse_qs(url.query).get("value", [None])[0]
+            status = None if value is None else value.encode()
+            conn.h2.config.validate_outbound_headers = False
+            try:
+                fields = [(b"content-type", b"text/plain")]  # never an empty header block
+                self._respond(conn, stream_id, b"ok", end=True, status=status, headers=fields)
+            finally:
+                conn.h2.config.validate_outbound_headers = True
         elif url.path == "/hold":
             self._held.append((conn, stream_id))
         elif url.path == "/fill":
@@ -269,8 +280,10 @@ class ScriptedServer:
         *,
         end: bool,
         headers: list[tuple[bytes, bytes]] | None = None,
+        status: bytes | None = b"200",
     ) -> None:
-        conn.h2.send_headers(stream_id, [(b":status", b"200"), *(headers or [])])
+        head = [] if status is None else [(b":status", status)]
+        conn.h2.send_headers(stream_id, [*head, *(headers or [])])
         conn.pending[stream_id] = [bytearray(body), end]
         self._pump(conn, self.data_sent)
 

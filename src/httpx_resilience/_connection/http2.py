@@ -972,12 +972,12 @@ class HTTP2Connection:
                 event = events[0]
                 if isinstance(event, h2.events.ResponseReceived):
                     events.popleft()
-                    status = 200
+                    status = None
                     headers = []
                     cookies = None
                     for name, value in event.headers or ():
                         if name == b":status":
-                            status = int(value.decode("ascii", errors="ignore"))
+                            status = value
                         elif name == b"cookie":
                             if cookies is None:
                                 cookies = [value]
@@ -989,7 +989,7 @@ class HTTP2Connection:
                         # h2's inbound normalization (off, `H2_CONFIG`): ``cookie`` fields
                         # joined into one, after the others (RFC 9113 §8.2.3).
                         headers.append((b"cookie", b"; ".join(cookies)))
-                    return status, headers
+                    return _status_code(status), headers
                 if isinstance(event, h2.events.StreamReset):
                     raise self._reset_error(s, event)  # `finish` gives back unread DATA
                 events.popleft()  # DATA or the end before any HEADERS: h2 refuses those
@@ -1123,6 +1123,15 @@ class HTTP2Connection:
 def _clean(value: bytes) -> bool:
     """No CR, LF or NUL in ``value`` (one pass deleting them is faster than three searches)."""
     return len(value.translate(None, b"\r\n\0")) == len(value)
+
+
+def _status_code(value: bytes | None) -> int:
+    """A response's ``:status``: three digits (RFC 9113 §8.3.2, RFC 9110 §15), or the
+    server broke the protocol. (h2's inbound checks are off, `H2_CONFIG`.)"""
+    if value is None or len(value) != 3 or not value.isdigit():
+        shown = "none" if value is None else repr(value[:16])
+        raise httpx.RemoteProtocolError(f"the server's response has no valid :status ({shown})")
+    return int(value)
 
 
 def _all_ascii(headers: list[tuple[bytes, bytes]]) -> bool:
