@@ -22,7 +22,12 @@ from ._breaker import CircuitBreaker, CircuitState, Permit
 from ._budget import RetryBudget
 from ._classify import FailureKind, classify_error, counts_against_upstream
 from ._config import RetryConfig
-from ._connection.transport import DEFAULT_LIMITS, build_transport, check_connection_options
+from ._connection.transport import (
+    DEFAULT_LIMITS,
+    build_transport,
+    check_connection_options,
+    direct_send,
+)
 from ._cooldown import CoolDown, Gate, GateKind, Waited, server_wait
 from ._decision import BUDGET_EXHAUSTED, RETRY_AFTER_STATUSES, Decision, decide
 from ._exceptions import CircuitOpenError, CoolDownError, DeadlineExceeded
@@ -185,6 +190,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     "and cannot be combined with transport=; configure that transport instead"
                 )
         self._transport = transport
+        #: What an attempt awaits: the inner transport's `handle_async_request`, or the pool's
+        #: own method when the inner transport is exactly this package's (one call and one
+        #: coroutine less per attempt).
+        self._send = direct_send(transport) or transport.handle_async_request
         self._retry = retry
         if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
             raise TypeError(
@@ -315,11 +324,13 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         # on the happy path (no cool-down, no refusal, no hook for every attempt, no fleet, a
         # final response at the first attempt).
         run: _Run | None = None
-        inner = self._transport
+        send = self._send
         waited: Waited | None = None  # what this retry waited for in the retry loop
         while True:
             probe = False  # whether this attempt is the probe of a cool-down window
-            if cool is not None:
+            # (The gate answers "send" for an origin without a window; with no window at all,
+            # the common case, it is not asked.)
+            if cool is not None and (waited is not None or cool._entries):
                 gate = cool.gate(target, waited=waited)
                 if gate.kind is not _SEND:
                     if run is None:
@@ -358,7 +369,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 ends = self._start(run)
             try:
                 if deadline is None and not read_body:
-                    response = await inner.handle_async_request(request)
+                    response = await send(request)
                 elif deadline is None:
                     response = await self._attempt(request, read_body)
                 else:
@@ -687,7 +698,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         return decision
 
     async def _attempt(self, request: httpx.Request, read_body: bool) -> httpx.Response:
-        response = await self._transport.handle_async_request(request)
+        response = await self._send(request)
         if read_body:
             # Read the body inside the attempt, so that an error while reading it is retried
             # like any other; hand it on as bytes, for the client to read and decode as usual.

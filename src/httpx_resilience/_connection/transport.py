@@ -9,7 +9,7 @@ HTTP/2 connections (`http2.py`). Proxied requests (``proxy=...``) go through htt
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import TypeAlias
 
@@ -20,7 +20,7 @@ from .connect import ConnectOptions, SocketOption
 from .http11 import PARSERS, default_parser
 from .pool import ConnectionPool, PoolStats
 
-__all__ = ["DEFAULT_LIMITS", "AsyncConnectionPoolTransport", "build_transport"]
+__all__ = ["DEFAULT_LIMITS", "AsyncConnectionPoolTransport", "build_transport", "direct_send"]
 
 #: httpx's default pool limits (the same values as httpx's own default).
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
@@ -190,6 +190,17 @@ class AsyncConnectionPoolTransport(httpx.AsyncBaseTransport):
         traceback: TracebackType | None = None,
     ) -> None:
         await self.aclose()
+
+
+def direct_send(
+    transport: httpx.AsyncBaseTransport,
+) -> Callable[[httpx.Request], Awaitable[httpx.Response]] | None:
+    """What a wrapper may await instead of ``transport.handle_async_request``: the pool's own
+    method, when ``transport`` is exactly this package's transport with a pool (not proxied,
+    not a subclass that may override `handle_async_request`). Else None."""
+    if type(transport) is AsyncConnectionPoolTransport and transport._pool is not None:
+        return transport._pool.handle_request
+    return None
 
 
 def build_transport(
