@@ -732,9 +732,10 @@ def test_decoder_never_keeps_never_indexed_values() -> None:
 
 def test_decoder_block_memo_serves_only_blocks_their_octets_decide() -> None:
     """Whole blocks are remembered only when their octets alone decide their fields (static
-    indexes and literals without indexing, nothing never-indexed): a block that adds to the
-    dynamic table does so every time, one that refers to it follows the table, and a
-    remembered block still obeys the header list limit."""
+    indexes and literals, nothing read from the dynamic table, no size update, nothing
+    never-indexed): a remembered block that adds to the dynamic table adds again on every hit,
+    one that refers to it follows the table, and a remembered block still obeys the header
+    list limit."""
     decoder = Decoder()
     encoder = Encoder()
     decoder.decode(encoder.encode(NGINX_HEADERS), raw=True)  # with a table size update first
@@ -758,13 +759,23 @@ def test_decoder_block_memo_serves_only_blocks_their_octets_decide() -> None:
     indexing = hpack.Encoder()
     adds = indexing.encode([(b"x-new", b"1")])  # literal with incremental indexing
     assert table.decode(adds, raw=True) == [(b"x-new", b"1")]
-    assert table.decode(adds, raw=True) == [(b"x-new", b"1")]
+    assert adds in table._blocks  # remembered, with the field it adds
+    assert table.decode(adds, raw=True) == [(b"x-new", b"1")]  # from the memo
     assert table.table == ((b"x-new", b"1"), (b"x-new", b"1"))  # added twice
     refers = bytes([0x80 | 62])  # the newest dynamic entry
     assert table.decode(refers, raw=True) == [(b"x-new", b"1")]
-    table.decode(indexing.encode([(b"x-other", b"2")]), raw=True)
+    other = indexing.encode([(b"x-other", b"2")])
+    table.decode(other, raw=True)
     assert table.decode(refers, raw=True) == [(b"x-other", b"2")]
-    assert not table._blocks
+    assert refers not in table._blocks  # it reads the dynamic table
+    # The same additions from the memo as without it, against hpack's decoder, over a
+    # sequence that repeats blocks which add, evict (a small table) and refer.
+    ours, theirs = Decoder(), hpack.Decoder()
+    ours.header_table_size = theirs.header_table_size = 100
+    sequence = [adds, other, refers, adds, refers, other, other, refers, adds, adds, refers]
+    for block in sequence * 3:
+        assert ours.decode(block, raw=True) == theirs.decode(block, raw=True)
+        assert ours.table == tuple(theirs.header_table.dynamic_entries)
 
 
 def test_encoder_memo_hits_match_misses_and_stay_bounded() -> None:

@@ -30,10 +30,11 @@ A repeated header then costs a dictionary lookup; on a miss Huffman strings are 
 ``hpack``'s own ``decode_huffman``. The memo is bounded (`MEMO_ENTRIES` entries and `MEMO_BYTES`
 octets; it is emptied when either would be exceeded, and nothing longer than `MEMO_STRING` on
 the wire is kept), and the values of never-indexed fields (what the server marks sensitive) are
-never looked up in it nor kept. A third memo keeps whole blocks that neither read nor change the
-dynamic table and hold no never-indexed field (their octets alone decide their fields, and
-nginx sends every response head so): a repeated head costs one lookup (`MEMO_BLOCKS` blocks of
-at most `MEMO_BLOCK_BYTES` octets).
+never looked up in it nor kept. A third memo keeps whole blocks that do not read the dynamic
+table, update its size or hold a never-indexed field (their octets alone decide their fields,
+and nginx sends every response head so), with the fields they add to the dynamic table: a
+repeated head costs one lookup, and its additions are made again (`MEMO_BLOCKS` blocks of at
+most `MEMO_BLOCK_BYTES` octets).
 
 **Encoder.** No dynamic table at all: a field is an index into the static table when the static
 table has its exact (name, value), else a literal *without indexing* (with the static table's
@@ -84,8 +85,8 @@ MEMO_BYTES = 256 * 1024
 #: A string longer than this many octets as sent (decoder), or a field whose name and value
 #: together are (encoder), is never memoized.
 MEMO_STRING = 4096
-#: The decoder's block memo (whole header blocks that neither read nor change the dynamic table
-#: and hold no never-indexed field): at most this many blocks, of at most `MEMO_BLOCK_BYTES`
+#: The decoder's block memo (whole header blocks that do not read the dynamic table, update its
+#: size or hold a never-indexed field): at most this many blocks, of at most `MEMO_BLOCK_BYTES`
 #: octets each; emptied when full.
 MEMO_BLOCKS = 32
 MEMO_BLOCK_BYTES = 1024
@@ -186,7 +187,7 @@ class Decoder:
         #: A whole block's octets -> its fields and their RFC 7541 §4.1 size, for blocks whose
         #: fields are all static or literal without indexing, none never-indexed: the octets
         #: alone decide them (a server that indexes nothing, as nginx, repeats its blocks).
-        self._blocks: dict[bytes, tuple[tuple[HeaderTuple, ...], int]] = {}
+        self._blocks: dict[bytes, tuple[tuple[HeaderTuple, ...], int, tuple[HeaderTuple, ...]]] = {}
 
     @property
     def header_table_size(self) -> int:
@@ -336,6 +337,8 @@ class Decoder:
                 )
             if self._table_max > self.max_allowed_table_size:
                 raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
+            for field in block[2]:  # what the block adds to the dynamic table, in order
+                self._insert(field)
             headers = list(block[0])
             return headers if raw else self._text(headers)
         headers = []
@@ -345,9 +348,11 @@ class Decoder:
         inflated = 0
         pos = 0
         end = len(data)
-        # The block's octets alone decide its fields: no dynamic table read or changed, no
-        # never-indexed field (the block memo may keep it).
+        # The block's octets alone decide its fields: no dynamic table read, no size update,
+        # no never-indexed field (the block memo may keep it, with the fields it adds to the
+        # dynamic table: they are added again on each hit).
         pure = True
+        added: list[HeaderTuple] = []
         while pos < end:
             first = data[pos]
             pos += 1
@@ -370,7 +375,6 @@ class Decoder:
                     if index == 0x3F:
                         index, pos = _integer(data, pos, 0x3F)
                     never = False
-                    pure = False
                 else:  # without indexing, or never indexed
                     index = first & 0x0F
                     if index == 0x0F:
@@ -400,15 +404,11 @@ class Decoder:
                         else self._new_field(data, pos, value_at, index, key)
                     )
                     pos = stop
-                size = len(header[0]) + len(header[1]) + 32
                 if first & 0x40:
-                    if size <= self._table_max:
-                        self._add(header, size)
-                    elif entries:  # larger than the table: it empties the table (§4.4)
-                        entries.clear()
-                        self._table_size = 0
+                    self._insert(header)
+                    added.append(header)
                 append(header)
-                inflated += size
+                inflated += len(header[0]) + len(header[1]) + 32
                 if inflated > limit:
                     raise OversizedHeaderListError(
                         f"A header list larger than {limit} has been received"
@@ -437,8 +437,17 @@ class Decoder:
             blocks = self._blocks
             if len(blocks) >= MEMO_BLOCKS:
                 blocks.clear()
-            blocks[data] = (tuple(headers), inflated)
+            blocks[data] = (tuple(headers), inflated, tuple(added))
         return headers if raw else self._text(headers)
+
+    def _insert(self, header: HeaderTuple) -> None:
+        """Add a field to the dynamic table (§4.4: a field larger than the table empties it)."""
+        size = len(header[0]) + len(header[1]) + 32
+        if size <= self._table_max:
+            self._add(header, size)
+        elif self._entries:
+            self._entries.clear()
+            self._table_size = 0
 
     @staticmethod
     def _text(headers: list[HeaderTuple]) -> list[HeaderTuple]:
