@@ -429,6 +429,26 @@ BURST = 300
 POOL_BOUND = 10  # RedisStore.from_url's max_connections by default
 
 
+async def burst(worker: Worker, path: str, redis_url: str) -> tuple[list[int | str], int]:
+    """`BURST` requests to ``path`` at once through ``worker``: what each got, and how many
+    connections Redis accepted meanwhile (`ConnectionCounter`)."""
+    counter = ConnectionCounter(redis_url)
+    await counter.start()
+    try:
+        results: list[int | str] = []
+
+        async def send() -> None:
+            results.append(await worker.get(path))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for _ in range(BURST):
+                    group.start_soon(send)
+        return results, await counter.opened()
+    finally:
+        await counter.aclose()
+
+
 async def test_a_burst_of_failures_opens_few_redis_connections_and_the_fleet_circuit(
     h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
 ) -> None:
@@ -439,21 +459,7 @@ async def test_a_burst_of_failures_opens_few_redis_connections_and_the_fleet_cir
     breaker = {"failure_threshold": 5, "recovery_time": 60.0}
     [worker] = workers(1, h1_server.url, redis_server.url, name=name, breaker=breaker)
     assert await worker.get(f"/ok/{key}-warm") == 200
-    counter = ConnectionCounter(redis_server.url)
-    await counter.start()
-    try:
-        results: list[int | str] = []
-
-        async def send() -> None:
-            results.append(await worker.get(f"/status/{key}?code=500&delay=0.2"))
-
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as group:
-                for _ in range(BURST):
-                    group.start_soon(send)
-        opened = await counter.opened()
-    finally:
-        await counter.aclose()
+    results, opened = await burst(worker, f"/status/{key}?code=500&delay=0.2", redis_server.url)
     assert results == [500] * BURST
     assert h1_server.app.hits(key) == BURST  # type: ignore[attr-defined]
     # One transport, one store: at most its pool's bound of connections, however many
@@ -483,21 +489,7 @@ async def test_a_burst_while_the_fleet_counts_failures_opens_few_redis_connectio
     for each in (worker, other):
         for _ in range(2):
             assert await each.get(f"/status/{key}-first?code=500") == 500
-    counter = ConnectionCounter(redis_server.url)
-    await counter.start()
-    try:
-        results: list[int | str] = []
-
-        async def send() -> None:
-            results.append(await worker.get(f"/status/{key}?code=500&delay=0.2"))
-
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as group:
-                for _ in range(BURST):
-                    group.start_soon(send)
-        opened = await counter.opened()
-    finally:
-        await counter.aclose()
+    results, opened = await burst(worker, f"/status/{key}?code=500&delay=0.2", redis_server.url)
     # As with 40 requests from 4 workers (above): 6 places, 6 failures, and the circuit opens
     # fleet-wide; every held request fails fast.
     # (With redis-py's default pool, 100 concurrent calls failed with "Too many connections":
@@ -558,21 +550,7 @@ async def test_a_burst_of_retried_failures_stays_within_the_fleet_budget_and_few
     )  # fmt: skip
     [worker] = workers(1, h1_server.url, redis_server.url, name=f"retries-{key}", retry=retry)
     assert await worker.get(f"/ok/{key}-warm") == 200
-    counter = ConnectionCounter(redis_server.url)
-    await counter.start()
-    try:
-        results: list[int | str] = []
-
-        async def send() -> None:
-            results.append(await worker.get(f"/status/{key}?code=502&delay=0.2"))
-
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as group:
-                for _ in range(BURST):
-                    group.start_soon(send)
-        opened = await counter.opened()
-    finally:
-        await counter.aclose()
+    results, opened = await burst(worker, f"/status/{key}?code=502&delay=0.2", redis_server.url)
     assert results == [502] * BURST
     retries = h1_server.app.hits(key) - BURST  # type: ignore[attr-defined]
     assert 0 < retries <= 1 + 0.2 * (BURST + 1)  # the warm-up request counts too
