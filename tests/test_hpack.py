@@ -29,6 +29,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import hpack
+import hpack.huffman
+import hpack.huffman_constants
 import pytest
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
@@ -242,6 +244,98 @@ def _random_headers(rng: random.Random) -> list[Any]:
         else:
             headers.append((name, value))
     return headers
+
+
+def _integer(value: int, bits: int, flags: int) -> bytes:
+    """RFC 7541 §5.1, written here rather than taken from the module under test."""
+    full = (1 << bits) - 1
+    if value < full:
+        return bytes((flags | value,))
+    out = bytearray((flags | full,))
+    value -= full
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    return bytes((*out, value))
+
+
+def _string(value: bytes, huffman: bool) -> bytes:
+    if huffman:
+        coded = _HUFFMAN.encode(value)
+        return _integer(len(coded), 7, 0x80) + coded
+    return _integer(len(value), 7, 0) + value
+
+
+_HUFFMAN = hpack.huffman.HuffmanEncoder(
+    hpack.huffman_constants.REQUEST_CODES, hpack.huffman_constants.REQUEST_CODES_LENGTH
+)
+_MEMO_NAMES = [b"server", b"x-a", b"content-type", b"set-cookie", b"x-" + b"n" * 40]
+_MEMO_VALUES = [b"", b"1", b"nginx", b"v" * 40, b"w" * 200, b"\xff\x00"]
+
+
+def _memo_field(rng: random.Random) -> bytes:
+    """One field of any representation; most of them leave the block pure (static names,
+    literal names, with incremental indexing among them), some read the dynamic table."""
+    roll = rng.random()
+    if roll < 0.15:
+        return _integer(rng.randint(1, 61), 7, 0x80)
+    if roll < 0.22:
+        return _integer(62 + rng.randrange(4), 7, 0x80)  # may be outside the table
+    flags = rng.choice([0x40, 0x40, 0x00, 0x10])
+    bits = 6 if flags == 0x40 else 4
+    huffman = rng.random() < 0.5
+    value = _string(rng.choice(_MEMO_VALUES), huffman)
+    if rng.random() < 0.5:
+        index = rng.randint(1, 61) if rng.random() < 0.9 else 62 + rng.randrange(3)
+        return _integer(index, bits, flags) + value
+    return bytes((flags,)) + _string(rng.choice(_MEMO_NAMES), huffman) + value
+
+
+def _memo_block(rng: random.Random) -> bytes:
+    head = b""
+    if rng.random() < 0.08:  # a dynamic table size update first
+        head = _integer(rng.choice([0, 60, 100, 300, 4096]), 5, 0x20)
+    return head + b"".join(_memo_field(rng) for _ in range(rng.randrange(6)))
+
+
+def _outcome(decoder: Any, block: bytes) -> tuple[Any, ...]:
+    try:
+        headers = decoder.decode(block, raw=True)
+    except Exception as exc:
+        return ("error", type(exc))
+    return ("ok", list(headers), _kinds(headers))
+
+
+def test_seeded_repeated_blocks_from_the_block_memo_decode_as_hpack_does() -> None:
+    """Blocks drawn again and again from a few (so that the block memo serves most of them),
+    with fields that add to the dynamic table (static and literal names), read it, evict (small
+    tables, a field larger than the table), size updates, and header list and table size
+    limits changed between blocks: each decodes, or fails, as hpack's Decoder does, and leaves
+    the same dynamic table. A failure ends the sequence (it is a connection error)."""
+    hits = 0
+    for seed in range(300):
+        rng = random.Random(seed)
+        ours, theirs = Decoder(), hpack.Decoder()
+        size = rng.choice([100, 300, 4096])
+        ours.header_table_size = theirs.header_table_size = size
+        blocks = [_memo_block(rng) for _ in range(6)]
+        for step in range(150):
+            roll = rng.random()
+            if roll < 0.03:
+                limit = rng.choice([100, 300, 2**16])
+                ours.max_header_list_size = theirs.max_header_list_size = limit
+            elif roll < 0.06:
+                allowed = rng.choice([0, 100, 300, 4096])
+                ours.max_allowed_table_size = theirs.max_allowed_table_size = allowed
+            block = rng.choice(blocks)
+            hits += block in ours._blocks
+            expected = _outcome(theirs, block)
+            assert _outcome(ours, block) == expected, (seed, step, block.hex())
+            if expected[0] == "error":
+                break
+            assert ours.table == tuple(theirs.header_table.dynamic_entries), (seed, step)
+            assert ours.header_table_size == theirs.header_table_size
+    assert hits > 1_000  # the memo served many of them
 
 
 # --- our Encoder -> hpack's Decoder -----------------------------------------------------------
