@@ -14,6 +14,7 @@ import pytest
 
 from httpx_resilience import (
     HISTORY_EXTENSION,
+    READ_BODY_EXTENSION,
     AsyncConnectionPoolTransport,
     AttemptStart,
     DeadlineExceeded,
@@ -413,3 +414,25 @@ async def test_one_origin_object_per_origin_and_the_table_is_bounded() -> None:
     assert len(transport._origins) <= _MAX_ORIGINS
     assert len(transport.stats().origins) == 1000  # stats keep their own (MAX_ORIGINS) bound
     assert seen[-1] == Origin("http", f"host{_MAX_ORIGINS + 9}.test", 80)
+
+
+async def test_the_inner_transports_method_is_looked_up_per_request() -> None:
+    """A wrapper put on the inner transport's ``handle_async_request`` after the
+    `ResilientTransport` was built (instrumentation, ``mock.patch.object``) sees every attempt,
+    as with httpx's own clients: the method is not captured at construction."""
+    inner = httpx.MockTransport(lambda request: httpx.Response(200))
+    transport = ResilientTransport(transport=inner)
+    seen: list[str] = []
+    original = inner.handle_async_request
+
+    async def wrapped(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return await original(request)
+
+    inner.handle_async_request = wrapped  # type: ignore[method-assign]
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get("http://example.test/a")).status_code == 200
+        extensions = {READ_BODY_EXTENSION: True}  # the attempt reads the body (`_attempt`)
+        request = client.build_request("GET", "http://example.test/b", extensions=extensions)
+        assert (await client.send(request)).status_code == 200
+    assert seen == ["http://example.test/a", "http://example.test/b"]

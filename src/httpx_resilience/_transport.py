@@ -190,10 +190,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     "and cannot be combined with transport=; configure that transport instead"
                 )
         self._transport = transport
-        #: What an attempt awaits: the inner transport's `handle_async_request`, or the pool's
-        #: own method when the inner transport is exactly this package's (one call and one
-        #: coroutine less per attempt).
-        self._send = direct_send(transport) or transport.handle_async_request
+        #: The pool's own request method when the inner transport is exactly this package's
+        #: (one call and one coroutine less per attempt); else None, and each request looks up
+        #: the inner transport's `handle_async_request`, as httpx's clients do (a wrapper put
+        #: on it after this transport was built, by instrumentation or a test, sees every
+        #: attempt).
+        self._send = direct_send(transport)
         self._retry = retry
         if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
             raise TypeError(
@@ -324,7 +326,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         # on the happy path (no cool-down, no refusal, no hook for every attempt, no fleet, a
         # final response at the first attempt).
         run: _Run | None = None
-        send = self._send
+        send = self._send or self._transport.handle_async_request
         waited: Waited | None = None  # what this retry waited for in the retry loop
         while True:
             probe = False  # whether this attempt is the probe of a cool-down window
@@ -698,7 +700,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         return decision
 
     async def _attempt(self, request: httpx.Request, read_body: bool) -> httpx.Response:
-        response = await self._send(request)
+        response = await (self._send or self._transport.handle_async_request)(request)
         if read_body:
             # Read the body inside the attempt, so that an error while reading it is retried
             # like any other; hand it on as bytes, for the client to read and decode as usual.
