@@ -470,6 +470,49 @@ async def test_read_timeouts_hold_per_stream_on_a_shared_connection() -> None:
     assert server.connections == 1
 
 
+async def test_read_timeouts_of_many_streams_each_fire_for_their_own_stream() -> None:
+    """Twenty streams held on one connection, started so that each short deadline comes
+    before all the earlier ones (the asyncio timer is re-armed for every new wait) and beside
+    long ones: exactly the short ones time out, the long ones are answered, and once the
+    client is closed no timer is left armed on the connection."""
+    with ScriptedServer() as server:
+        transport = h2c()
+        results: dict[int, object] = {}
+        async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+
+            async def held(index: int, read: float) -> None:
+                try:
+                    response = await client.get("/hold", timeout=httpx.Timeout(30.0, read=read))
+                    results[index] = response.status_code
+                except httpx.ReadTimeout:
+                    results[index] = "ReadTimeout"
+
+            short = [index for index in range(20) if index % 2]
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as group:
+                    for index in range(20):
+                        # Shorts: 1.9 s, 1.7 s, ... 0.1 s; each new one the earliest so far.
+                        read = 30.0 if index not in short else 2.0 - 0.1 * index
+                        group.start_soon(held, index, read)
+                        for _ in range(1_000):
+                            if server.arrived.count("/hold") > index:
+                                break
+                            await anyio.sleep(0.005)
+                    for _ in range(2_000):
+                        if all(index in results for index in short):
+                            break
+                        await anyio.sleep(0.01)
+                    server.release()
+            assert results == {
+                index: "ReadTimeout" if index in short else 200 for index in range(20)
+            }
+            pool: Any = transport._pool
+            conns = list(pool._open)
+            assert len(conns) == 1
+        assert all(getattr(conn, "_timer", None) is None for conn in conns)
+    assert server.connections == 1
+
+
 async def test_cookie_fields_in_a_response_are_joined_as_http2_says() -> None:
     """``cookie`` fields received are joined into one, after the others (RFC 9113 §8.2.3; h2's
     inbound normalization, done by the connection)."""
