@@ -893,6 +893,42 @@ async def test_requests_waiting_in_the_pool_get_the_streams_a_raised_limit_allow
     assert results == {"first": 200, "second": 200, "first_still_held": True}
 
 
+async def test_a_stream_limit_lowered_mid_connection_is_kept() -> None:
+    """The server lowers SETTINGS_MAX_CONCURRENT_STREAMS from 4 to 1 on an open connection
+    (the connection keeps the limit as SETTINGS arrive): four concurrent requests then never
+    share it beyond one stream (the server, which enforces its limit, sees no protocol error);
+    the other three go on one new connection (the server's limit for new ones is still 4),
+    and all four are answered."""
+    with ScriptedServer(max_streams=4) as server:
+        transport = h2c()
+        async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+            results: list[int] = []
+            with anyio.fail_after(30):
+                assert (await client.get("/ok")).status_code == 200
+                server.raise_limit(1)
+                for _ in range(500):  # the client acknowledges the new SETTINGS
+                    if server.acks >= 2:
+                        break
+                    await anyio.sleep(0.01)
+                    await client.get("/ok")  # trio reads only while a request waits
+
+                async def held() -> None:
+                    results.append((await client.get("/hold")).status_code)
+
+                async with anyio.create_task_group() as group:
+                    for _ in range(4):
+                        group.start_soon(held)
+                    for _ in range(1_000):
+                        if server.arrived.count("/hold") >= 4:
+                            break
+                        await anyio.sleep(0.01)
+                    server.release()
+            assert results == [200] * 4
+            assert server.errors == []
+            assert server.connections == 2
+            assert_nothing_held(transport)
+
+
 async def test_an_idle_connection_paused_by_settings_is_closed_cleanly() -> None:
     """An idle connection whose server sends SETTINGS_MAX_CONCURRENT_STREAMS = 0 (a pause) is
     closed like one that cannot be reused: it does not linger in the idle list, counted in the
