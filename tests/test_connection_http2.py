@@ -528,9 +528,11 @@ async def test_cookie_fields_in_a_response_are_joined_as_http2_says() -> None:
     ]
 
 
-@pytest.mark.parametrize("path", ["/no-status", "/status?value=abc", "/status?value=2000"])
+@pytest.mark.parametrize(
+    "path", ["/no-status", "/status?value=abc", "/status?value=2000", "/status?value=099"]
+)
 async def test_a_response_without_a_valid_status_is_a_protocol_error(path: str) -> None:
-    """A response head without ``:status``, or with one that is not three digits, is the
+    """A response head without ``:status``, or with one that is not three digits from 100, is the
     server breaking the protocol: `httpx.RemoteProtocolError` (not a 200, not a ValueError),
     and the connection goes on serving other requests."""
     with ScriptedServer() as server:

@@ -1126,9 +1126,10 @@ def _clean(value: bytes) -> bool:
 
 
 def _status_code(value: bytes | None) -> int:
-    """A response's ``:status``: three digits (RFC 9113 §8.3.2, RFC 9110 §15), or the
-    server broke the protocol. (h2's inbound checks are off, `H2_CONFIG`.)"""
-    if value is None or len(value) != 3 or not value.isdigit():
+    """A response's ``:status``: three digits, 100 or more (RFC 9113 §8.3.2, RFC 9110 §15; h11
+    takes the same for HTTP/1.1), or the server broke the protocol. (h2's inbound checks are
+    off, `H2_CONFIG`.)"""
+    if value is None or len(value) != 3 or not value.isdigit() or value[:1] == b"0":
         shown = "none" if value is None else repr(value[:16])
         raise httpx.RemoteProtocolError(f"the server's response has no valid :status ({shown})")
     return int(value)
