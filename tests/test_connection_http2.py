@@ -18,12 +18,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import h2.settings
 import hpack
 import httpx
 import pytest
 
 from httpx_resilience import AsyncConnectionPoolTransport, ResilientTransport
 from httpx_resilience._classify import FailureKind, classify_error
+from httpx_resilience._connection.http2 import HTTP2Connection
 from tests.support.h2server import H2Server, Plan
 from tests.support.raw import RawServer, full_listener
 from tests.support.scripted_h2 import WINDOW, ScriptedServer, Upload, wait_for_arrival
@@ -995,3 +997,44 @@ async def test_a_failed_http2_preface_is_a_connect_failure(
                 with pytest.raises(httpx.TransportError) as caught:
                     await client.post(f"{server.url}/create", content=b"{}")
     assert classify_error(caught.value) is FailureKind.NOT_SENT, repr(caught.value)
+
+
+async def test_a_refusal_the_pools_count_cannot_explain_retires_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """h2 refuses a stream the pool had room for: h2's count of open streams and the pool's
+    leases disagree. No known path leads there, so the test makes h2 believe the server
+    allows no stream while the connection (and the pool) still count 4. The request goes on a
+    new connection, instead of being placed on the same one again and again without a pause
+    (which held the event loop for ever)."""
+    seen: list[HTTP2Connection] = []
+    original = HTTP2Connection.handle
+
+    async def counted(
+        self: HTTP2Connection, request: httpx.Request, timeouts: dict[str, Any]
+    ) -> httpx.Response:
+        seen.append(self)
+        if len(seen) > 10:
+            raise AssertionError("placed on the refusing connection again and again")
+        return await original(self, request, timeouts)
+
+    monkeypatch.setattr(HTTP2Connection, "handle", counted)
+    with ScriptedServer(max_streams=4) as server:
+        transport = h2c()
+        async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+            with anyio.fail_after(30):
+                assert (await client.get("/ok")).status_code == 200
+                first = seen[0]
+                remote = first._h2.remote_settings
+                remote[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 0
+                remote.acknowledge()
+                assert first.capacity == 4
+                assert (await client.get("/ok")).status_code == 200
+                assert (await client.get("/ok")).status_code == 200
+        assert server.connections == 2
+        assert seen[1] is first
+        assert seen[2] is not first
+        assert seen[3] is seen[2]
+        assert first.capacity == 0
+        assert server.errors == []
+        assert_nothing_held(transport)

@@ -351,8 +351,8 @@ class HTTP2Connection:
         #: Why the connection cannot go on (read failure, end of stream, protocol violation).
         self._failure: httpx.TransportError | None = None
         self._write_failed = False
-        #: A request gave up waiting for another stream's write (`_acquire`): no new stream,
-        #: but writing goes on.
+        #: A request gave up waiting for another stream's write (`_acquire`), or h2 refused a
+        #: stream the pool had room for (`_send_request`): no new stream, but writing goes on.
         self._congested = False
         #: h2 refused a request's headers half-way: the HPACK state is no longer trusted.
         self._broken = False
@@ -937,6 +937,12 @@ class HTTP2Connection:
             state.send_headers(s.id, headers, end_stream=not has_body)
         except h2.exceptions.TooManyStreamsError:
             # The server lowered its limit since the pool placed this request: nothing sent.
+            if self.leases <= self._max_streams:
+                # Yet by the pool's count there was room (this request's lease included): h2
+                # holds a stream open that no lease here accounts for. Placed again, the
+                # request would come straight back here, and round again without a pause; so
+                # the connection takes no new stream (those in flight finish).
+                self._congested = True
             raise ConnectionUnavailable() from None
         except h2.exceptions.ProtocolError as exc:
             # Refused half-way: the encoder's table may no longer match the server's. The
