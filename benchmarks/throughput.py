@@ -13,8 +13,8 @@ turn (clients alternate per workload, so machine noise hits all alike):
 For each it prints requests per second and the client's CPU time per request in microseconds
 (``time.process_time``: this process only, so nginx's work does not count), then the tables
 and a verdict on each of the connection-layer issue's targets. Each workload a target reads
-(c10, c50, c128, burst1000) runs in ``--target-rounds`` alternated rounds (5) and counts by its
-median round. At c50 the run also measures httpx's client alone, over an instant in-memory
+(c10, c50, c128, burst1000) runs in ``--target-rounds`` alternated rounds (5; the clients in
+reverse order every other round) and counts by its median round. At c50 the run also measures httpx's client alone, over an instant in-memory
 transport that answers with a copy of nginx's response: no transport can take httpx.AsyncClient
 past the rate it reaches there (the client runs on one core), and the verdicts print the ratio
 that ceiling allows next to each req/s target on the layer. All clients
@@ -255,8 +255,14 @@ async def run(args: argparse.Namespace) -> None:
                     # as large as the 5 % the ResilientTransport target allows.
                     rounds = args.target_rounds if workload in _TARGET_WORKLOADS else 1
                     runs: dict[str, list[Result]] = {}
-                    for _ in range(rounds):
-                        for name, send in senders.items():
+                    for round_number in range(rounds):
+                        # Every other round in the reverse order: no client always runs
+                        # right after the same other one (the layer before
+                        # `ResilientTransport`, whose ratio is a target).
+                        order = list(senders.items())
+                        if round_number % 2:
+                            order.reverse()
+                        for name, send in order:
                             burst = int(workload[5:]) if workload.startswith("burst") else 0
                             if "httpcore" in routes[name] and burst > _HTTPCORE_BURST_LIMIT:
                                 continue

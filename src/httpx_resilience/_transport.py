@@ -326,7 +326,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         # on the happy path (no cool-down, no refusal, no hook for every attempt, no fleet, a
         # final response at the first attempt).
         run: _Run | None = None
-        send = self._send or self._transport.handle_async_request
+        direct = self._send  # the pool's own method, given the origin read above
         waited: Waited | None = None  # what this retry waited for in the retry loop
         while True:
             probe = False  # whether this attempt is the probe of a cool-down window
@@ -371,7 +371,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 ends = self._start(run)
             try:
                 if deadline is None and not read_body:
-                    response = await send(request)
+                    if direct is not None:
+                        response = await direct(request, key)
+                    else:
+                        response = await self._transport.handle_async_request(request)
                 elif deadline is None:
                     response = await self._attempt(request, read_body)
                 else:
@@ -700,7 +703,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         return decision
 
     async def _attempt(self, request: httpx.Request, read_body: bool) -> httpx.Response:
-        response = await (self._send or self._transport.handle_async_request)(request)
+        direct = self._send
+        if direct is not None:
+            response = await direct(request, None)
+        else:
+            response = await self._transport.handle_async_request(request)
         if read_body:
             # Read the body inside the attempt, so that an error while reading it is retried
             # like any other; hand it on as bytes, for the client to read and decode as usual.

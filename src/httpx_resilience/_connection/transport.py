@@ -194,10 +194,13 @@ class AsyncConnectionPoolTransport(httpx.AsyncBaseTransport):
 
 def direct_send(
     transport: httpx.AsyncBaseTransport,
-) -> Callable[[httpx.Request], Awaitable[httpx.Response]] | None:
+) -> (
+    Callable[[httpx.Request, tuple[str, str, int | None] | None], Awaitable[httpx.Response]] | None
+):
     """What a wrapper may await instead of ``transport.handle_async_request``: the pool's own
     method, when ``transport`` is exactly this package's transport with a pool (not proxied,
-    not a subclass that may override `handle_async_request`). Else None."""
+    not a subclass that may override `handle_async_request`). Else None. It takes the request
+    and its URL's ``(scheme, host, port)``, or None for the pool to read them."""
     if type(transport) is AsyncConnectionPoolTransport and transport._pool is not None:
         return transport._pool.handle_request
     return None
