@@ -14,13 +14,13 @@ For each it prints requests per second and the client's CPU time per request in 
 (``time.process_time``: this process only, so nginx's work does not count), then the tables
 and a verdict on each of the connection-layer issue's targets. Each workload a target reads
 (c10, c50, c128, burst1000) runs in ``--target-rounds`` alternated rounds (5; the clients in
-reverse order every other round) and counts by its median round. At c50 the run also measures httpx's client alone, over an instant in-memory
-transport that answers with a copy of nginx's response: no transport can take httpx.AsyncClient
-past the rate it reaches there (the client runs on one core), and the verdicts print the ratio
-that ceiling allows next to each req/s target on the layer. All clients
-use their default pool limits (httpx: 100 connections, 20 kept alive; aiohttp: 100), with no
-pool timeout so that bursts measure queueing, not failures. Stock httpx skips bursts above
-1,000 (its pool's queue makes them take minutes).
+reverse order every other round) and counts by its median round. At c50 the run also measures
+httpx's client alone, over an instant in-memory transport that answers with a copy of nginx's
+response: no transport can take httpx.AsyncClient past the rate it reaches there (the client
+runs on one core), and the verdicts print the ratio that ceiling allows next to each req/s
+target on the layer. All clients use their default pool limits (httpx: 100 connections, 20
+kept alive; aiohttp: 100), with no pool timeout so that bursts measure queueing, not failures.
+Stock httpx skips bursts above 1,000 (its pool's queue makes them take minutes).
 
     python benchmarks/throughput.py [--requests 3000] [--burst 1000 10000] [--http 1.1 2]
 
