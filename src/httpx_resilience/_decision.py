@@ -10,6 +10,11 @@ The order of the checks is the order of the documented decision table:
 3. Are retries left?
 4. How long to wait (``Retry-After`` or backoff), and does that wait fit the cap and deadline?
 5. Does the retry budget allow it? (Asked last, so a refusal for another reason spends nothing.)
+
+A shell whose budget must be fetched before it can answer (a fleet's, through a shared store:
+`_fleet.py`) decides steps 1-4 with ``budget=None``, fetches only for a retry, and then takes
+step 5 alone with `spend_budget`: a request that stops for any other reason never costs the
+fleet a retry, nor a call to the store.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from ._retry_after import parse_retry_after, parse_retry_after_ms
 
 __all__ = [
     "BUDGET_EXHAUSTED",
+    "PAST_DEADLINE",
     "RETRY_AFTER_STATUSES",
     "Decision",
     "FailureKind",
     "backoff_delay",
     "decide",
+    "spend_budget",
 ]
 
 #: Statuses whose ``Retry-After`` header is honoured (RFC 9110 §10.2.3, RFC 6585 §4).
@@ -36,6 +43,9 @@ RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 #: The reason of a retry the budget refused (the instrumentation reports it apart).
 BUDGET_EXHAUSTED = "retry budget exhausted"
+
+#: The reason of a retry whose wait would pass the request's ``total_timeout``.
+PAST_DEADLINE = "wait would pass total_timeout"
 
 
 class FailureKind(enum.Enum):
@@ -131,7 +141,25 @@ def decide(
     if wait is None:
         wait = backoff_delay(config, attempt, random)
     if deadline is not None and now + wait >= deadline:
-        return Decision(False, 0.0, "wait would pass total_timeout")
+        return Decision(False, 0.0, PAST_DEADLINE)
     if budget is not None and not budget.try_spend(now):
         return Decision(False, 0.0, BUDGET_EXHAUSTED)
     return Decision(True, wait, cause)
+
+
+def spend_budget(
+    decision: Decision, budget: RetryBudget | None, now: float, deadline: float | None
+) -> Decision:
+    """Step 5 of `decide` alone, for a ``decision`` that `decide` made with ``budget=None``.
+
+    A stop is returned as it is, spending nothing. A retry stays one if its wait still fits
+    ``deadline`` at ``now`` (fetching the budget took time) and ``budget`` allows it; it
+    spends one unit of ``budget`` if, and only if, it stays a retry.
+    """
+    if not decision.retry:
+        return decision
+    if deadline is not None and now + decision.wait >= deadline:
+        return Decision(False, 0.0, PAST_DEADLINE)
+    if budget is not None and not budget.try_spend(now):
+        return Decision(False, 0.0, BUDGET_EXHAUSTED)
+    return decision

@@ -127,12 +127,12 @@ class _Batch:
 
 class SharedBudget(RetryBudget):
     """The transport's retry budget when a store shares it: a retry is spent from a token the
-    fleet granted (`Fleet.reserve_retry`, awaited before each retry decision). While the store
-    is unavailable, from this worker's share of what the fleet's budget had left when it last
-    answered plus the ratio of its requests since (`Fleet.fallback_allowance`), so that the
-    fleet as a whole stays within its allowance; if the store never answered, from the ratio
-    of this worker's own requests, without the floor (the floor is the fleet's). Requests are
-    counted locally too."""
+    fleet granted (`Fleet.reserve_retry`, awaited only once a failed attempt's decision says
+    retry, just before this spends). While the store is unavailable, from this worker's share
+    of what the fleet's budget had left when it last answered plus the ratio of its requests
+    since (`Fleet.fallback_allowance`), so that the fleet as a whole stays within its
+    allowance; if the store never answered, from the ratio of this worker's own requests,
+    without the floor (the floor is the fleet's). Requests are counted locally too."""
 
     __slots__ = ("_fleet",)
 
@@ -695,11 +695,14 @@ class Fleet:
             self._apply(origin, answer[0], issued)
 
     async def reserve_retry(self) -> None:
-        """Before a retry decision: make sure a retry token from the fleet's budget is at
-        hand (a call to the store when none is). The requests that ask while a budget call
-        is in flight are asked for together in the next call (a burst's retries take a few
-        calls, not one each); each waits for its batch's answer at most the store's
-        ``timeout`` (then it has no token: no retry, the strict side)."""
+        """Before a retry is spent: make sure a retry token from the fleet's budget is at
+        hand (a call to the store when none is). The transport asks only once a failed
+        attempt's decision says retry (`ResilientTransport._charge`), so a request that stops
+        for another reason takes no token from the rest of the fleet. The requests that ask
+        while a budget call is in flight are asked for together in the next call (a burst's
+        retries take a few calls, not one each); each waits for its batch's answer at most the
+        store's ``timeout`` (then it has no token: no retry, the strict side; a token granted
+        after that stays at hand for the next retry, and counts as spent meanwhile)."""
         if self._budget_policy is None or self.retry_tokens > 0 or not self.sharing:
             return
         batch = self._retry_batch

@@ -29,7 +29,7 @@ from ._connection.transport import (
     direct_send,
 )
 from ._cooldown import CoolDown, Gate, GateKind, Waited, server_wait
-from ._decision import BUDGET_EXHAUSTED, RETRY_AFTER_STATUSES, Decision, decide
+from ._decision import BUDGET_EXHAUSTED, RETRY_AFTER_STATUSES, Decision, decide, spend_budget
 from ._exceptions import CircuitOpenError, CoolDownError, DeadlineExceeded
 from ._fleet import Fleet, SharedBudget
 from ._history import HISTORY_EXTENSION, Attempt, attach_history
@@ -407,9 +407,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                         self._report(run, ends, AttemptOutcome.RESEND)
                     attempt_start = clock()
                     continue
-                if fleet is not None and run.budget is not None:
-                    await fleet.reserve_retry()
                 decision = self._decide(run, error=exc)
+                if decision.retry and run.budget is not None:
+                    decision = await self._charge(run, decision)
                 history.append(_record(history, None, exc, attempt_start, clock, decision))
                 if ends is not None or hooks.after:
                     self._report(run, ends, _outcome(decision))
@@ -454,7 +454,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                         self._record_status(permit, status)
                     if status in config.retry_on_status:
                         assert run is not None
-                        decision = self._judge(run, response, attempt_start, wall_now)
+                        decision = await self._judge(run, response, attempt_start, wall_now)
                     else:
                         # A final response, the common case: its attempt is recorded here.
                         now = clock()
@@ -513,11 +513,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         self, fleet: Fleet, run: _Run, response: httpx.Response, permit: Permit | None
     ) -> None:
         """Record a response's outcome in the breaker and share it (failures and probes wait
-        for the store); before a retry decision, have a retry token from the fleet at hand."""
+        for the store)."""
         if permit is not None:
             await fleet.outcome(permit, self._record_status(permit, response.status_code))
-        if run.budget is not None and response.status_code in run.config.retry_on_status:
-            await fleet.reserve_retry()
 
     async def _hold(
         self, cool: CoolDown, run: _Run, gate: Gate, waited: Waited | None = None
@@ -597,7 +595,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         origin = origins[key] = origin_of(*key)
         return origin
 
-    def _judge(
+    async def _judge(
         self, run: _Run, response: httpx.Response, attempt_start: float, wall_now: float | None
     ) -> Decision:
         """Record the attempt of a response whose status the policy retries (its outcome in
@@ -607,6 +605,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         history = run.history
         self._counts.record(run.target, self._clock(), True)
         decision = self._decide(run, status=status, headers=response.headers, wall_now=wall_now)
+        if decision.retry and run.budget is not None:
+            decision = await self._charge(run, decision)
         history.append(_record(history, status, None, attempt_start, self._clock, decision))
         if not decision.retry:
             attach_history(response, tuple(history))
@@ -668,13 +668,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
     ) -> Decision:
         """Gather what `decide` needs about a failed attempt; only failures pay for this.
 
-        A retry that the circuit would refuse becomes a stop with reason ``"circuit open"``,
-        decided without spending the retry budget."""
-        circuit_open = (
-            run.origin is not None
-            and self._breaker is not None
-            and self._breaker.state(run.origin) is CircuitState.OPEN
-        )
+        The retry budget is not asked here: a retry costs one unit of it in `_charge`, so
+        that a request which stops for any other reason spends none. A retry that the
+        circuit would refuse becomes a stop with reason ``"circuit open"``."""
+        circuit_open = self._circuit_open(run)
         request, config = run.request, run.config
         retry_after = retry_after_ms = None
         if headers is not None and status in RETRY_AFTER_STATUSES:
@@ -696,11 +693,36 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             wall_now=time.time() if wall_now is None else wall_now,
             deadline=run.deadline,
             random=self._random,
-            budget=None if circuit_open else run.budget,
+            budget=None,
         )
         if circuit_open and decision.retry:
             return _CIRCUIT_OPEN_DECISION
         return decision
+
+    def _circuit_open(self, run: _Run) -> bool:
+        return (
+            run.origin is not None
+            and self._breaker is not None
+            and self._breaker.state(run.origin) is CircuitState.OPEN
+        )
+
+    async def _charge(self, run: _Run, decision: Decision) -> Decision:
+        """Spend one unit of ``run``'s retry budget on the retry ``decision`` (from `_decide`),
+        or turn it into a stop if the budget refuses.
+
+        With a fleet, a token of the fleet's budget is made sure of first (`Fleet.reserve_retry`:
+        a call to the store when none is at hand, at most its ``timeout``; no token in time,
+        no retry). Only a request that would retry asks, so a request that stops anyway (its
+        last attempt, a method not retried, a status or error not retried, a wait past its
+        deadline or above the Retry-After cap, an open circuit) neither takes a token from the
+        rest of the fleet nor waits for the store."""
+        fleet = self._fleet
+        if fleet is not None:
+            await fleet.reserve_retry()
+            # The wait for the store may have let the circuit open meanwhile.
+            if self._circuit_open(run):
+                return _CIRCUIT_OPEN_DECISION
+        return spend_budget(decision, run.budget, self._clock(), run.deadline)
 
     async def _attempt(self, request: httpx.Request, read_body: bool) -> httpx.Response:
         direct = self._send
