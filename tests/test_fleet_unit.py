@@ -4,7 +4,9 @@ Real servers and a real redis-server: test_fleet_real.py."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -724,3 +726,200 @@ async def test_a_first_burst_to_an_origin_asks_the_fleet_once() -> None:
                 group.start_soon(send)
     assert results == [200] * 50
     assert store.calls.count("admit") == 1
+
+
+class WantStore(MemoryStore):
+    """A MemoryStore that records how many retries each budget call asks for (0: counting
+    only, as the background flushes do)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.wanted: list[int] = []
+
+    async def budget(self, scope: str, requests: int, want: int, *args: Any, **kw: Any) -> Any:
+        if want:
+            self.wanted.append(want)
+        return await super().budget(scope, requests, want, *args, **kw)
+
+
+#: One retry per request; a budget floor of 100 retries per window, never the limit here.
+RETRY_ONCE = RetryConfig(
+    max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.2,
+    budget_min_per_second=10.0, budget_window=10.0,
+)  # fmt: skip
+
+
+async def fleet_spent(store: MemoryStore, retry: RetryConfig) -> float:
+    """The retries the fleet's budget counts as spent (granted to a worker, used or not)."""
+    policy = retry_budget_policy(retry)
+    view = await store.budget("default", 0, 0, policy)
+    spent: float = policy.floor + policy.ratio * view.requests - view.left
+    return spent
+
+
+def fleet_of(transport: ResilientTransport) -> Any:
+    fleet = transport._fleet
+    assert fleet is not None
+    return fleet
+
+
+def _always(status: int, headers: dict[str, str] | None = None) -> Any:
+    return lambda request: httpx.Response(status, headers=headers)
+
+
+def _raise(error: type[httpx.TransportError]) -> Any:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error("no", request=request)
+
+    return handler
+
+
+# Requests whose failed attempt the policy does not retry, whatever the budget: the method,
+# the upstream's behaviour, the config, and the transport's options (made for each run).
+NOT_RETRIED: dict[str, tuple[str, Any, RetryConfig, Callable[[], dict[str, Any]]]] = {
+    "POST answered 503 (method not retried)": (
+        "POST", _always(503), RETRY_ONCE, dict,
+    ),
+    "POST whose read failed (the server may have acted)": (
+        "POST", _raise(httpx.ReadError), RETRY_ONCE, dict,
+    ),
+    "an error no retry can help": (
+        "GET", _raise(httpx.UnsupportedProtocol), RETRY_ONCE, dict,
+    ),
+    "its last attempt (max_retries=0)": (
+        "GET", _always(503), RETRY_ONCE.replace(max_retries=0), dict,
+    ),
+    "a wait that would pass total_timeout": (
+        "GET", _always(503),
+        RETRY_ONCE.replace(base_delay=5.0, max_delay=5.0, jitter=0.0, total_timeout=1.0), dict,
+    ),
+    "a Retry-After above retry_after_cap": (
+        "GET", _always(503, {"Retry-After": "120"}), RETRY_ONCE, lambda: {"cool_down": None},
+    ),
+    "a failure that opened the circuit": (
+        "GET", _always(503), RETRY_ONCE,
+        lambda: {"circuit_breaker": CircuitBreaker(failure_threshold=1, recovery_time=600.0)},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(NOT_RETRIED))
+async def test_a_request_that_will_not_be_retried_takes_no_fleet_retry_token(case: str) -> None:
+    # Before, each failed attempt had a token of the fleet's budget at hand before its retry
+    # decision (a store call when none was), even when the decision then said no retry: the
+    # token stayed unused in this worker, counted as spent fleet-wide.
+    method, handler, retry, options = NOT_RETRIED[case]
+    clock = Clock()
+    store = WantStore(clock=clock, sync_interval=600.0)
+    hits = [0]
+
+    def counted(request: httpx.Request) -> httpx.Response:
+        hits[0] += 1
+        response: httpx.Response = handler(request)
+        return response
+
+    transport = ResilientTransport(
+        httpx.MockTransport(counted), retry=retry, state_store=store, clock=clock, **options()
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(10):
+            with contextlib.suppress(httpx.HTTPError):
+                await client.request(method, "http://a.example/")
+    # Each request sent once (after an opened circuit, none at all), no retry token asked
+    # for, none at hand, none spent in the fleet's budget.
+    assert hits[0] == (1 if "circuit" in case else 10)
+    assert store.wanted == []
+    assert fleet_of(transport).retry_tokens == 0
+    assert await fleet_spent(store, retry) == 0
+
+
+async def test_retries_still_take_and_use_fleet_tokens_and_last_attempts_take_none() -> None:
+    # Ten GETs, every answer 503, one retry each: each first attempt asks for a token and its
+    # retry spends it; each second attempt (the last) asks for none. Before: the last attempts
+    # asked too, leaving a token unused at hand and 11 spent fleet-wide.
+    clock = Clock()
+    store = WantStore(clock=clock, sync_interval=600.0)
+    hits = [0]
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        hits[0] += 1
+        return httpx.Response(503)
+
+    transport = ResilientTransport(
+        httpx.MockTransport(busy), retry=RETRY_ONCE, state_store=store, clock=clock
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(10):
+            response = await client.get("http://a.example/")
+            assert response.status_code == 503
+            assert [a.reason for a in response.extensions["retry_history"]] == [
+                "status 503", "retries exhausted",
+            ]  # fmt: skip
+    assert hits[0] == 20
+    assert store.wanted == [1] * 10
+    assert fleet_of(transport).retry_tokens == 0
+    assert await fleet_spent(store, RETRY_ONCE) == 10
+
+
+async def test_a_burst_asks_the_fleet_only_for_the_retries_it_will_make() -> None:
+    # 30 POSTs and 30 GETs at once, every answer 503 after all 60 are in: the POSTs are not
+    # retried, the GETs once each. The GETs' first failures ask for 30 tokens (in a few
+    # calls), their second failures and the POSTs for none; every token granted is spent.
+    # Before: all 60 first failures asked (60 tokens granted, 30 of them left unused at hand).
+    clock = Clock()
+    store = WantStore(clock=clock, sync_interval=600.0, timeout=10.0)
+    release = anyio.Event()
+    hits = {"GET": 0, "POST": 0}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        hits[request.method] += 1
+        if sum(hits.values()) == 60:
+            release.set()
+        await release.wait()
+        return httpx.Response(503)
+
+    transport = ResilientTransport(
+        httpx.MockTransport(handler), retry=RETRY_ONCE, state_store=store, clock=clock
+    )
+    results: list[int] = []
+    async with httpx.AsyncClient(transport=transport) as client:
+
+        async def send(method: str) -> None:
+            results.append((await client.request(method, "http://a.example/")).status_code)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                for _ in range(30):
+                    group.start_soon(send, "POST")
+                    group.start_soon(send, "GET")
+    assert results == [503] * 60
+    assert hits == {"GET": 60, "POST": 30}
+    assert sum(store.wanted) == 30
+    assert fleet_of(transport).retry_tokens == 0
+    assert await fleet_spent(store, RETRY_ONCE) == 30
+
+
+class SlowBudgetStore(MemoryStore):
+    """A MemoryStore whose budget calls that want retries never answer."""
+
+    async def budget(self, scope: str, requests: int, want: int, *args: Any, **kw: Any) -> Any:
+        if want:
+            await anyio.sleep_forever()
+        return await super().budget(scope, requests, want, *args, **kw)
+
+
+async def test_a_retry_whose_token_does_not_come_in_time_is_not_made() -> None:
+    store = SlowBudgetStore(timeout=0.05, sync_interval=600.0, retry_interval=600.0)
+    hits = [0]
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        hits[0] += 1
+        return httpx.Response(503)
+
+    transport = ResilientTransport(httpx.MockTransport(busy), retry=RETRY_ONCE, state_store=store)
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.get("http://a.example/")
+    assert response.status_code == 503
+    assert hits[0] == 1
+    [attempt] = response.extensions["retry_history"]
+    assert attempt.reason == "retry budget exhausted"
