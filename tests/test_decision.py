@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from httpx_resilience import RetryConfig
 from httpx_resilience._budget import RetryBudget
 from httpx_resilience._classify import FailureKind, classify_error
-from httpx_resilience._decision import Decision, backoff_delay, decide
+from httpx_resilience._decision import Decision, backoff_delay, decide, spend_budget
 
 NO_JITTER = RetryConfig(jitter=False, budget_ratio=None)
 
@@ -204,6 +204,29 @@ def test_budget_is_spent_only_when_retrying() -> None:
     assert run(status=503, budget=budget).retry
     assert run(status=503, budget=budget).retry
     assert run(status=503, budget=budget) == Decision(False, 0.0, "retry budget exhausted")
+
+
+def test_spend_budget_is_the_last_step_alone() -> None:
+    # What a shell does when the budget must be fetched first (a fleet's): decide without
+    # it, fetch only for a retry, then spend. The result is what decide() with the budget
+    # gives; a stop spends nothing.
+    budget = RetryBudget(ratio=0.0, min_per_second=0.1, window=10.0)  # one retry in all
+    stop = run(status=503, method_retryable=False)
+    assert spend_budget(stop, budget, 100.0, None) is stop
+    assert budget.available(100.0) == 1.0
+    retry = run(status=503)
+    assert retry == Decision(True, 0.5, "status 503")
+    # The fetch took so long that the wait no longer fits the deadline: a stop, nothing spent.
+    assert spend_budget(retry, budget, 101.6, 102.0) == Decision(
+        False, 0.0, "wait would pass total_timeout"
+    )
+    assert budget.available(101.6) == 1.0
+    assert spend_budget(retry, budget, 100.0, 102.0) is retry
+    assert budget.available(100.0) == 0.0
+    assert spend_budget(retry, budget, 100.0, None) == Decision(
+        False, 0.0, "retry budget exhausted"
+    )
+    assert spend_budget(retry, None, 100.0, None) is retry
 
 
 @given(

@@ -586,3 +586,60 @@ async def test_a_burst_to_an_origin_with_failures_stays_within_the_limit_with_a_
     hits = h1_server.app.hits(key)  # type: ignore[attr-defined]
     assert hits <= 24, hits
     assert sorted(results, key=str) == [500] * hits + ["CircuitOpenError"] * (60 - hits)
+
+
+async def test_requests_that_will_not_be_retried_take_nothing_from_the_fleet_budget(
+    h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
+) -> None:
+    # Two workers, one retry per request, a budget floor of 600 retries per window (never the
+    # limit here). First 20 POSTs at once through each, every answer 503: not retried (no
+    # Idempotency-Key), so none may take a retry token from the fleet's budget. Then 20 GETs
+    # at once through each, every answer 503: each is retried once, and each retry takes a
+    # token; the GETs' last attempts take none. Before the fix, every failure of a request
+    # whose policy retries its status made sure of a token first: the POSTs alone took 40.
+    retry = RetryConfig(
+        max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.2,
+        budget_min_per_second=10.0, budget_window=60.0,
+    )  # fmt: skip
+    prefix = f"budget-{key}"
+    fleet = [
+        workers(1, h1_server.url, None, name=prefix, retry=retry,
+                store=RedisStore.from_url(redis_server.url, prefix=prefix, timeout=2.0))[0]
+        for _ in range(2)
+    ]  # fmt: skip
+    inspector = aioredis.Redis.from_url(redis_server.url)
+
+    async def spent() -> int:
+        """The retries the fleet's budget counts as spent: its hash's ``t`` buckets (60 s
+        window, 6 s buckets: none is reused during the test)."""
+        buckets = await inspector.hmget(f"{prefix}:default:budget", [f"t{i}" for i in range(10)])
+        return sum(int(count) for count in buckets if count is not None)
+
+    async def at_once(method: str, path: str) -> list[int]:
+        results: list[int] = []
+
+        async def send(worker: Worker) -> None:
+            results.append((await worker.client.request(method, path)).status_code)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                for worker in fleet:
+                    for _ in range(20):
+                        group.start_soon(send, worker)
+        return results
+
+    def tokens_at_hand() -> list[int]:
+        return [worker.transport._fleet.retry_tokens for worker in fleet]
+
+    try:
+        assert await at_once("POST", f"/status/{key}-post?code=503&delay=0.05") == [503] * 40
+        assert h1_server.app.hits(f"{key}-post") == 40  # type: ignore[attr-defined]
+        assert tokens_at_hand() == [0, 0]
+        assert await spent() == 0
+
+        assert await at_once("GET", f"/status/{key}-get?code=503&delay=0.05") == [503] * 40
+        assert h1_server.app.hits(f"{key}-get") == 80  # type: ignore[attr-defined]
+        assert tokens_at_hand() == [0, 0]
+        assert await spent() == 40
+    finally:
+        await inspector.aclose()
