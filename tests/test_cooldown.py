@@ -52,6 +52,39 @@ def test_no_state_means_send() -> None:
     assert cool.cooling() == {}
 
 
+def test_idle_says_whether_any_origin_has_a_window_through_every_change() -> None:
+    # The transport asks the gate only while `idle` is False: it must be False whenever any
+    # origin has state (a window running, or passed and waiting for its probe's answer).
+    clock = Clock()
+    cool = CoolDown(clock=clock, max_origins=2)
+
+    def state() -> tuple[bool, bool]:
+        """``idle``, and whether the table is empty: the two must agree."""
+        return cool.idle, cool.cooling() == {}
+
+    busy = (False, False)
+    assert state() == (True, True)
+    cool.note(ORIGIN, 2.0, 429)
+    assert state() == busy
+    cool.hold(OTHER, 5.0)  # a window from the fleet
+    assert state() == busy
+    cool.note(Origin("https", "third.example", 443), 1.0, 503)  # the oldest entry dropped
+    assert state() == busy
+    assert ORIGIN not in cool.cooling()
+    clock.now += 10.0  # every window passed: still state until each probe's answer
+    assert state() == busy
+    for origin in list(cool.cooling()):
+        assert cool.gate(origin).kind is GateKind.PROBE
+        cool.probe_done(origin, answered=False)  # no answer: the next request probes
+        assert state() == busy
+        assert cool.gate(origin).kind is GateKind.PROBE
+        cool.probe_done(origin, answered=True)
+        assert state() in (busy, (True, True))
+    assert state() == (True, True)
+    cool.hold(ORIGIN, 1.0)
+    assert state() == busy
+
+
 def test_window_holds_then_one_probe_then_release() -> None:
     clock = Clock()
     started: list[tuple[Origin, float]] = []

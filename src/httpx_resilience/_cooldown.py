@@ -157,6 +157,10 @@ class CoolDown:
         on_cool_down: Called as ``(origin, seconds)`` when a window starts.
         max_origins: Origins tracked at most; the oldest entry is dropped first. Default 10,000.
         clock: Monotonic seconds. For tests.
+
+    Attributes:
+        idle: True while no origin has a window (running, or passed and waiting for its
+            probe's answer): every request may be sent without asking `gate`. Read-only.
     """
 
     def __init__(
@@ -182,7 +186,12 @@ class CoolDown:
         self.on_cool_down = on_cool_down
         self.max_origins = max_origins
         self._clock = clock
+        # Origins enter only through `_add` and leave only in `probe_done`, which keep
+        # ``idle`` in step with it.
         self._entries: OrderedDict[Origin, _Entry] = OrderedDict()
+        # A plain attribute, not a property: the transport reads it for every attempt (as
+        # cheap as testing the table itself; a property or method call costs 2-4 times that).
+        self.idle = True
         self._windows = 0
 
     def __repr__(self) -> str:
@@ -276,9 +285,7 @@ class CoolDown:
             signal, entry.signal = entry.signal, None
         else:
             if entry is None:
-                if len(self._entries) >= self.max_origins:
-                    self._entries.popitem(last=False)
-                entry = self._entries[origin] = _Entry(until)
+                entry = self._add(origin, until)
             else:
                 entry.until = until
             started = True
@@ -299,6 +306,7 @@ class CoolDown:
             return None
         if answered:
             del self._entries[origin]
+            self.idle = not self._entries
             # Logged by the default LoggingHook, like every other report.
             report(self, "on_cool_down_end", lambda: CoolDownEnd(origin, self.name))
         else:
@@ -312,9 +320,7 @@ class CoolDown:
         now = self._clock()
         entry = self._entries.get(origin)
         if entry is None:
-            if len(self._entries) >= self.max_origins:
-                self._entries.popitem(last=False)
-            entry = self._entries[origin] = _Entry(now + seconds)
+            entry = self._add(origin, now + seconds)
             self._windows += 1
             entry.window = self._windows
             report(
@@ -324,6 +330,15 @@ class CoolDown:
             entry.until = now + seconds
 
     # --- internals --------------------------------------------------------------------------
+
+    def _add(self, origin: Origin, until: float) -> _Entry:
+        """A new entry for ``origin`` (dropping the oldest one if the table is full)."""
+        entries = self._entries
+        if len(entries) >= self.max_origins:
+            entries.popitem(last=False)
+        entry = entries[origin] = _Entry(until)
+        self.idle = False
+        return entry
 
     def _started(self, origin: Origin, seconds: float, status: int) -> None:
         # Logged by the default LoggingHook, like every other report.

@@ -332,7 +332,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             probe = False  # whether this attempt is the probe of a cool-down window
             # (The gate answers "send" for an origin without a window; with no window at all,
             # the common case, it is not asked.)
-            if cool is not None and (waited is not None or cool._entries):
+            if cool is not None and (waited is not None or not cool.idle):
                 gate = cool.gate(target, waited=waited)
                 if gate.kind is not _SEND:
                     if run is None:
