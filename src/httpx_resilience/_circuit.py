@@ -36,7 +36,15 @@ from ._origin import Origin
 from ._validate import check_callable, check_number, check_optional_str, check_statuses
 from ._window import SlidingCounts
 
-__all__ = ["CircuitState", "CircuitTable", "Origin", "Permit", "StateListener", "report"]
+__all__ = [
+    "CircuitState",
+    "CircuitTable",
+    "Origin",
+    "Permit",
+    "StateListener",
+    "open_from_fleet",
+    "report",
+]
 
 
 class CircuitState(str, enum.Enum):
@@ -240,21 +248,6 @@ class CircuitTable:
         if circuit is not None and self._is_probe(circuit, permit):
             circuit.in_flight -= 1
 
-    def _open_from_fleet(self, origin: Origin, retry_in: float) -> None:
-        """The fleet's shared state (`_fleet.py`) says ``origin``'s circuit is open for
-        ``retry_in`` more seconds: open it here too (or keep it open at least that long). A
-        local probe in flight loses its say."""
-        circuit = self._circuits.get(origin)
-        if circuit is None:
-            circuit = self._new_circuit(origin)
-        opened_at = self._clock() + retry_in - self.recovery_time
-        if circuit.state is CircuitState.OPEN:
-            circuit.opened_at = max(circuit.opened_at, opened_at)
-            return
-        circuit.consecutive = 0
-        circuit.opened_at = opened_at
-        self._transition(origin, circuit, CircuitState.OPEN)
-
     # --- internals --------------------------------------------------------------------------
 
     @staticmethod
@@ -302,3 +295,20 @@ class CircuitTable:
                 self.on_state_change(origin, old, new)
             except Exception:  # a broken hook must not break requests
                 logger.exception("CircuitBreaker on_state_change hook raised")
+
+
+def open_from_fleet(table: CircuitTable, origin: Origin, retry_in: float) -> None:
+    """The fleet's shared state (`_fleet.py`) says ``origin``'s circuit is open for
+    ``retry_in`` more seconds: open it in ``table`` too (or keep it open at least that long).
+    A local probe in flight loses its say. A function, not a method: it is for the fleet
+    only, and `CircuitBreaker`, a public class, inherits every method of `CircuitTable`."""
+    circuit = table._circuits.get(origin)
+    if circuit is None:
+        circuit = table._new_circuit(origin)
+    opened_at = table._clock() + retry_in - table.recovery_time
+    if circuit.state is CircuitState.OPEN:
+        circuit.opened_at = max(circuit.opened_at, opened_at)
+        return
+    circuit.consecutive = 0
+    circuit.opened_at = opened_at
+    table._transition(origin, circuit, CircuitState.OPEN)

@@ -52,6 +52,7 @@ import sniffio
 
 from ._breaker import CircuitBreaker, CircuitState, Origin, Permit
 from ._budget import RetryBudget
+from ._circuit import open_from_fleet
 from ._config import RetryConfig
 from ._cooldown import CoolDown
 from ._instrument._hooks import StoreAvailability, emit
@@ -392,9 +393,9 @@ class Fleet:
             if local is not None:
                 local.reserved.clear()  # the store dropped them when the circuit opened
                 local.full = False
-            breaker._open_from_fleet(origin, view.retry_in)
+            open_from_fleet(breaker, origin, view.retry_in)
         elif view.state is CircuitState.HALF_OPEN and breaker.state(origin) is CircuitState.CLOSED:
-            breaker._open_from_fleet(origin, 0.0)  # the fleet waits for its one probe
+            open_from_fleet(breaker, origin, 0.0)  # the fleet waits for its one probe
 
     # --- failure paths: wait for the store (within its timeout) ----------------------------
 

@@ -386,6 +386,12 @@ class HTTP11Connection:
     # --- what the pool asks ---------------------------------------------------------------
 
     @property
+    def stream(self) -> NetworkStream:
+        """The byte stream the connection runs on (the pool closes an anyio one with an
+        await)."""
+        return self._stream
+
+    @property
     def capacity(self) -> int:
         """How many more requests this connection may take now (HTTP/1.1: one, when idle)."""
         return 1 if self._state == _IDLE and not self._broken else 0

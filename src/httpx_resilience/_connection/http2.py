@@ -399,6 +399,12 @@ class HTTP2Connection:
     # --- what the pool asks ---------------------------------------------------------------------
 
     @property
+    def stream(self) -> NetworkStream:
+        """The byte stream the connection runs on (the pool closes an anyio one with an
+        await)."""
+        return self._stream
+
+    @property
     def usable(self) -> bool:
         """Whether a new stream may be opened here (no GOAWAY, no failure, not closed)."""
         return (

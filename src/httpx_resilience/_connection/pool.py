@@ -693,7 +693,7 @@ class ConnectionPool:
     def _discard(self, conn: Connection) -> None:
         conn.close()
         self._open.discard(conn)
-        if isinstance(conn._stream, AnyIOStream):
+        if isinstance(conn.stream, AnyIOStream):
             self._to_close.append(conn)  # its socket is shut down; release it with an await
 
     async def _close_pending(self) -> None:
@@ -703,7 +703,7 @@ class ConnectionPool:
 
     async def aclose(self) -> None:
         """Close every connection. Requests still running fail; the pool stays usable."""
-        on_asyncio = any(not isinstance(conn._stream, AnyIOStream) for conn in self._open)
+        on_asyncio = any(not isinstance(conn.stream, AnyIOStream) for conn in self._open)
         for conn in list(self._idle_all):
             self._discard(conn)
             self._total -= 1
@@ -715,7 +715,7 @@ class ConnectionPool:
         for conn in list(self._open):
             self._open.discard(conn)
             conn.close()
-            if isinstance(conn._stream, AnyIOStream):
+            if isinstance(conn.stream, AnyIOStream):
                 self._to_close.append(conn)
         await self._close_pending()
         if on_asyncio:
