@@ -8,10 +8,11 @@ tests wait for a state with a bounded loop; nothing asserts how long anything to
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
 import pytest
+import redis
 import redis.asyncio as aioredis
 import redis.exceptions
 
@@ -292,6 +293,34 @@ async def test_redis_keys_all_expire_and_stay_few_per_origin(
 def test_invalid_redis_settings_name_the_field(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RedisStore(aioredis.Redis(), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        # Made without connecting (redis-py connects on the first command).
+        (
+            lambda: aioredis.RedisCluster(host="127.0.0.1", port=1),
+            "redis.asyncio.cluster.RedisCluster",
+        ),
+        (lambda: redis.Redis(host="127.0.0.1", port=1), "redis.client.Redis"),
+        (lambda: "redis://127.0.0.1:6379/0", "builtins.str"),
+        (lambda: None, "builtins.NoneType"),
+    ],
+    ids=["RedisCluster", "sync Redis", "a URL", "None"],
+)
+def test_a_client_other_than_redis_asyncio_redis_is_refused_at_construction(
+    make: Callable[[], object], kind: str
+) -> None:
+    # A RedisCluster failed with "AttributeError: 'RedisCluster' object has no attribute
+    # 'connection_pool'"; a URL string with "... 'str' object has no attribute ...".
+    client = make()
+    with pytest.raises(TypeError) as caught:
+        RedisStore(client)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "RedisStore.client must be a redis.asyncio.Redis client (redis.asyncio.RedisCluster "
+        f"and the synchronous redis.Redis are not supported), got {kind}"
+    )
 
 
 def test_invalid_memory_settings_name_the_field() -> None:

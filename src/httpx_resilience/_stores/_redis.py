@@ -212,11 +212,12 @@ class RedisStore:
     """Circuits, retry budget and cool-downs shared through a Redis server (see `StateStore`).
 
     Args:
-        client: A ``redis.asyncio.Redis`` client. Give it short ``socket_timeout`` and
-            ``socket_connect_timeout`` values and a bounded pool that waits for a free
-            connection (``redis.asyncio.BlockingConnectionPool(max_connections=...,
-            timeout=...)``); `RedisStore.from_url` does. Closed by `aclose` only if the store
-            made it.
+        client: A ``redis.asyncio.Redis`` client (anything else, a ``RedisCluster`` or a
+            synchronous ``redis.Redis`` too, raises `TypeError`). Give it short
+            ``socket_timeout`` and ``socket_connect_timeout`` values and a bounded pool that
+            waits for a free connection (``redis.asyncio.BlockingConnectionPool(
+            max_connections=..., timeout=...)``); `RedisStore.from_url` does. Closed by
+            `aclose` only if the store made it.
         prefix: The first part of every key. Default ``"httpx-resilience"``.
         timeout: Seconds one call may take before the transport gives up on it and uses local
             state. Default 0.1.
@@ -250,6 +251,7 @@ class RedisStore:
         probe_lease: float = 10.0,
         on_availability: AvailabilityListener | None = None,
     ) -> None:
+        _check_client(client)
         if not isinstance(prefix, str) or not prefix or any(c in prefix for c in " \r\n"):
             raise ValueError(f"RedisStore.prefix must be a non-empty word, got {prefix!r}")
         settings = StoreSettings(timeout, sync_interval, retry_interval, probe_lease)
@@ -293,12 +295,7 @@ class RedisStore:
         check_number("RedisStore", "max_connections", max_connections, minimum=1,
                      maximum=MAX_CONNECTIONS_LIMIT, integer=True)  # fmt: skip
         check_number("RedisStore", "timeout", timeout, minimum=0.001, maximum=60.0)
-        try:
-            import redis.asyncio as aioredis
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ImportError(
-                "RedisStore needs redis-py: pip install 'httpx-resilience[redis]'"
-            ) from exc
+        aioredis = _redis_asyncio()
         # A blocking pool: past the bound a call waits for a connection (within the store's
         # timeout) instead of opening one more (redis-py's default pool opens one per
         # concurrent call: without limit in redis-py 5, up to 100 in 8.1, and then fails at
@@ -406,6 +403,33 @@ class RedisStore:
 
 
 _CLOSED = CircuitView(CircuitState.CLOSED, 0.0, 0)
+
+
+def _redis_asyncio() -> Any:
+    """``redis.asyncio``, or an ImportError that says how to install it."""
+    try:
+        import redis.asyncio as aioredis
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "RedisStore needs redis-py: pip install 'httpx-resilience[redis]'"
+        ) from exc
+    return aioredis
+
+
+def _check_client(client: object) -> None:
+    """TypeError unless ``client`` is a ``redis.asyncio.Redis`` (a subclass too: a Sentinel's
+    ``master_for``, fakeredis). The store runs on one server through the client's connection
+    pool: a ``RedisCluster`` has no such pool (and one call's keys may lie in different
+    slots), and a synchronous ``redis.Redis`` would block the event loop. The message names
+    the class only: a client's repr may show where it connects."""
+    aioredis = _redis_asyncio()
+    if not isinstance(client, aioredis.Redis):
+        kind = type(client)
+        raise TypeError(
+            "RedisStore.client must be a redis.asyncio.Redis client (redis.asyncio.RedisCluster "
+            "and the synchronous redis.Redis are not supported), got "
+            f"{kind.__module__}.{kind.__qualname__}"
+        )
 
 
 def _circuit_args(
