@@ -543,7 +543,7 @@ async def test_a_burst_of_retried_failures_stays_within_the_fleet_budget_and_few
     h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
 ) -> None:
     # 300 requests at once, every answer 502, one retry each if the fleet's budget allows:
-    # floor 1 + 20 % of the requests. Each failure asks the budget before its retry decision.
+    # floor 1 + 20 % of the requests. Each failure that would be retried asks the budget.
     retry = RetryConfig(
         max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.2,
         budget_min_per_second=0.1, budget_window=10.0,
