@@ -118,12 +118,16 @@ class _Batch:
     """What requests asked for while a call of the same kind was in flight (failures to
     report for one origin, retries to ask the budget for): sent as one call."""
 
-    __slots__ = ("count", "done", "success_at")
+    __slots__ = ("count", "done", "gone", "granted", "success_at")
 
     def __init__(self) -> None:
         self.count = 0
         self.success_at: float | None = None  # the latest success not reported yet
         self.done = anyio.Event()  # set once the store answered (or the call failed)
+        # Retry batches: the requests that stopped waiting before the answer, and the
+        # retries granted for the others that they have not claimed yet.
+        self.gone = 0
+        self.granted = 0
 
 
 class SharedBudget(RetryBudget):
@@ -703,7 +707,9 @@ class Fleet:
         while a budget call is in flight are asked for together in the next call (a burst's
         retries take a few calls, not one each); each waits for its batch's answer at most the
         store's ``timeout`` (then it has no token: no retry, the strict side; a token granted
-        after that stays at hand for the next retry, and counts as spent meanwhile)."""
+        after that stays at hand for the next retry, and counts as spent meanwhile). The
+        tokens granted to a batch go to its requests still waiting, one each, before any other
+        request can take them."""
         if self._budget_policy is None or self.retry_tokens > 0 or not self.sharing:
             return
         batch = self._retry_batch
@@ -715,8 +721,18 @@ class Fleet:
             if self._spawn(self._ask_budget()) is None:
                 self._asking_budget, self._retry_batch = False, None  # closed: local state
                 return
-        with anyio.move_on_after(self.store.timeout):
-            await batch.done.wait()
+        try:
+            with anyio.move_on_after(self.store.timeout):
+                await batch.done.wait()
+        finally:
+            if not batch.done.is_set():
+                batch.gone += 1  # its retry, if granted, stays at hand for the next one
+            elif batch.granted > 0:
+                # Claimed at once, and spent by the caller before anything else runs: a
+                # request that finds a token at hand meanwhile cannot take the one granted
+                # for this request (which would then go without its retry).
+                batch.granted -= 1
+                self.retry_tokens += 1
 
     async def _ask_budget(self) -> None:
         """Ask the fleet's budget for the retries wanted, one call at a time, until no
@@ -725,7 +741,10 @@ class Fleet:
         try:
             while self._retry_batch is not None:
                 batch, self._retry_batch = self._retry_batch, None
-                await self._spend_budget(batch.count)
+                granted = await self._spend_budget(batch.count)
+                # For the requests still waiting; the rest are at hand for later retries.
+                batch.granted = min(granted, batch.count - batch.gone)
+                self.retry_tokens += granted - batch.granted
                 batch.done.set()
         finally:
             self._asking_budget = False
@@ -733,8 +752,9 @@ class Fleet:
                 if left is not None:
                     left.done.set()  # cancelled (the fleet closed): nobody waits for it
 
-    async def _spend_budget(self, wanted: int) -> None:
-        """One budget call: flush the counts, spend up to ``wanted`` retries as tokens."""
+    async def _spend_budget(self, wanted: int) -> int:
+        """One budget call: flush the counts, spend up to ``wanted`` retries; how many the
+        fleet granted."""
         budget = self._budget_policy
         assert budget is not None
         requests, self._requests = self._requests, 0
@@ -745,8 +765,7 @@ class Fleet:
         )
         if answer is None:
             self._unreported_retries += retries  # and the requests are not (see `_read`)
-            return
-        self.retry_tokens += answer.granted
+            return 0
         # This worker's share of what is left, for when the store stops answering.
         share = 1.0
         if self.local_budget is not None and answer.requests > 0:
@@ -754,6 +773,7 @@ class Fleet:
             share = min(1.0, mine / answer.requests)
         self._budget_share = share * max(0.0, answer.left)
         self._since_requests = self._since_spent = 0
+        return answer.granted
 
     def fallback_allowance(self, ratio: float) -> float | None:
         """While the store is unavailable: the retries this worker may spend, its share of
