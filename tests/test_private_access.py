@@ -18,6 +18,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "httpx_resilience"
 #: Private by name only: the documented API of named tuples.
 NAMEDTUPLE_API = {"_asdict", "_field_defaults", "_fields", "_make", "_replace"}
 
+#: Another library's private names, read on purpose (module, expression): why.
+OUTSIDE = {
+    ("_connection/http2.py", "e._events"): (
+        "h2's StreamClosedError, in h2's own `_receive_frame` body, copied as it is "
+        "(tests/test_h2_machine.py compares it with the installed h2's)"
+    ),
+}
+
 
 def _defined(tree: ast.Module) -> set[str]:
     names: set[str] = set()
@@ -34,7 +42,9 @@ def _defined(tree: ast.Module) -> set[str]:
 
 
 def crossings(path: Path) -> list[str]:
-    """``line: expression`` of each private attribute ``path`` reads from outside."""
+    """``line: expression`` of each private attribute ``path`` reads from outside (`OUTSIDE`
+    aside)."""
+    module = str(path.relative_to(PACKAGE)) if path.is_relative_to(PACKAGE) else path.name
     tree = ast.parse(path.read_text(encoding="utf-8"))
     defined = _defined(tree)
     found = []
@@ -48,7 +58,9 @@ def crossings(path: Path) -> list[str]:
             continue
         if name in defined or name in NAMEDTUPLE_API:
             continue
-        found.append(f"{node.lineno}: {ast.unparse(node)}")
+        expression = ast.unparse(node)
+        if (module, expression) not in OUTSIDE:
+            found.append(f"{node.lineno}: {expression}")
     return found
 
 
