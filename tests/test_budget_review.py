@@ -1,0 +1,144 @@
+"""Adversarial review of the fleet retry budget change (only a retry asks for a token)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from httpx_resilience import (
+    AttemptEnd,
+    AttemptStart,
+    Hook,
+    MemoryStore,
+    ResilientTransport,
+    RetryConfig,
+)
+
+pytestmark = pytest.mark.anyio
+
+RETRY_ONCE = RetryConfig(
+    max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.2,
+    budget_min_per_second=10.0, budget_window=10.0,
+)  # fmt: skip
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class HeldBudgetStore(MemoryStore):
+    """A MemoryStore whose budget calls that want retries never answer."""
+
+    async def budget(self, scope: str, requests: int, want: int, *args: Any, **kw: Any) -> Any:
+        if want:
+            await anyio.sleep_forever()
+        return await super().budget(scope, requests, want, *args, **kw)
+
+
+class Ends(Hook):
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_attempt(self, start: AttemptStart) -> Callable[[AttemptEnd], None]:
+        self.events.append("start")
+        return lambda end: self.events.append(f"end {end.outcome.value}")
+
+
+def _read_error(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadError("reset", request=request)
+
+
+@pytest.mark.parametrize("handler", [_read_error, lambda request: httpx.Response(503)])
+async def test_cancelled_while_waiting_for_a_fleet_token_ends_the_attempt(handler: Any) -> None:
+    # A request cancelled while it waits for the fleet's retry token: its attempt's hooks
+    # (an OpenTelemetry span) must be ended, whether the attempt failed with an error or a
+    # retried status.
+    store = HeldBudgetStore(timeout=30.0, sync_interval=600.0, retry_interval=600.0)
+    hook = Ends()
+    transport = ResilientTransport(
+        httpx.MockTransport(handler), retry=RETRY_ONCE, state_store=store, hooks=[hook]
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                group.start_soon(client.get, "http://a.example/")
+                await anyio.wait_all_tasks_blocked()
+                group.cancel_scope.cancel()
+    assert hook.events == ["start", "end cancelled"]
+
+
+async def test_a_wait_for_a_fleet_token_stops_at_the_total_timeout() -> None:
+    # total_timeout "bounds everything"; the retry decision is known before the token is
+    # asked for, and a token arriving once the retry's wait would pass the deadline is no
+    # retry (`spend_budget`). So the wait for the store must not outlast the deadline: a slow
+    # store (timeout=30 s here) must not hold a request with total_timeout=0.3 s for 30 s.
+    store = HeldBudgetStore(timeout=30.0, sync_interval=600.0, retry_interval=600.0)
+    hits = [0]
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        hits[0] += 1
+        return httpx.Response(503)
+
+    retry = RETRY_ONCE.replace(total_timeout=0.3)
+    transport = ResilientTransport(httpx.MockTransport(busy), retry=retry, state_store=store)
+    async with httpx.AsyncClient(transport=transport) as client:
+        with anyio.fail_after(10):  # a guard: the store would hold it 30 s
+            response = await client.get("http://a.example/")
+    assert response.status_code == 503
+    assert hits[0] == 1
+    [attempt] = response.extensions["retry_history"]
+    assert attempt.reason in ("wait would pass total_timeout", "retry budget exhausted")
+
+
+class GatedBudgetStore(MemoryStore):
+    """A MemoryStore whose budget calls that want retries wait for ``gate``; records them."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = anyio.Event()
+        self.wanted: list[int] = []
+
+    async def budget(self, scope: str, requests: int, want: int, *args: Any, **kw: Any) -> Any:
+        if want:
+            self.wanted.append(want)
+            await self.gate.wait()
+        return await super().budget(scope, requests, want, *args, **kw)
+
+
+async def test_a_request_cancelled_before_its_batch_is_sent_takes_no_fleet_token() -> None:
+    # A retry batch not sent yet (a budget call is in flight): a request in it is cancelled.
+    # It stops anyway, so the fleet must not be asked for a token on its behalf (it would be
+    # counted as spent fleet-wide and sit unused in this worker).
+    from httpx_resilience._fleet import Fleet, SharedBudget
+
+    store = GatedBudgetStore(timeout=10.0, sync_interval=600.0)
+    fleet = Fleet(store, breaker=None, cool_down=None, retry=RETRY_ONCE)
+    budget = SharedBudget(fleet, RETRY_ONCE)
+    spent: list[bool] = []
+
+    async def retry() -> None:
+        await fleet.reserve_retry()
+        spent.append(budget.try_spend(0.0))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(retry)  # its batch's call goes out, held at the gate
+            await anyio.wait_all_tasks_blocked()
+            with anyio.CancelScope() as scope:  # a second request joins the next batch
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(retry)
+                    await anyio.wait_all_tasks_blocked()
+                    scope.cancel()
+            store.gate.set()
+    await anyio.wait_all_tasks_blocked()
+    for _ in range(20):  # let the background budget task finish its loop
+        await anyio.sleep(0)
+    assert spent == [True]
+    assert store.wanted == [1]  # not [1, 1]: nobody waits for the second batch
+    assert fleet.retry_tokens == 0
+    await fleet.aclose()
