@@ -6,12 +6,14 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
 from httpx_resilience import (
     AttemptEnd,
     AttemptStart,
+    CircuitBreaker,
     Hook,
     MemoryStore,
     ResilientTransport,
@@ -53,16 +55,46 @@ def _read_error(request: httpx.Request) -> httpx.Response:
     raise httpx.ReadError("reset", request=request)
 
 
-@pytest.mark.parametrize("handler", [_read_error, lambda request: httpx.Response(503)])
-async def test_cancelled_while_waiting_for_a_fleet_token_ends_the_attempt(handler: Any) -> None:
-    # A request cancelled while it waits for the fleet's retry token: its attempt's hooks
-    # (an OpenTelemetry span) must be ended, whether the attempt failed with an error or a
-    # retried status.
-    store = HeldBudgetStore(timeout=30.0, sync_interval=600.0, retry_interval=600.0)
+class HeldReportStore(MemoryStore):
+    """A MemoryStore whose reports of failures never answer."""
+
+    async def circuit(self, scope: str, origin: str, op: Any, *args: Any, **kw: Any) -> Any:
+        if op == "report":
+            await anyio.sleep_forever()
+        return await super().circuit(scope, origin, op, *args, **kw)
+
+
+def _503(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(503)
+
+
+@pytest.mark.parametrize(
+    ("handler", "held"),
+    [
+        (_read_error, "budget"),
+        (_503, "budget"),
+        (_read_error, "report"),
+        (_503, "report"),
+    ],
+)
+async def test_cancelled_while_waiting_for_the_fleet_ends_the_attempt(
+    handler: Any, held: str
+) -> None:
+    # A request cancelled while it waits for the fleet (its retry token, or the report of
+    # its failure): its attempt's hooks (an OpenTelemetry span) must be ended, whether the
+    # attempt failed with an error or a retried status.
+    options: dict[str, Any] = {}
+    store: MemoryStore
+    if held == "budget":
+        store = HeldBudgetStore(timeout=30.0, sync_interval=600.0, retry_interval=600.0)
+    else:
+        store = HeldReportStore(timeout=30.0, sync_interval=600.0, retry_interval=600.0)
+        options["circuit_breaker"] = CircuitBreaker(failure_threshold=5)
     hook = Ends()
     transport = ResilientTransport(
-        httpx.MockTransport(handler), retry=RETRY_ONCE, state_store=store, hooks=[hook]
-    )
+        httpx.MockTransport(handler), retry=RETRY_ONCE, state_store=store, hooks=[hook],
+        **options,
+    )  # fmt: skip
     async with httpx.AsyncClient(transport=transport) as client:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as group:
@@ -137,7 +169,7 @@ async def test_a_request_cancelled_before_its_batch_is_sent_takes_no_fleet_token
             store.gate.set()
     await anyio.wait_all_tasks_blocked()
     for _ in range(20):  # let the background budget task finish its loop
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
     assert spent == [True]
     assert store.wanted == [1]  # not [1, 1]: nobody waits for the second batch
     assert fleet.retry_tokens == 0

@@ -699,7 +699,7 @@ class Fleet:
         if answer is not None:
             self._apply(origin, answer[0], issued)
 
-    async def reserve_retry(self) -> None:
+    async def reserve_retry(self, within: float | None = None) -> None:
         """Before a retry is spent: make sure a retry token from the fleet's budget is at
         hand (a call to the store when none is). The transport asks only once a failed
         attempt's decision says retry (`ResilientTransport._charge`), so a request that stops
@@ -709,7 +709,8 @@ class Fleet:
         store's ``timeout`` (then it has no token: no retry, the strict side; a token granted
         after that stays at hand for the next retry, and counts as spent meanwhile). The
         tokens granted to a batch go to its requests still waiting, one each, before any other
-        request can take them."""
+        request can take them. ``within``: seconds after which a token would come too late for
+        the caller (its retry's wait would pass its deadline): it waits no longer than that."""
         if self._budget_policy is None or self.retry_tokens > 0 or not self.sharing:
             return
         batch = self._retry_batch
@@ -721,8 +722,9 @@ class Fleet:
             if self._spawn(self._ask_budget()) is None:
                 self._asking_budget, self._retry_batch = False, None  # closed: local state
                 return
+        limit = self.store.timeout if within is None else min(self.store.timeout, within)
         try:
-            with anyio.move_on_after(self.store.timeout):
+            with anyio.move_on_after(limit):
                 await batch.done.wait()
         finally:
             if not batch.done.is_set():
@@ -741,7 +743,9 @@ class Fleet:
         try:
             while self._retry_batch is not None:
                 batch, self._retry_batch = self._retry_batch, None
-                granted = await self._spend_budget(batch.count)
+                # Not for the requests that stopped waiting already (cancelled): they stop.
+                wanted = batch.count - batch.gone
+                granted = await self._spend_budget(wanted) if wanted > 0 else 0
                 # For the requests still waiting; the rest are at hand for later retries.
                 batch.granted = min(granted, batch.count - batch.gone)
                 self.retry_tokens += granted - batch.granted

@@ -396,7 +396,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                         if failed is None:
                             fleet.ignored(permit)
                         else:
-                            await fleet.outcome(permit, failed)
+                            try:
+                                await fleet.outcome(permit, failed)
+                            except BaseException as stopped:  # cancelled
+                                self._end_cancelled(run, ends, attempt_start, stopped)
+                                raise
                 self._counts.record(target, clock(), counts_against_upstream(exc))
                 if self._resend_unprocessed(run, exc):
                     elapsed = clock() - attempt_start
@@ -409,7 +413,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     continue
                 decision = self._decide(run, error=exc)
                 if decision.retry and run.budget is not None:
-                    decision = await self._charge(run, decision)
+                    try:
+                        decision = await self._charge(run, decision)
+                    except BaseException as stopped:  # cancelled
+                        self._end_cancelled(run, ends, attempt_start, stopped)
+                        raise
                 history.append(_record(history, None, exc, attempt_start, clock, decision))
                 if ends is not None or hooks.after:
                     self._report(run, ends, _outcome(decision))
@@ -490,6 +498,21 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     waited = cool.waited(target, decision.wait)
             await self._sleep(0.0 if is_testing() else decision.wait)
             attempt_start = clock()
+
+    def _end_cancelled(
+        self,
+        run: _Run,
+        ends: list[tuple[object, AttemptEndHook]] | None,
+        attempt_start: float,
+        exc: BaseException,
+    ) -> None:
+        """End the hooks' attempt (spans, contexts) of a failed attempt cancelled while the
+        fleet was waited for (its outcome shared, its retry token): the ``except Exception``
+        handler that awaits it is not covered by the one for cancellations beside it."""
+        if ends is not None:
+            elapsed = self._clock() - attempt_start
+            cancelled = Attempt(len(run.history) + 1, None, exc, elapsed, None, "cancelled")
+            self._report(run, ends, AttemptOutcome.CANCELLED, cancelled)
 
     async def _claim_probe(self, fleet: Fleet, permit: Permit, run: _Run) -> None:
         """A local half-open probe must also be the fleet's one probe: else fail it fast."""
@@ -718,7 +741,13 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         rest of the fleet nor waits for the store."""
         fleet = self._fleet
         if fleet is not None:
-            await fleet.reserve_retry()
+            # A token later than this would find the retry's wait past the deadline: no
+            # wait for the store beyond it (`spend_budget` then says so).
+            within = None
+            if run.deadline is not None:
+                within = run.deadline - self._clock() - decision.wait
+            if within is None or within > 0:
+                await fleet.reserve_retry(within)
             # The wait for the store may have let the circuit open meanwhile.
             if self._circuit_open(run):
                 return _CIRCUIT_OPEN_DECISION
