@@ -14,10 +14,12 @@ from httpx_resilience import (
     AttemptEnd,
     AttemptStart,
     CircuitBreaker,
+    CircuitOpenError,
     Hook,
     MemoryStore,
     ResilientTransport,
     RetryConfig,
+    get_retry_history,
 )
 
 pytestmark = pytest.mark.anyio
@@ -174,3 +176,43 @@ async def test_a_request_cancelled_before_its_batch_is_sent_takes_no_fleet_token
     assert store.wanted == [1]  # not [1, 1]: nobody waits for the second batch
     assert fleet.retry_tokens == 0
     await fleet.aclose()
+
+
+async def test_a_circuit_opened_while_waiting_for_the_token_stops_the_retry() -> None:
+    # Request A's 503 is retried; while it waits for its token (the budget call held), B's
+    # 503 opens the circuit. A's token comes: A does not retry (CircuitOpenError, reason
+    # "circuit open") and spends nothing: the token stays at hand for the next retry.
+    store = GatedBudgetStore(timeout=10.0, sync_interval=600.0)
+    hits = [0]
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        hits[0] += 1
+        return httpx.Response(503)
+
+    breaker = CircuitBreaker(failure_threshold=2, recovery_time=600.0)
+    transport = ResilientTransport(
+        httpx.MockTransport(busy), retry=RETRY_ONCE, state_store=store, circuit_breaker=breaker
+    )
+    errors: dict[str, BaseException] = {}
+
+    async def get(name: str) -> None:
+        try:
+            await client.get("http://a.example/")
+        except CircuitOpenError as error:
+            errors[name] = error
+
+    async with httpx.AsyncClient(transport=transport) as client:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                group.start_soon(get, "A")
+                await anyio.wait_all_tasks_blocked()  # A waits for its token
+                assert store.wanted == [1]
+                await get("B")  # its failure opens the circuit: no retry, no token asked
+                assert store.wanted == [1]
+                store.gate.set()
+    assert hits[0] == 2
+    assert set(errors) == {"A", "B"}
+    assert [a.reason for a in get_retry_history(errors["A"])] == ["circuit open"]
+    fleet = transport._fleet
+    assert fleet is not None
+    assert fleet.retry_tokens == 1
