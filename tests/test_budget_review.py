@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from httpx_resilience import (
     AttemptEnd,
@@ -17,10 +18,13 @@ from httpx_resilience import (
     CircuitOpenError,
     Hook,
     MemoryStore,
+    RedisStore,
     ResilientTransport,
     RetryConfig,
     get_retry_history,
 )
+from tests.support.redis import RedisServer, redis_server_or_skip
+from tests.support.server import ServerThread
 
 pytestmark = pytest.mark.anyio
 
@@ -216,3 +220,40 @@ async def test_a_circuit_opened_while_waiting_for_the_token_stops_the_retry() ->
     fleet = transport._fleet
     assert fleet is not None
     assert fleet.retry_tokens == 1
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer(redis_server_or_skip()) as server:
+        yield server
+
+
+async def test_a_paused_redis_holds_a_retry_no_longer_than_its_total_timeout(
+    h1_server: ServerThread, redis_server: RedisServer, key: str
+) -> None:
+    # The same as `test_a_wait_for_a_fleet_token_stops_at_the_total_timeout`, against a real
+    # redis-server whose writes are paused (CLIENT PAUSE WRITE: the budget's script waits)
+    # and a real Hypercorn upstream answering 503. The store's timeout is 30 s; the request's
+    # total_timeout 0.3 s: it must end by its deadline, not wait out the store.
+    store = RedisStore.from_url(redis_server.url, prefix=f"pause-{key}", timeout=30.0)
+    inspector = aioredis.Redis.from_url(redis_server.url)
+    retry = RETRY_ONCE.replace(total_timeout=0.3)
+    transport = ResilientTransport(retry=retry, state_store=store)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url=h1_server.url) as client:
+            assert (
+                await client.get(f"/status/{key}-warm?code=200")
+            ).status_code == 200  # connected
+            await inspector.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+            try:
+                with anyio.fail_after(10):  # a guard: the paused store would hold it 20 s
+                    response = await client.get(f"/status/{key}?code=503")
+            finally:
+                await inspector.execute_command("CLIENT", "UNPAUSE")
+        assert response.status_code == 503
+        assert h1_server.app.hits(key) == 1  # type: ignore[attr-defined]
+        [attempt] = get_retry_history(response)
+        assert attempt.reason == "wait would pass total_timeout"
+    finally:
+        await inspector.aclose()
+        await store.aclose()
