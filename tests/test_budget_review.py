@@ -244,12 +244,12 @@ async def test_a_paused_redis_holds_a_retry_no_longer_than_its_total_timeout(
             assert (
                 await client.get(f"/status/{key}-warm?code=200")
             ).status_code == 200  # connected
-            await inspector.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+            await inspector.client_pause(20000, all=False)  # WRITE: the budget script waits
             try:
                 with anyio.fail_after(10):  # a guard: the paused store would hold it 20 s
                     response = await client.get(f"/status/{key}?code=503")
             finally:
-                await inspector.execute_command("CLIENT", "UNPAUSE")
+                await inspector.client_unpause()
         assert response.status_code == 503
         assert h1_server.app.hits(key) == 1  # type: ignore[attr-defined]
         [attempt] = get_retry_history(response)
