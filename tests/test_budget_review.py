@@ -10,6 +10,9 @@ import anyio.lowlevel
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from httpx_resilience import (
     AttemptEnd,
@@ -18,6 +21,7 @@ from httpx_resilience import (
     CircuitOpenError,
     Hook,
     MemoryStore,
+    OpenTelemetryHook,
     RedisStore,
     ResilientTransport,
     RetryConfig,
@@ -255,5 +259,47 @@ async def test_a_paused_redis_holds_a_retry_no_longer_than_its_total_timeout(
         [attempt] = get_retry_history(response)
         assert attempt.reason == "wait would pass total_timeout"
     finally:
+        await inspector.aclose()
+        await store.aclose()
+
+
+async def test_an_otel_span_ends_when_a_failed_request_is_cancelled_waiting_for_redis(
+    h1_server: ServerThread, redis_server: RedisServer, key: str
+) -> None:
+    # Real Hypercorn (the connection cut before any answer: a GET the server may have acted
+    # on, retried), a real redis-server with writes paused (the retry's token does not
+    # come), the real OpenTelemetryHook. The caller cancels the request while it waits for
+    # the token: the attempt's span must still end (on main it never did: no span exported).
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    hook = OpenTelemetryHook(tracer_provider=provider)
+    store = RedisStore.from_url(redis_server.url, prefix=f"otel-{key}", timeout=30.0)
+    inspector = aioredis.Redis.from_url(redis_server.url)
+    transport = ResilientTransport(retry=RETRY_ONCE, state_store=store, hooks=[hook])
+    fleet = transport._fleet
+    assert fleet is not None
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url=h1_server.url) as client:
+            assert (await client.get(f"/status/{key}-warm?code=200")).status_code == 200
+            exporter.clear()
+            await inspector.client_pause(20000, all=False)  # WRITE: the budget script waits
+            try:
+                with anyio.fail_after(10):
+                    async with anyio.create_task_group() as group:
+                        group.start_soon(client.get, f"/drop/{key}?fail=5")
+                        for _ in range(500):  # until its token is asked for (~10 s at most)
+                            if fleet._asking_budget:
+                                break
+                            await anyio.sleep(0.02)
+                        assert fleet._asking_budget
+                        group.cancel_scope.cancel()
+            finally:
+                await inspector.client_unpause()
+        assert h1_server.app.hits(key) == 1  # type: ignore[attr-defined]
+        spans = [s for s in exporter.get_finished_spans() if s.name == "GET"]
+        assert len(spans) == 1
+    finally:
+        provider.shutdown()
         await inspector.aclose()
         await store.aclose()
