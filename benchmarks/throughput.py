@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import gc
 import ssl
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -174,6 +175,8 @@ def route(transport: httpx.AsyncBaseTransport | None) -> str:
 
 
 Results = dict[str, dict[str, dict[str, Result]]]  # protocol -> client -> workload -> result
+#: Every round of each workload run in rounds: protocol -> client -> workload -> results.
+Rounds = dict[str, dict[str, dict[str, list[Result]]]]
 
 
 class Instant(httpx.AsyncBaseTransport):
@@ -205,6 +208,7 @@ async def run(args: argparse.Namespace) -> None:
 
     workloads = [f"c{n}" for n in args.concurrency] + [f"burst{n}" for n in args.burst]
     results: Results = {}
+    every_round: Rounds = {}
     all_routes: dict[str, dict[str, str]] = {}
     with serve() as server:
         # (protocol, senders, clients to close, each client's route)
@@ -278,6 +282,9 @@ async def run(args: argparse.Namespace) -> None:
                             )
                     for name, measured in runs.items():
                         rows.setdefault(name, {})[workload] = median_result(measured)
+                        every_round.setdefault(protocol, {}).setdefault(name, {})[workload] = (
+                            measured
+                        )
         finally:
             for _, _, owned, _ in plans:
                 for client in owned:
@@ -289,7 +296,7 @@ async def run(args: argparse.Namespace) -> None:
         print_table(rows, workloads)
         print("\n" + "; ".join(f"{n}: {r}" for n, r in all_routes[protocol].items()))
     print()
-    print_verdicts(results)
+    print_verdicts(results, every_round)
 
 
 def median_result(results: list[Result]) -> Result:
@@ -347,10 +354,15 @@ TARGETS = [
 _TARGET_WORKLOADS = frozenset(side[1] for target in TARGETS for side in target[2:4])
 
 
-def verdicts(results: Results) -> list[tuple[str, str, float, bool, float | None]]:
-    """(target, bound, measured ratio, met, ceiling) for each target this run has the numbers
-    for. The ceiling, for a target on the layer's req/s, is the ratio a transport that cost
-    nothing would reach: what httpx's client alone reached over an instant transport."""
+def verdicts(
+    results: Results, every_round: Rounds | None = None
+) -> list[tuple[str, str, float, bool, float | None, float | None]]:
+    """(target, bound, measured ratio, met, ceiling, paired) for each target this run has the
+    numbers for. The ratio (the verdict's) is that of the two sides' medians. The ceiling, for a
+    target on the layer's req/s, is the ratio a transport that cost nothing would reach: what
+    httpx's client alone reached over an instant transport. Paired, for two clients measured in
+    the same rounds: the median of the ratios within each round (both sides under the same
+    load), shown beside the verdict, which it does not change."""
     found = []
     for protocol, label, (a, wa, qa), (b, wb, qb), bound, at_least in TARGETS:
         rows = results.get(protocol, {})
@@ -363,18 +375,41 @@ def verdicts(results: Results) -> list[tuple[str, str, float, bool, float | None
         ceiling = None
         if alone is not None and a == "layer" and qa == "rate" and qb == "rate":
             ceiling = alone.rate / right.rate
+        paired = None
+        if every_round is not None and wa == wb:
+            sides = every_round.get(protocol, {})
+            left_rounds = sides.get(a, {}).get(wa, [])
+            right_rounds = sides.get(b, {}).get(wb, [])
+            if len(left_rounds) == len(right_rounds) > 1:
+                paired = statistics.median(
+                    getattr(x, qa) / getattr(y, qb)
+                    for x, y in zip(left_rounds, right_rounds, strict=True)
+                )
         found.append(
-            (f"{protocol} {label}", f"{'≥' if at_least else '≤'} {bound:g}", ratio, met, ceiling)
+            (
+                f"{protocol} {label}",
+                f"{'≥' if at_least else '≤'} {bound:g}",
+                ratio,
+                met,
+                ceiling,
+                paired,
+            )
         )
     return found
 
 
-def print_verdicts(results: Results) -> None:
-    print("| target | bound | measured | verdict | ceiling: httpx's client alone |")
-    print("|---|---|---|---|---|")
-    for label, bound, ratio, met, ceiling in verdicts(results):
+def print_verdicts(results: Results, every_round: Rounds | None = None) -> None:
+    print(
+        "| target | bound | measured (medians' ratio) | verdict "
+        "| ceiling: httpx's client alone | per-round ratios' median |"
+    )
+    print("|---|---|---|---|---|---|")
+    for label, bound, ratio, met, ceiling, paired in verdicts(results, every_round):
         most = "" if ceiling is None else f"{ceiling:.2f}"
-        print(f"| {label} | {bound} | {ratio:.2f} | {'met' if met else 'NOT met'} | {most} |")
+        pair = "" if paired is None else f"{paired:.3f}"
+        print(
+            f"| {label} | {bound} | {ratio:.3f} | {'met' if met else 'NOT met'} | {most} | {pair} |"
+        )
 
 
 async def run_trio(args: argparse.Namespace, url: str) -> None:
