@@ -1038,3 +1038,35 @@ async def test_a_refusal_the_pools_count_cannot_explain_retires_the_connection(
         assert first.capacity == 0
         assert server.errors == []
         assert_nothing_held(transport)
+
+
+async def test_a_window_raised_by_settings_does_not_fail_the_connection_over_a_closed_stream() -> (
+    None
+):
+    """The server opens stream 1's send window to 2**31 - 1 (WINDOW_UPDATE) and answers it;
+    while a second request waits on the same connection, the server raises
+    SETTINGS_INITIAL_WINDOW_SIZE by one. That grows the windows of the streams still open
+    (RFC 9113 §6.9.2); stream 1 is closed, and its window is no reason to fail the connection
+    (stock h2 has dropped it by then, when stream 3 opened): the second request is answered."""
+    results: list[Any] = []
+    with ScriptedServer() as server:
+        transport = h2c()
+        async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+            with anyio.fail_after(30):
+                assert (await client.get("/credit")).status_code == 200
+
+                async def held() -> None:
+                    try:
+                        results.append((await client.get("/hold")).status_code)
+                    except httpx.TransportError as exc:
+                        results.append(repr(exc))
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(held)
+                    await wait_for_arrival(server, "/hold")
+                    server.set_initial_window(65_536)
+                    server.release()
+            assert results == [200]
+            assert server.connections == 1
+            assert server.errors == []
+            assert_nothing_held(transport)

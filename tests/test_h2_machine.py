@@ -181,3 +181,33 @@ def test_receive_frame_is_h2s_own_but_for_the_trace_log() -> None:
     assert _body(_GracefulH2Connection._receive_frame) == _body(
         h2.connection.H2Connection._receive_frame
     )
+
+
+def test_a_window_raised_by_settings_spares_a_stream_h2_would_have_dropped() -> None:
+    """Stream 1's send window is opened to the most HTTP/2 allows (2**31 - 1) by the server's
+    WINDOW_UPDATE, and the stream ends; stream 3 opens (stock h2 drops the closed stream 1
+    there). A SETTINGS raising INITIAL_WINDOW_SIZE by one then grows every stream h2 holds:
+    stock h2 holds only stream 3 and goes on; a subclass still holding the closed stream 1
+    must not fail the connection with FLOW_CONTROL_ERROR over a closed stream's window."""
+    outcomes = []
+    for client in (
+        h2.connection.H2Connection(config=h2.config.H2Configuration()),
+        _GracefulH2Connection(config=H2_CONFIG),
+    ):
+        client, server = _pair(client, 100)
+        client.send_headers(1, _REQUEST, end_stream=True)
+        _exchange(client, server)
+        server.increment_flow_control_window(2**31 - 1 - 65_535, stream_id=1)
+        server.send_headers(1, _RESPONSE, end_stream=True)
+        _exchange(client, server)
+        client.send_headers(3, _REQUEST, end_stream=True)
+        _exchange(client, server)
+        server.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65_536})
+        try:
+            _exchange(client, server)
+        except h2.exceptions.ProtocolError as exc:
+            outcomes.append(repr(exc))
+        else:
+            outcomes.append("ok")
+            assert client.streams[3].outbound_flow_control_window == 65_536
+    assert outcomes == ["ok", "ok"]

@@ -13,6 +13,8 @@ What it answers is chosen by the request path:
 * ``/status?value=V``: ``:status`` V, as given (h2's checks of what it sends off), and
   ``/no-status``: a response head without ``:status``: servers breaking the protocol;
 * ``/hold``: answered when the test calls `ScriptedServer.release`;
+* ``/credit``: the client's send window for the stream opened to 2**31 - 1 (WINDOW_UPDATE),
+  then 200 ``ok``;
 * ``/fill?n=N``: HEADERS and N bytes of DATA, never ended;
 * ``/data?n=N``: HEADERS and N bytes of DATA, ended;
 * ``/wait-data?n=N``: like ``/data``, but only once an ``/upload-stall`` request has arrived;
@@ -142,6 +144,16 @@ class ScriptedServer:
             conn.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams})
             conn.flush()
 
+    def set_initial_window(self, size: int) -> None:
+        """Send SETTINGS with a new INITIAL_WINDOW_SIZE on every connection."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._set_initial_window, size)
+
+    def _set_initial_window(self, size: int) -> None:
+        for conn in self._conns:
+            conn.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: size})
+            conn.flush()
+
     def stop_listening(self) -> None:
         """Close the listening socket (open connections stay): new connections are refused."""
         assert self._loop is not None
@@ -263,6 +275,11 @@ class ScriptedServer:
                 conn.h2.config.validate_outbound_headers = True
         elif url.path == "/hold":
             self._held.append((conn, stream_id))
+        elif url.path == "/credit":
+            # The request had no body: the stream's window is still the initial one.
+            opened = 2**31 - 1 - conn.h2.local_settings.initial_window_size
+            conn.h2.increment_flow_control_window(opened, stream_id=stream_id)
+            self._respond(conn, stream_id, b"ok", end=True)
         elif url.path == "/fill":
             self._respond(conn, stream_id, b"x" * size, end=False)
         elif url.path == "/data":
