@@ -277,6 +277,15 @@ class _GracefulH2Connection(h2.connection.H2Connection):
         count: int = h2.connection.H2Connection.open_outbound_streams.fget(self)  # type: ignore[attr-defined]
         return count
 
+    def _flow_control_change_from_settings(self, old_value: int | None, new_value: int) -> None:
+        """The server's SETTINGS changed INITIAL_WINDOW_SIZE: h2 moves the send window of
+        every stream it holds by the difference, and fails the connection (FLOW_CONTROL_ERROR)
+        if one passes 2**31 - 1. The closed streams `open_outbound_streams` leaves in h2's
+        hands are dropped first, as h2's own count drops them: a closed stream's window (one
+        the server opened to the maximum, say) is no reason to fail the connection."""
+        h2.connection.H2Connection.open_outbound_streams.fget(self)  # type: ignore[attr-defined]
+        super()._flow_control_change_from_settings(old_value, new_value)
+
 
 class _Expired(Exception):
     """A wait passed its timeout (mapped to httpx's timeouts by the waiter)."""
