@@ -211,3 +211,19 @@ def test_a_window_raised_by_settings_spares_a_stream_h2_would_have_dropped() -> 
             outcomes.append("ok")
             assert client.streams[3].outbound_flow_control_window == 65_536
     assert outcomes == ["ok", "ok"]
+
+
+def test_closed_streams_are_dropped_under_a_limit_above_the_cull_point() -> None:
+    """A server allowing more streams than ``_CULL_AT`` (Envoy's default is 2**31 - 1): h2's
+    count never reaches its limit, so only ``_CULL_AT`` bounds what h2 holds."""
+    client, server = _pair(_GracefulH2Connection(config=H2_CONFIG), 10 * _CULL_AT)
+    most = 0
+    for _ in range(3 * _CULL_AT):
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, _REQUEST, end_stream=True)
+        most = max(most, len(client.streams))
+        _exchange(client, server)
+        server.send_headers(stream_id, _RESPONSE, end_stream=True)
+        _exchange(client, server)
+    assert most <= _CULL_AT
+    assert h2.connection.H2Connection.open_outbound_streams.fget(client) == 0  # type: ignore[attr-defined]
