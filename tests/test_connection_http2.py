@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -742,14 +743,18 @@ async def test_a_connection_whose_write_timed_out_takes_no_new_request() -> None
         async with httpx.AsyncClient(
             transport=transport, base_url=server.url, timeout=httpx.Timeout(3.0)
         ) as client:
+            started = time.monotonic()
             with anyio.fail_after(60):
                 with pytest.raises(httpx.WriteTimeout):
                     await client.post("/upload-stall", content=Upload())
+                timed_out = time.monotonic() - started
                 response = await client.get("/ok")
             assert response.text == "ok"
             stalled = not server.resumed
-    assert stalled
-    assert server.connections == 2
+            elapsed = time.monotonic() - started
+    # (Timings in the messages only: a failure seen once in a full run, not reproduced since.)
+    assert stalled, f"the server read again before the end ({timed_out=:.2f} s, {elapsed=:.2f} s)"
+    assert server.connections == 2, (server.connections, f"{timed_out=:.2f} s, {elapsed=:.2f} s")
 
 
 async def test_waiting_behind_a_blocked_writer_is_bounded_by_the_write_timeout() -> None:
