@@ -29,6 +29,7 @@ from httpx_resilience import (
 )
 from tests.support.redis import RedisServer, redis_server_or_skip
 from tests.support.server import ServerThread
+from tests.test_fleet_unit import GatedBudgetStore
 
 pytestmark = pytest.mark.anyio
 
@@ -135,21 +136,6 @@ async def test_a_wait_for_a_fleet_token_stops_at_the_total_timeout() -> None:
     assert hits[0] == 1
     [attempt] = response.extensions["retry_history"]
     assert attempt.reason in ("wait would pass total_timeout", "retry budget exhausted")
-
-
-class GatedBudgetStore(MemoryStore):
-    """A MemoryStore whose budget calls that want retries wait for ``gate``; records them."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.gate = anyio.Event()
-        self.wanted: list[int] = []
-
-    async def budget(self, scope: str, requests: int, want: int, *args: Any, **kw: Any) -> Any:
-        if want:
-            self.wanted.append(want)
-            await self.gate.wait()
-        return await super().budget(scope, requests, want, *args, **kw)
 
 
 async def test_a_request_cancelled_before_its_batch_is_sent_takes_no_fleet_token() -> None:

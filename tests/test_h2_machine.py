@@ -111,18 +111,25 @@ def test_opening_a_stream_is_refused_exactly_when_h2_refuses_it(
         assert ours[0].open_outbound_streams >= true_count
 
 
-def test_closed_streams_are_still_dropped() -> None:
-    """Thousands of streams opened and ended one after another: h2 never holds more than
-    ``_CULL_AT`` of them, and refuses nothing below the server's limit."""
-    client, server = _pair(_GracefulH2Connection(config=H2_CONFIG), 100)
+def _one_after_another(limit: int, streams: int) -> tuple[h2.connection.H2Connection, int]:
+    """Open and end ``streams`` streams one after another on a client whose server allows
+    ``limit``: the client, and the most streams h2 held at once."""
+    client, server = _pair(_GracefulH2Connection(config=H2_CONFIG), limit)
     most = 0
-    for _ in range(2_000):
+    for _ in range(streams):
         stream_id = client.get_next_available_stream_id()
         client.send_headers(stream_id, _REQUEST, end_stream=True)
         most = max(most, len(client.streams))
         _exchange(client, server)
         server.send_headers(stream_id, _RESPONSE, end_stream=True)
         _exchange(client, server)
+    return client, most
+
+
+def test_closed_streams_are_still_dropped() -> None:
+    """Thousands of streams opened and ended one after another: h2 never holds more than
+    ``_CULL_AT`` of them, and refuses nothing below the server's limit."""
+    client, most = _one_after_another(limit=100, streams=2_000)
     assert most <= _CULL_AT
     assert client.open_outbound_streams == 0
 
@@ -216,14 +223,6 @@ def test_a_window_raised_by_settings_spares_a_stream_h2_would_have_dropped() -> 
 def test_closed_streams_are_dropped_under_a_limit_above_the_cull_point() -> None:
     """A server allowing more streams than ``_CULL_AT`` (Envoy's default is 2**31 - 1): h2's
     count never reaches its limit, so only ``_CULL_AT`` bounds what h2 holds."""
-    client, server = _pair(_GracefulH2Connection(config=H2_CONFIG), 10 * _CULL_AT)
-    most = 0
-    for _ in range(3 * _CULL_AT):
-        stream_id = client.get_next_available_stream_id()
-        client.send_headers(stream_id, _REQUEST, end_stream=True)
-        most = max(most, len(client.streams))
-        _exchange(client, server)
-        server.send_headers(stream_id, _RESPONSE, end_stream=True)
-        _exchange(client, server)
+    client, most = _one_after_another(limit=10 * _CULL_AT, streams=3 * _CULL_AT)
     assert most <= _CULL_AT
     assert h2.connection.H2Connection.open_outbound_streams.fget(client) == 0  # type: ignore[attr-defined]
