@@ -26,12 +26,12 @@ Stock httpx skips bursts above 1,000 (its pool's queue makes them take minutes).
 
 The HTTP/2 clients are built as ``http2=True``: ``AsyncConnectionPoolTransport(http2=True)``
 and ``ResilientTransport(http2=True)`` (each row names the route it took). ``--trio`` runs the
-concurrency workloads under trio instead, HTTP/1.1, for stock httpx and the layer only (aiohttp
-is asyncio-only): the layer must not be slower there than stock httpx. ``--parts`` shows where a
-request's client CPU goes (HTTP/1.1, at the first ``--concurrency``): the layer alone, httpx's
-client over an instant transport that returns nginx's own response, the two together, and
-aiohttp, alternated over ``--rounds`` rounds; and what h2 and hpack alone cost per HTTP/2
-request, without sockets.
+concurrency workloads under trio instead, over the ``--http`` protocols, for stock httpx and the
+layer only (aiohttp is asyncio-only): the layer must not be slower there than stock httpx.
+``--parts`` shows where a request's client CPU goes (HTTP/1.1, at the first ``--concurrency``):
+the layer alone, httpx's client over an instant transport that returns nginx's own response, the
+two together, and aiohttp, alternated over ``--rounds`` rounds; and what h2 and hpack alone cost
+per HTTP/2 request, without sockets.
 """
 
 from __future__ import annotations
@@ -412,13 +412,8 @@ def print_verdicts(results: Results, every_round: Rounds | None = None) -> None:
         )
 
 
-async def run_trio(args: argparse.Namespace, url: str) -> None:
+async def run_trio(args: argparse.Namespace, server: NginxFiles) -> None:
     import trio
-
-    clients = {
-        "stock httpx": make_client(None),
-        "layer": make_client(AsyncConnectionPoolTransport()),
-    }
 
     async def measure_trio(send: Send, concurrency: int, total: int) -> Result:
         share = max(1, total // concurrency)
@@ -434,21 +429,34 @@ async def run_trio(args: argparse.Namespace, url: str) -> None:
                 nursery.start_soon(worker)
         return Result(share * concurrency, time.perf_counter() - started, time.process_time() - cpu)
 
-    senders = {name: httpx_sender(client, url, "HTTP/1.1") for name, client in clients.items()}
-    try:
-        for send in senders.values():
-            await measure_trio(send, 10, 500)
-        for concurrency in args.concurrency:
-            for name, send in senders.items():
-                result = await measure_trio(send, concurrency, args.requests)
-                print(
-                    f"  trio c{concurrency:<4} {name:<12} {result.rate:>9,.0f} req/s "
-                    f"{result.cpu_us:>7,.0f} µs/req",
-                    flush=True,
-                )
-    finally:
-        for client in clients.values():
-            await client.aclose()
+    for protocol in args.http:
+        if protocol == "2":
+            url, version, verify = server.https_url + _PATH, "HTTP/2", trusting_context()
+            clients = {
+                "stock httpx": make_client(None, http2=True, verify=verify),
+                "layer": make_client(AsyncConnectionPoolTransport(http2=True, verify=verify)),
+            }
+        else:
+            url, version = server.http_url + _PATH, "HTTP/1.1"
+            clients = {
+                "stock httpx": make_client(None),
+                "layer": make_client(AsyncConnectionPoolTransport()),
+            }
+        senders = {name: httpx_sender(client, url, version) for name, client in clients.items()}
+        try:
+            for send in senders.values():
+                await measure_trio(send, 10, 500)
+            for concurrency in args.concurrency:
+                for name, send in senders.items():
+                    result = await measure_trio(send, concurrency, args.requests)
+                    print(
+                        f"  trio {version:<8} c{concurrency:<4} {name:<12} "
+                        f"{result.rate:>9,.0f} req/s {result.cpu_us:>7,.0f} µs/req",
+                        flush=True,
+                    )
+        finally:
+            for client in clients.values():
+                await client.aclose()
 
 
 async def run_parts(args: argparse.Namespace) -> None:
@@ -591,7 +599,7 @@ def main() -> None:
         import trio
 
         with serve() as server:
-            trio.run(run_trio, args, server.http_url + _PATH)
+            trio.run(run_trio, args, server)
     else:
         asyncio.run(run(args))
 
