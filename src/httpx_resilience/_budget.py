@@ -10,9 +10,16 @@ Pure and synchronous: the caller passes the current time. O(1) per call, fixed m
 
 from __future__ import annotations
 
+from typing import Literal
+
 from ._window import SlidingCounts
 
-__all__ = ["RetryBudget"]
+__all__ = ["BudgetSource", "RetryBudget"]
+
+#: Whose budget a reading is (`TransportStats.budget_source`): ``"local"`` the transport's own,
+#: ``"fleet"`` the fleet's through a state store, ``"fallback"`` this worker's allowance while
+#: the store is unavailable.
+BudgetSource = Literal["local", "fleet", "fallback"]
 
 
 class RetryBudget:
@@ -43,3 +50,8 @@ class RetryBudget:
         counts = self._counts
         counts.slide(now)
         return max(0.0, self._floor + self._ratio * counts.first - counts.second)
+
+    def reading(self, now: float) -> tuple[float | None, BudgetSource, float | None]:
+        """For `TransportStats`: ``(available(now), "local", None)``; the budget shared by a
+        store reads differently (`SharedBudget.reading`)."""
+        return self.available(now), "local", None

@@ -51,13 +51,13 @@ import anyio
 import sniffio
 
 from ._breaker import CircuitBreaker, CircuitState, Origin, Permit
-from ._budget import RetryBudget
+from ._budget import BudgetSource, RetryBudget
 from ._circuit import open_from_fleet
 from ._config import RetryConfig
 from ._cooldown import CoolDown
 from ._instrument._hooks import StoreAvailability, emit
 from ._logging import logger
-from ._stores._protocol import BudgetPolicy, CircuitPolicy, CircuitView, StateStore
+from ._stores._protocol import BudgetPolicy, BudgetView, CircuitPolicy, CircuitView, StateStore
 
 __all__ = ["Fleet", "SharedBudget"]
 
@@ -153,6 +153,36 @@ class SharedBudget(RetryBudget):
         counts.slide(now)
         return counts.first
 
+    def reading(self, now: float) -> tuple[float | None, BudgetSource, float | None]:
+        """What decides this worker's next retry, for `ResilientTransport.stats` and
+        `BudgetRefusal`, without a store call (see `TransportStats.budget_left`):
+
+        * ``(left, "fleet", age)`` while the store is in use: the retries the fleet's budget
+          had left at the store's latest answer (a budget call or a background read), ``age``
+          seconds ago; ``(None, "fleet", None)`` before its first answer;
+        * ``(allowance, "fallback", None)`` while it is unavailable (or the event loop is one
+          it does not support): what `try_spend` allows this worker on its own now."""
+        fleet = self._fleet
+        if fleet.answering:
+            if fleet.budget_seen_at is None or fleet.budget_left is None:
+                return None, "fleet", None
+            return max(0.0, fleet.budget_left), "fleet", max(0.0, now - fleet.budget_seen_at)
+        return max(0.0, self._fallback_allowance(now)), "fallback", None
+
+    def available(self, now: float) -> float:
+        """`reading`'s number (0.0 while the store has not answered yet)."""
+        return self.reading(now)[0] or 0.0
+
+    def _fallback_allowance(self, now: float) -> float:
+        allowance = self._fleet.fallback_allowance(self._ratio)
+        if allowance is None:
+            # The store never answered: no share known. The floor is the fleet's, not each
+            # worker's: only the ratio of this worker's own requests.
+            counts = self._counts
+            counts.slide(now)
+            allowance = self._ratio * counts.first - counts.second
+        return allowance
+
     def try_spend(self, now: float) -> bool:
         fleet = self._fleet
         if fleet.sharing:
@@ -160,16 +190,9 @@ class SharedBudget(RetryBudget):
                 fleet.retry_tokens -= 1
                 return True
             return False
-        allowance = fleet.fallback_allowance(self._ratio)
-        counts = self._counts
-        counts.slide(now)
-        if allowance is None:
-            # The store never answered: no share known. The floor is the fleet's, not each
-            # worker's: only the ratio of this worker's own requests.
-            allowance = self._ratio * counts.first - counts.second
-        if allowance < 1.0:
+        if self._fallback_allowance(now) < 1.0:
             return False
-        counts.add(now, second=1)
+        self._counts.add(now, second=1)
         fleet.spent_locally()
         return True
 
@@ -228,6 +251,10 @@ class Fleet:
         # budget had left at its last answer (None: no answer yet), and the requests made and
         # retries spent here since; the retries spent so are reported when it answers again.
         self._budget_share: float | None = None
+        # The retries the fleet's budget had left at the store's latest answer, and when
+        # (this fleet's clock) it came; None before the first: what `stats()` reports.
+        self.budget_left: float | None = None
+        self.budget_seen_at: float | None = None
         self._since_requests = 0
         self._since_spent = 0
         self._unreported_retries = 0
@@ -243,6 +270,12 @@ class Fleet:
         return f"Fleet(store={self.store!r}, scope={self.scope!r})"
 
     # --- availability -----------------------------------------------------------------------
+
+    @property
+    def answering(self) -> bool:
+        """`sharing` as far as it is known, without checking the event loop (nor logging):
+        for `stats()`, which may run anywhere, before any request or outside the loop."""
+        return self._supported is not False and self._clock() >= self._down_until
 
     @property
     def sharing(self) -> bool:
@@ -361,6 +394,9 @@ class Fleet:
             # err on the strict side.
             self._unreported_retries += retries
             return
+        budget_view = getattr(views, "budget", None)  # a `StoreRead`; a plain dict has none
+        if isinstance(budget_view, BudgetView):
+            self._note_budget(budget_view)
         for origin, name in zip(origins, names, strict=True):
             view, cool_down_left = views.get(name, (None, 0.0))
             if view is not None:
@@ -770,14 +806,21 @@ class Fleet:
         if answer is None:
             self._unreported_retries += retries  # and the requests are not (see `_read`)
             return 0
-        # This worker's share of what is left, for when the store stops answering.
+        self._note_budget(answer)
+        return answer.granted
+
+    def _note_budget(self, answer: BudgetView) -> None:
+        """The store answered with the fleet's budget (a budget call, or a background read):
+        keep what it has left, for `stats()`, and this worker's share of it, for when the
+        store stops answering."""
+        now = self._clock()
+        self.budget_left, self.budget_seen_at = answer.left, now
         share = 1.0
         if self.local_budget is not None and answer.requests > 0:
-            mine = self.local_budget.requests_in_window(self._clock())
+            mine = self.local_budget.requests_in_window(now)
             share = min(1.0, mine / answer.requests)
         self._budget_share = share * max(0.0, answer.left)
         self._since_requests = self._since_spent = 0
-        return answer.granted
 
     def fallback_allowance(self, ratio: float) -> float | None:
         """While the store is unavailable: the retries this worker may spend, its share of

@@ -270,10 +270,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
 
     def stats(self) -> TransportStats:
         """A snapshot for health endpoints: per origin, the circuit state and the attempts
-        and failures of the last minute; the retry budget left. Cheap, and never blocks."""
+        and failures of the last minute; the retry budget left (with a store, the fleet's as
+        the store last reported it: see `TransportStats.budget_left`). Cheap, and never
+        blocks: no store call."""
         now = self._clock()
-        budget_left = None if self._budget is None else self._budget.available(now)
-        return snapshot(self._counts, now, self._breaker, budget_left, self._transport)
+        budget = None if self._budget is None else self._budget.reading(now)
+        return snapshot(self._counts, now, self._breaker, budget, self._transport)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(transport={self._transport!r}, retry={self._retry!r})"
@@ -823,11 +825,13 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         elif outcome is AttemptOutcome.GIVE_UP:
             reason = attempt.reason
             if reason is BUDGET_EXHAUSTED and hooks.on_budget_refusal and run.budget is not None:
-                available = run.budget.available(self._clock())
-                hooks.emit(
-                    "on_budget_refusal",
-                    BudgetRefusal(request.method, run.url, run.target, attempt.number, available),
+                # With a fleet: what its budget said (the answer that refused this retry), or
+                # this worker's allowance while the store is unavailable.
+                available, source, _ = run.budget.reading(self._clock())
+                refusal = BudgetRefusal(
+                    request.method, run.url, run.target, attempt.number, available or 0.0, source
                 )
+                hooks.emit("on_budget_refusal", refusal)
             elif reason is _CIRCUIT_OPENED:
                 breaker = self._breaker
                 assert breaker is not None

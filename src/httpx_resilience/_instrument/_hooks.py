@@ -43,6 +43,7 @@ from .._cooldown import CoolDownEnd, CoolDownStart
 if TYPE_CHECKING:
     import httpx
 
+    from .._budget import BudgetSource
     from .._circuit import CircuitState, CircuitTable, Origin
 
 __all__ = [
@@ -226,7 +227,14 @@ class BudgetRefusal:
         url: The request URL, redacted.
         origin: Where the request went.
         attempt: The attempt that failed and was not retried.
-        available: Retries the budget had left (below one).
+        available: Retries the budget that refused had left, as
+            `TransportStats.budget_left` reads it (``source`` says which): ``"local"``,
+            the transport's own budget (below one); ``"fleet"``, what the fleet's budget
+            had left at the store's latest answer, the one that refused this retry (below
+            one), unless the store did not answer in time (then its previous answer, 0.0
+            if none); ``"fallback"``, this worker's allowance while the store is
+            unavailable (below one).
+        source: ``"local"``, ``"fleet"`` or ``"fallback"`` (see `TransportStats`).
     """
 
     method: str
@@ -234,6 +242,7 @@ class BudgetRefusal:
     origin: Origin
     attempt: int
     available: float
+    source: BudgetSource = "local"
 
 
 @dataclass(frozen=True, slots=True)

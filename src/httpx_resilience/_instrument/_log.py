@@ -82,8 +82,8 @@ class LoggingHook(Hook):
     def on_budget_refusal(self, refusal: BudgetRefusal) -> None:
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug(
-                "Retry budget exhausted: %s %s not retried after attempt %d",
-                refusal.method, refusal.url, refusal.attempt,
+                "Retry budget exhausted: %s %s not retried after attempt %d (%s budget: %.2f left)",
+                refusal.method, refusal.url, refusal.attempt, refusal.source, refusal.available,
             )  # fmt: skip
 
     def on_cool_down_start(self, start: CoolDownStart) -> None:

@@ -2,7 +2,8 @@
 
 Cheap and non-blocking: the transport counts each attempt per origin in a `SlidingCounts`
 window (O(1), fixed memory per origin, at most ``MAX_ORIGINS`` origins), and a snapshot only
-reads those counters, the circuit breaker's states and the retry budget. Nothing awaits.
+reads those counters, the circuit breaker's states and the retry budget (with a state store,
+the fleet's budget as the store's latest answer left it: no store call). Nothing awaits.
 
 The connection layer reports its pool in two ways, both looked up on the inner transport:
 pool-wide through its ``pool_stats`` property (the own HTTP/1.1 layer's ``PoolStats``: idle,
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from .._breaker import CircuitBreaker, CircuitState, Origin
+from .._budget import BudgetSource
 from .._window import SlidingCounts
 
 __all__ = [
@@ -90,24 +92,51 @@ class TransportStats:
     """A `ResilientTransport` now, for a health endpoint.
 
     Attributes:
-        budget_left: Retries the transport's retry budget allows now; None without a budget.
+        budget_left: Retries the retry budget that decides this transport's next retry
+            allows, never below 0 (a retry needs 1); None without a budget. Which budget,
+            by ``budget_source``:
+
+            * ``"local"`` (no state store): the transport's own, now: ``budget_min_per_second
+              x budget_window + budget_ratio x`` its requests over the last
+              ``budget_window`` seconds, less its retries there.
+            * ``"fleet"`` (a state store shares the budget): the fleet's, the same sum over
+              every worker's requests and retries (a worker's retries granted and not spent
+              yet count as spent), as the store last reported it to this transport,
+              ``budget_age`` seconds ago: at its latest retry's budget call or background
+              read (every ``sync_interval`` while requests flow). Other workers' requests
+              and retries since are not in it. None before the store's first answer.
+            * ``"fallback"`` (the store unavailable: for ``retry_interval`` after a failed
+              call, or always on an event loop the store does not support): what this
+              worker may spend on its own until the store answers again: its share of what
+              the fleet had left at the last answer (its requests over the fleet's) plus
+              ``budget_ratio`` of its requests since, less its retries since; if the store
+              never answered, ``budget_ratio`` of its own requests less its retries.
         window: Seconds of history behind each origin's counts.
         origins: Every origin the transport sent to recently, its breaker tracks, or its
             connection layer reports, sorted.
         pool: The connection pool's counts over all origins, if the connection layer reports
             them (the own HTTP/1.1 layer does; httpx's, used for HTTP/2, does not); else None.
+        budget_source: ``"local"``, ``"fleet"`` or ``"fallback"``: whose number
+            ``budget_left`` is (above); None without a budget.
+        budget_age: ``"fleet"`` only: seconds since the store's answer behind
+            ``budget_left`` (None before it; None for the other sources, which are exact
+            now).
     """
 
     budget_left: float | None
     window: float
     origins: tuple[OriginStats, ...]
     pool: ConnectionStats | None = None
+    budget_source: BudgetSource | None = None
+    budget_age: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data: origins keyed by ``"scheme://host:port"``."""
         pool = self.pool
         return {
             "budget_left": self.budget_left,
+            "budget_source": self.budget_source,
+            "budget_age": self.budget_age,
             "window": self.window,
             "pool": None
             if pool is None
@@ -162,9 +191,10 @@ def snapshot(
     counts: AttemptCounts,
     now: float,
     breaker: CircuitBreaker | None,
-    budget_left: float | None,
+    budget: tuple[float | None, BudgetSource, float | None] | None,
     inner: object,
 ) -> TransportStats:
+    """``budget``: the retry budget's `RetryBudget.reading`, or None without one."""
     seen = counts.read(now)
     circuits = {} if breaker is None else breaker.states()
     connections: Mapping[Origin, ConnectionStats] = {}
@@ -185,7 +215,8 @@ def snapshot(
                 connections=connections.get(origin),
             )
         )
-    return TransportStats(budget_left, counts.window, tuple(origins), _pool(inner))
+    left, source, age = (None, None, None) if budget is None else budget
+    return TransportStats(left, counts.window, tuple(origins), _pool(inner), source, age)
 
 
 def _pool(inner: object) -> ConnectionStats | None:

@@ -23,6 +23,7 @@ from ._protocol import (
     CircuitOp,
     CircuitPolicy,
     CircuitView,
+    StoreRead,
     StoreSettings,
     check_settings,
 )
@@ -247,10 +248,11 @@ class MemoryStore:
         budget: BudgetPolicy | None = None,
         reports: Mapping[str, tuple[int, float | None]] | None = None,
     ) -> dict[str, tuple[CircuitView, float]]:
-        if budget is not None and (requests or retries):
-            await self.budget(scope, requests, 0, budget, retries=retries)
+        budget_view = None
+        if budget is not None:
+            budget_view = await self.budget(scope, requests, 0, budget, retries=retries)
         now = self._clock()
-        views = {}
+        views = StoreRead(budget=budget_view)
         for origin in origins:
             view = CLOSED_VIEW
             if policy is not None:

@@ -37,7 +37,10 @@ the caller could not reach the store: reconciled now) and spends up to ``want`` 
 many as keep ``spent <= floor + ratio * requests`` over the last ``window`` seconds (a caller
 asks for the retries of several requests at once). It answers with the
 fleet's requests in the window and the retries left, from which a caller works out its share
-for when the store becomes unreachable.
+for when the store becomes unreachable, and which it reports (`TransportStats.budget_left`).
+``read`` counts requests and retries in the same way (``want`` 0) and may answer with the
+budget's view too (`StoreRead`): then every background read keeps the caller's view of the
+fleet's budget current, not only its retries.
 
 Cool-downs, per ``scope`` and origin: ``note_cool_down`` extends the window to at least
 ``seconds`` from now; ``read`` reports what is left of it.
@@ -60,6 +63,7 @@ __all__ = [
     "CircuitPolicy",
     "CircuitView",
     "StateStore",
+    "StoreRead",
     "StoreSettings",
     "check_settings",
 ]
@@ -146,6 +150,24 @@ class CircuitView(NamedTuple):
 CLOSED_VIEW = CircuitView(CircuitState.CLOSED, 0.0, 0)
 
 
+class StoreRead(dict[str, tuple[CircuitView, float]]):
+    """`StateStore.read`'s answer as the bundled stores give it: the dict of each origin's
+    circuit view and cool-down left, and ``budget``, the retry budget's view after the
+    read counted its requests and retries (`BudgetView` with ``granted`` 0), or None when
+    no budget was given. A store may answer with a plain dict instead: then the caller
+    learns the budget's state from ``budget`` calls only (its retries)."""
+
+    __slots__ = ("budget",)
+
+    def __init__(
+        self,
+        views: dict[str, tuple[CircuitView, float]] | None = None,
+        budget: BudgetView | None = None,
+    ) -> None:
+        super().__init__(views or {})
+        self.budget = budget
+
+
 @runtime_checkable
 class StateStore(Protocol):
     """Shared state for circuits, the retry budget and cool-downs (see the module docstring).
@@ -204,7 +226,9 @@ class StateStore(Protocol):
         """Each origin's circuit view (closed if ``policy`` is None) and cool-down left; and,
         in the same step (one round trip), count ``requests`` and ``retries`` in the
         ``budget`` if one is given, and ``report`` each origin's successes in ``reports``
-        (``(successes, success_age)``) before its view is taken."""
+        (``(successes, success_age)``) before its view is taken. With a ``budget``, a
+        `StoreRead` (a dict) whose ``budget`` is the budget's view after the count, so the
+        caller's view of the fleet's budget stays current; a plain dict is accepted too."""
         ...
 
     async def aclose(self) -> None:

@@ -29,6 +29,7 @@ from ._protocol import (
     CircuitOp,
     CircuitPolicy,
     CircuitView,
+    StoreRead,
     StoreSettings,
     check_settings,
 )
@@ -343,11 +344,11 @@ class RedisStore:
     async def budget(
         self, scope: str, requests: int, want: int, policy: BudgetPolicy, *, retries: int = 0
     ) -> BudgetView:
-        granted, seen, left = await self._budget_script(
+        result = await self._budget_script(
             keys=[self._key(scope, "budget")],
             args=_budget_args(requests, want, policy, retries),
         )
-        return BudgetView(int(granted), int(seen), float(left))
+        return _budget_view(result)
 
     async def note_cool_down(self, scope: str, origin: str, seconds: float) -> None:
         ms = max(1, int(seconds * 1000))
@@ -364,12 +365,12 @@ class RedisStore:
         budget: BudgetPolicy | None = None,
         reports: Mapping[str, tuple[int, float | None]] | None = None,
     ) -> dict[str, tuple[CircuitView, float]]:
-        flush = budget is not None and (requests > 0 or retries > 0)
-        if not origins and not flush:
+        if not origins and budget is None:
             return {}
         async with self._client.pipeline(transaction=False) as pipe:
-            if flush:
-                assert budget is not None
+            if budget is not None:
+                # Counts the requests and retries, and reads what the fleet's budget has
+                # left in the same round trip (for `TransportStats.budget_left`).
                 await self._budget_script(
                     keys=[self._key(scope, "budget")],
                     args=_budget_args(requests, 0, budget, retries),
@@ -386,9 +387,11 @@ class RedisStore:
                     )
                 pipe.pttl(self._key(scope, "cd", origin))
             results = await pipe.execute()
-        if flush:
+        budget_view = None
+        if budget is not None:
+            budget_view = _budget_view(results[0])
             results = results[1:]
-        views: dict[str, tuple[CircuitView, float]] = {}
+        views = StoreRead(budget=budget_view)
         step = 2 if policy is not None else 1
         for index, origin in enumerate(origins):
             row = results[index * step : index * step + step]
@@ -464,6 +467,11 @@ def _budget_args(requests: int, want: int, policy: BudgetPolicy, retries: int) -
         requests, max(0, int(want)), repr(policy.ratio), repr(policy.floor),
         int(policy.window * 1000), retries,
     ]  # fmt: skip
+
+
+def _budget_view(result: Any) -> BudgetView:
+    granted, seen, left = result
+    return BudgetView(int(granted), int(seen), float(left))
 
 
 def _circuit_view(result: Any) -> tuple[CircuitView, bool]:
