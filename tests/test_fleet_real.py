@@ -18,16 +18,18 @@ import pytest
 import redis.asyncio as aioredis
 
 from httpx_resilience import (
+    BudgetRefusal,
     CircuitBreaker,
     CircuitOpenError,
     CircuitState,
     CoolDown,
+    Hook,
     Origin,
     RedisStore,
     ResilientTransport,
     RetryConfig,
 )
-from httpx_resilience._stores._protocol import CircuitPolicy
+from httpx_resilience._stores._protocol import BudgetPolicy, CircuitPolicy
 from tests.support.redis import DelayProxy, RedisServer, redis_server_or_skip
 from tests.support.server import FaultProxy, ServerThread
 
@@ -62,6 +64,7 @@ class Worker:
         events: list[bool] | None = None,
         store_kwargs: dict[str, Any] | None = None,
         store: RedisStore | None = None,
+        hooks: list[object] | None = None,
     ) -> None:
         self.store = store
         if store is None and redis_url is not None:
@@ -80,6 +83,7 @@ class Worker:
             circuit_breaker=self.breaker,
             cool_down=cool_down if cool_down is not None else CoolDown(),
             state_store=self.store,
+            hooks=hooks or (),
         )
         self.client = httpx.AsyncClient(transport=self.transport, base_url=url, timeout=10.0)
 
@@ -643,3 +647,164 @@ async def test_requests_that_will_not_be_retried_take_nothing_from_the_fleet_bud
         assert await spent() == 40
     finally:
         await inspector.aclose()
+
+
+# --- what stats() and BudgetRefusal report with a shared budget ----------------------------
+
+
+class Refusals(Hook):
+    """Records the budget's refusals."""
+
+    def __init__(self) -> None:
+        self.seen: list[BudgetRefusal] = []
+
+    def on_budget_refusal(self, refusal: BudgetRefusal) -> None:
+        self.seen.append(refusal)
+
+
+def budget_worker(
+    make: Callable[..., list[Worker]], url: str, redis_url: str, prefix: str,
+    retry: RetryConfig, sync_interval: float, hooks: list[object] | None = None,
+) -> Worker:  # fmt: skip
+    """A worker without a breaker (the budget's scope is "default") whose store has a prefix
+    of its own: only this test's workers count in its budget."""
+    store = RedisStore.from_url(redis_url, prefix=prefix, timeout=2.0, sync_interval=sync_interval,
+                                retry_interval=600.0)  # fmt: skip
+    [worker] = make(1, url, None, name=prefix, retry=retry, store=store, hooks=hooks)
+    return worker
+
+
+def fleet_of(worker: Worker) -> Any:
+    fleet = worker.transport._fleet
+    assert fleet is not None
+    return fleet
+
+
+async def synced(worker: Worker) -> None:
+    """Wait until the worker's last background read is answered (at most ~10 s)."""
+    fleet = fleet_of(worker)
+    await until(lambda: fleet._sync_task is None and fleet.budget_seen_at is not None)
+
+
+async def fleet_budget_left(redis_url: str, prefix: str, retry: RetryConfig) -> float:
+    """What the fleet's budget has left, read from Redis by a client of the test's own."""
+    assert retry.budget_ratio is not None
+    policy = BudgetPolicy(retry.budget_ratio, retry.budget_min_per_second * retry.budget_window,
+                          retry.budget_window)  # fmt: skip
+    store = RedisStore.from_url(redis_url, prefix=prefix, timeout=2.0)
+    try:
+        return (await store.budget("default", 0, 0, policy)).left
+    finally:
+        await store.aclose()
+
+
+async def test_stats_budget_left_is_the_fleets_budget_as_the_store_last_reported_it(
+    h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
+) -> None:
+    # A floor of 10 retries per 40 s window plus half the requests; one retry per request.
+    # (Binary fractions: every number below is exact, in Lua as in Python.)
+    retry = RetryConfig(max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.5,
+                        budget_min_per_second=0.25, budget_window=40.0)  # fmt: skip
+    prefix = f"view-{key}"
+    a, b = (budget_worker(workers, h1_server.url, redis_server.url, prefix, retry, 0.02)
+            for _ in range(2))  # fmt: skip
+    assert b.transport.stats().budget_left is None  # the store has not answered yet
+    assert b.transport.stats().budget_source == "fleet"
+
+    # B's first request: its background read counts it and reads the fleet's budget.
+    assert await b.get(f"/ok/{key}") == 200
+    await synced(b)
+    before = b.transport.stats()
+    assert (before.budget_left, before.budget_source) == (10 + 0.5 * 1, "fleet")
+    assert before.budget_age is not None
+
+    # A: three GETs answered 503, each retried once with a token of the fleet's budget.
+    for _ in range(3):
+        assert await a.get(f"/status/{key}-503?code=503") == 503
+    assert h1_server.app.hits(f"{key}-503") == 6  # type: ignore[attr-defined]
+    await synced(a)
+    # B made no store call since: its number is still the store's answer of then.
+    assert b.transport.stats().budget_left == 10.5
+    # Its next request (past its sync_interval) reads the budget again: A's retries are in.
+    seen = fleet_of(b).budget_seen_at
+    await anyio.sleep(0.05)
+    assert await b.get(f"/ok/{key}") == 200
+    await until(lambda: fleet_of(b).budget_seen_at != seen)
+    await synced(b)
+    after = b.transport.stats()
+    # The fleet: 5 requests (B 2, A 3), 3 retries. B's own budget, the number reported
+    # before, would say 10 + 0.5 * 2 = 11 with no retry of its own.
+    assert (after.budget_left, after.budget_source) == (10 + 0.5 * 5 - 3, "fleet")
+    assert after.budget_left == await fleet_budget_left(redis_server.url, prefix, retry)
+    assert after.as_dict()["budget_source"] == "fleet"
+
+
+async def test_a_budget_refusal_reports_what_the_fleet_said(
+    h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
+) -> None:
+    # A floor of 1 retry per 32 s window plus 1/16 of the requests; one retry per request.
+    # Each worker reads in the background once (its first request), then only its retries'
+    # budget calls reach the store: every answer below is known exactly.
+    retry = RetryConfig(max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.0625,
+                        budget_min_per_second=1 / 32, budget_window=32.0)  # fmt: skip
+    prefix = f"refusal-{key}"
+    hooks = {name: Refusals() for name in "ac"}
+    a, c = (budget_worker(workers, h1_server.url, redis_server.url, prefix, retry, 3600.0,
+                          hooks=[hooks[name]]) for name in "ac")  # fmt: skip
+    for worker in (c, a):
+        assert await worker.get(f"/ok/{key}") == 200
+        await synced(worker)
+    assert a.transport.stats().budget_left == 1 + 2 / 16
+    # A: the first 503 is retried (1 + 3/16 left before it: 3/16 after); the second is not.
+    assert await a.get(f"/status/{key}-503?code=503") == 503
+    assert await a.get(f"/status/{key}-503?code=503") == 503
+    assert h1_server.app.hits(f"{key}-503") == 3  # type: ignore[attr-defined]
+    [refused] = hooks["a"].seen
+    assert (refused.attempt, refused.available, refused.source) == (1, 4 / 16, "fleet")
+    assert a.transport.stats().budget_left == 4 / 16
+    # C: its retry is refused too. Its own budget (the number reported before) would have
+    # said 1 + 2/16 left (a floor of 1 and 1/16 of its two requests), while refusing.
+    assert await c.get(f"/status/{key}-503?code=503") == 503
+    [refused] = hooks["c"].seen
+    assert (refused.available, refused.source) == (5 / 16, "fleet")
+    assert c.transport.stats().budget_left == 5 / 16
+    assert await fleet_budget_left(redis_server.url, prefix, retry) == 5 / 16
+
+
+async def test_while_the_store_is_unavailable_stats_report_the_workers_own_allowance(
+    h1_server: ServerThread, key: str, workers: Callable[..., Any]
+) -> None:
+    # A floor of 4 retries per 32 s window plus 1/16 of the requests; one retry per request.
+    retry = RetryConfig(max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.0625,
+                        budget_min_per_second=0.125, budget_window=32.0)  # fmt: skip
+    server = RedisServer(redis_server_or_skip()).start()
+    try:
+        prefix = f"fallback-{key}"
+        refusals = Refusals()
+        a = budget_worker(workers, h1_server.url, server.url, prefix, retry, 3600.0)
+        b = budget_worker(workers, h1_server.url, server.url, prefix, retry, 3600.0,
+                          hooks=[refusals])  # fmt: skip
+        for worker in (a, b):
+            assert await worker.get(f"/ok/{key}") == 200
+            await synced(worker)
+        # The fleet: 2 requests, no retry; B made one of them.
+        assert b.transport.stats().budget_left == 4 + 2 / 16
+        server.kill()
+        # B's first 503: its budget call fails, the store is unavailable (for 600 s), and B
+        # decides alone: half of what the fleet had left (its share of the requests) plus
+        # 1/16 of its request since: 2 + 1/16 + 1/16, one retry of it spent.
+        assert await b.get(f"/status/{key}-503?code=503") == 503
+        stats = b.transport.stats()
+        assert (stats.budget_left, stats.budget_source, stats.budget_age) == (
+            2 + 2 / 16 - 1, "fallback", None,
+        )  # fmt: skip
+        assert await b.get(f"/status/{key}-503?code=503") == 503  # 1 + 3/16: retried
+        assert b.transport.stats().budget_left == 3 / 16
+        assert await b.get(f"/status/{key}-503?code=503") == 503  # 4/16: not retried
+        assert h1_server.app.hits(f"{key}-503") == 5  # type: ignore[attr-defined]
+        [refused] = refusals.seen
+        assert (refused.available, refused.source) == (4 / 16, "fallback")
+        # B's own budget alone would have said 4 + 4/16 - 2: a floor that is the fleet's.
+        assert b.transport.stats().as_dict()["budget_left"] == 4 / 16
+    finally:
+        server.stop()

@@ -973,3 +973,93 @@ async def test_a_retry_granted_to_a_waiting_request_is_not_taken_by_another() ->
     assert store.wanted == [1, 1]
     assert fleet.retry_tokens == 0
     assert await fleet_spent(store, RETRY_ONCE) == 2
+
+
+# --- what stats() reports of a shared budget ------------------------------------------------
+
+#: A floor of 5 retries per 10 s window plus half the requests; one retry per request.
+HALF = RetryConfig(max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.5,
+                   budget_min_per_second=0.5, budget_window=10.0)  # fmt: skip
+
+
+class PlainReadStore(FlakyStore):
+    """A store whose reads answer a plain dict, without the budget (the `StateStore`
+    protocol allows it: a store of one's own written before `StoreRead`)."""
+
+    async def read(self, *args: Any, **kwargs: Any) -> Any:
+        return dict(await super().read(*args, **kwargs))
+
+
+async def idle(transport: ResilientTransport) -> None:
+    """Let the transport's background read finish (bounded)."""
+    fleet = transport._fleet
+    assert fleet is not None
+    for _ in range(100):
+        if fleet._sync_task is None:
+            return
+        await anyio.sleep(0.001)
+    raise AssertionError("the background read never ended")
+
+
+@pytest.mark.parametrize("store_class", [FlakyStore, PlainReadStore])
+async def test_stats_report_the_fleets_budget_from_its_latest_answer(
+    store_class: type[FlakyStore],
+) -> None:
+    clock = Clock()
+    store = store_class(clock=clock)
+    transport = ResilientTransport(upstream(503), retry=HALF, state_store=store, clock=clock)
+    before = transport.stats()
+    assert (before.budget_left, before.budget_source, before.budget_age) == (None, "fleet", None)
+    async with httpx.AsyncClient(transport=transport) as client:
+        # A POST answered 503 is not retried: no budget call, only the background read.
+        assert (await client.post("http://a.example/")).status_code == 503
+        await idle(transport)
+        calls = list(store.calls)
+        clock.now += 2.0
+        stats = transport.stats()
+        assert store.calls == calls  # stats() never calls the store
+        if store_class is FlakyStore:  # the read answered with the budget: 5 + 0.5 * 1
+            assert (stats.budget_left, stats.budget_source, stats.budget_age) == (
+                5.5, "fleet", 2.0,
+            )  # fmt: skip
+        else:  # a plain dict: nothing known of the budget until a budget call
+            assert (stats.budget_left, stats.budget_source, stats.budget_age) == (
+                None, "fleet", None,
+            )  # fmt: skip
+        # A GET answered 503 is retried: its budget call answers 5 + 0.5 * 2 - 1 either way.
+        assert (await client.get("http://a.example/")).status_code == 503
+        # (MemoryStore's read counts the requests through its own ``budget``.)
+        assert store.calls.count("budget") - store.calls.count("read") == 1
+        await idle(transport)
+        stats = transport.stats()
+        assert (stats.budget_left, stats.budget_source, stats.budget_age) == (5.0, "fleet", 0.0)
+
+
+async def test_stats_outside_the_event_loop_leave_sharing_on() -> None:
+    # stats() may run anywhere (a health endpoint's thread), before any request: it must not
+    # settle which event loop the store runs on (none, there), which would keep the
+    # transport to local state for good.
+    clock = Clock()
+    store = FlakyStore(clock=clock)
+    transport = ResilientTransport(upstream(200), retry=HALF, state_store=store, clock=clock)
+    stats = await anyio.to_thread.run_sync(transport.stats)
+    assert (stats.budget_left, stats.budget_source) == (None, "fleet")
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get("http://a.example/")).status_code == 200
+        await idle(transport)
+    assert store.calls == ["read", "budget"]  # one background read (its budget count inside)
+    assert (transport.stats().budget_left, transport.stats().budget_source) == (5.5, "fleet")
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_on_an_event_loop_the_store_does_not_support_stats_report_the_fallback() -> None:
+    clock = Clock()
+    store = FlakyStore(clock=clock)
+    transport = ResilientTransport(upstream(200), retry=HALF, state_store=store, clock=clock)
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(4):
+            assert (await client.get("http://a.example/")).status_code == 200
+    assert store.calls == []
+    # Local state for good: half of this worker's 4 requests, without the fleet's floor.
+    stats = transport.stats()
+    assert (stats.budget_left, stats.budget_source, stats.budget_age) == (2.0, "fallback", None)

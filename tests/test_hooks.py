@@ -133,7 +133,8 @@ async def test_give_up_and_budget_refusal(h1_server: ServerThread, key: str) -> 
     [refusal] = recorder.of("budget")
     assert isinstance(refusal, BudgetRefusal)
     assert refusal.attempt == 1
-    assert refusal.available < 1
+    # Without a store: the transport's own budget (no floor, no ratio here).
+    assert (refusal.available, refusal.source) == (0.0, "local")
     [give_up] = recorder.of("give_up")
     assert isinstance(give_up, GiveUp)
     assert (give_up.attempts, give_up.status, give_up.reason) == (
@@ -324,9 +325,11 @@ async def test_stats_per_origin(h1_server: ServerThread, key: str) -> None:
     assert entry.failure_rate == 0.25
     assert 0 < entry.retry_in <= 60.0
     assert entry.connections is None  # httpx's transport does not report its pool
-    assert stats.budget_left is not None
-    assert stats.budget_left > 0
+    # Without a store: the transport's own budget, exact now: a floor of 3/s over 10 s plus
+    # 20 % of its 4 requests, no retry.
+    assert (stats.budget_left, stats.budget_source, stats.budget_age) == (30.8, "local", None)
     data = stats.as_dict()
+    assert (data["budget_left"], data["budget_source"], data["budget_age"]) == (30.8, "local", None)
     assert data["origins"][str(origin)]["circuit"] == "open"
     assert data["origins"][str(origin)]["failure_rate"] == 0.25
 

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from httpx_resilience import CircuitState, MemoryStore, RedisStore, StateStore
-from httpx_resilience._stores._protocol import BudgetPolicy, CircuitPolicy
+from httpx_resilience._stores._protocol import BudgetPolicy, CircuitPolicy, StoreRead
 from tests.support.redis import DelayProxy, RedisServer, redis_server_or_skip
 
 pytestmark = pytest.mark.anyio
@@ -245,6 +245,21 @@ async def test_retries_spent_without_the_store_are_reconciled(store: StateStore)
     assert view == (True, 20, 1.0)
     await store.read("s", [], None, requests=0, retries=1, budget=policy)  # and so in a flush
     assert (await store.budget("s", 0, True, policy)) == (False, 20, 0.0)
+
+
+async def test_a_read_answers_with_the_budget_it_counted_in(store: StateStore) -> None:
+    policy = BudgetPolicy(ratio=0.5, floor=2.0, window=30.0)
+    await store.budget("s", 4, 3, policy)  # 2 + 0.5 * 4 = 4 allowed, 3 spent
+    views = await store.read("s", ["o"], COUNT, requests=2, budget=policy)
+    assert isinstance(views, StoreRead)
+    assert views.budget == (0, 6, 2.0)  # counted, nothing spent: 2 + 0.5 * 6 - 3
+    assert views["o"][0].state is CircuitState.CLOSED
+    views = await store.read("s", [], None, budget=policy)  # nothing to count: a read only
+    assert isinstance(views, StoreRead)
+    assert (views.budget, dict(views)) == ((0, 6, 2.0), {})
+    views = await store.read("s", ["o"], COUNT)  # no budget given: none read
+    assert isinstance(views, StoreRead)
+    assert views.budget is None
 
 
 async def test_cool_downs_only_grow(store: StateStore) -> None:
