@@ -28,6 +28,7 @@ from httpx_resilience import (
     RedisStore,
     ResilientTransport,
     RetryConfig,
+    get_retry_history,
 )
 from httpx_resilience._stores._protocol import BudgetPolicy, CircuitPolicy
 from tests.support.redis import DelayProxy, RedisServer, redis_server_or_skip
@@ -808,3 +809,120 @@ async def test_while_the_store_is_unavailable_stats_report_the_workers_own_allow
         assert b.transport.stats().as_dict()["budget_left"] == 4 / 16
     finally:
         server.stop()
+
+
+# --- a Retry-After above retry_after_cap: no budget call, but its cool-down is shared ------
+
+
+class CountingStore(RedisStore):
+    """A RedisStore that records the retries each budget call asks for (a background read
+    counts requests in the same script, but through `read`, not here)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wanted: list[int] = []
+
+    async def budget(self, scope: str, requests: int, want: int, *args: Any, **kw: Any) -> Any:
+        self.wanted.append(want)
+        return await super().budget(scope, requests, want, *args, **kw)
+
+
+async def test_a_retry_after_above_the_cap_takes_no_token_but_shares_its_capped_cool_down(
+    h1_server: ServerThread,
+    redis_server: RedisServer,
+    key: str,
+    workers: Callable[..., Any],
+    fault_proxy: FaultProxy,
+) -> None:
+    # The default RetryConfig (retry_after_cap 60 s, a budget) and CoolDown (max_cool_down
+    # 300 s, max_wait 60 s); a 503 asking for an hour.
+    prefix = f"cap-{key}"
+    stores: list[CountingStore] = []
+    for _ in range(2):
+        store = CountingStore.from_url(redis_server.url, prefix=prefix, timeout=2.0,
+                                       sync_interval=0.02)  # fmt: skip
+        assert isinstance(store, CountingStore)  # closed by its worker
+        stores.append(store)
+    a, b = (workers(1, h1_server.url, None, name=prefix, retry=RetryConfig(), store=store)[0]
+            for store in stores)  # fmt: skip
+    origin = Origin("http", "127.0.0.1", h1_server.port)
+    inspector = aioredis.Redis.from_url(redis_server.url)
+    try:
+        assert await b.get(f"/ok/{key}") == 200  # B uses the origin too
+        response = await a.client.get(f"/status/{key}-ra?code=503&retry_after=3600")
+        assert response.status_code == 503
+        [attempt] = get_retry_history(response)
+        assert attempt.reason == "Retry-After above retry_after_cap"
+        assert h1_server.app.hits(f"{key}-ra") == 1  # type: ignore[attr-defined]
+        # Not retried: no budget call, no token in hand, nothing spent in the fleet's budget.
+        assert (stores[0].wanted, fleet_of(a).retry_tokens) == ([], 0)
+        spent = await inspector.hmget(f"{prefix}:default:budget", [f"t{i}" for i in range(10)])
+        assert sum(int(count) for count in spent if count is not None) == 0
+        # But the server asked every client to wait: the window is shared, cut to 300 s.
+        cool_a = a.transport.cool_down
+        assert cool_a is not None
+        assert 60.0 < cool_a.retry_in(origin) <= 300.0
+        cd_key = f"{prefix}:default:cd:{origin}"
+
+        async def shared() -> int:
+            return int(await inspector.pttl(cd_key))
+
+        ttl = 0
+        for _ in range(500):  # the share goes in the background (bounded: ~10 s)
+            ttl = await shared()
+            if ttl > 0:
+                break
+            await anyio.sleep(0.02)
+        assert 60_000 < ttl <= 300_000
+        # B learns of it at its next read (requests elsewhere keep its reads going), holds
+        # at most 300 s too, and fails its request at once (above max_wait): nothing sent.
+        cool_b = b.transport.cool_down
+        assert cool_b is not None
+
+        async def elsewhere() -> None:
+            await b.client.get(f"{fault_proxy.url}/ok/{key}-elsewhere")
+
+        await until(lambda: cool_b.retry_in(origin) > 0, tick=elsewhere)
+        assert 60.0 < cool_b.retry_in(origin) <= 300.0
+        assert await b.get(f"/ok/{key}") == "CoolDownError"
+        assert h1_server.app.hits(key) == 1  # type: ignore[attr-defined]
+        assert stores[1].wanted == []
+    finally:
+        await inspector.aclose()
+
+
+async def test_a_shared_cool_down_stalls_the_fleet_no_longer_than_max_cool_down(
+    h1_server: ServerThread,
+    redis_server: RedisServer,
+    key: str,
+    workers: Callable[..., Any],
+    fault_proxy: FaultProxy,
+) -> None:
+    # Every worker's CoolDown cuts windows to 0.5 s and fails a held request at once; a 503
+    # asks for a day.
+    shared: dict[str, Any] = {"name": f"stall-{key}", "store_kwargs": {"sync_interval": 0.02}}
+    a, b = (workers(1, h1_server.url, redis_server.url, retry=RetryConfig(),
+                    cool_down=CoolDown(max_cool_down=0.5, max_wait=0.0), **shared)[0]
+            for _ in range(2))  # fmt: skip
+    origin = Origin("http", "127.0.0.1", h1_server.port)
+    cool_b = b.transport.cool_down
+    assert cool_b is not None
+    assert await b.get(f"/ok/{key}") == 200
+    assert await a.get(f"/status/{key}-ra?code=503&retry_after=86400") == 503
+
+    async def elsewhere() -> None:
+        await b.client.get(f"{fault_proxy.url}/ok/{key}-elsewhere")
+
+    await until(lambda: cool_b.retry_in(origin) > 0, tick=elsewhere)
+    assert cool_b.retry_in(origin) <= 0.5
+    # Held by the fleet's window, then sent again once it has run out (within ~10 s, not
+    # a day); its answer ends the cool-down.
+    for _ in range(500):
+        result = await b.get(f"/ok/{key}")
+        if result == 200:
+            break
+        assert result == "CoolDownError"
+        await anyio.sleep(0.02)
+    assert result == 200
+    assert h1_server.app.hits(f"{key}-ra") == 1  # type: ignore[attr-defined]
+    assert await a.get(f"/ok/{key}") == 200  # A's own window ran out too
