@@ -5,8 +5,8 @@ asks this class to share it:
 
 * Happy path: nothing waits on the store. A request is counted locally (for the fleet's retry
   budget) and a success is noted locally; a background task flushes the counts and reads the
-  fleet's view of the origins in use every ``sync_interval`` seconds (one call), and the
-  transport starts one only when requests flow. So the happy path's view of the fleet is at
+  fleet's view of the origins in use and of the retry budget every ``sync_interval`` seconds
+  (one call), and the transport starts one only when requests flow. So the happy path's view of the fleet is at
   most ``sync_interval + timeout`` old. In count mode the first request to an origin asks the
   fleet's circuit first (once per origin).
 * Failure paths wait for the store (each call at most ``timeout`` seconds): a failed request is
@@ -14,7 +14,9 @@ asks this class to share it:
   while the fleet counts failures for an origin (count mode), each request to it reserves an
   in-flight place first, or is held until the requests out decide (`check`); a half-open
   probe must claim the fleet's one probe first; a retry must be granted by the fleet's
-  budget; a 429/503 with ``Retry-After`` is shared (in the background).
+  budget; a 429/503 with ``Retry-After`` is shared (in the background; the window as the
+  local `CoolDown` cut it, at most its ``max_cool_down``), also when the request is not
+  retried (a ``Retry-After`` above ``retry_after_cap``): the server asked every client.
 * A burst makes few calls, so that a store with a bounded pool of connections
   (`RedisStore.from_url`'s ``max_connections``) keeps up: per origin, failures of requests
   that went without a reservation are gathered while a report is in flight and sent as one
@@ -32,6 +34,9 @@ asks this class to share it:
   (`SharedBudget`). Then the next call tries again; the first that works reports that sharing
   resumed, and the retries spent meanwhile are added to the fleet's budget. No caller ever
   sees the store's exception.
+* What `ResilientTransport.stats` reports of the budget (`SharedBudget.reading`): the fleet's
+  retries left at the store's latest answer (``budget_left``, ``budget_seen_at``), kept by
+  every answer that carries them; while the store is unavailable, the fallback allowance.
 
 Calls are cancel-safe: a cancelled request cancels its store call, and redis-py (>= 5.0.2)
 drops that connection rather than reusing it with an answer in flight.

@@ -740,7 +740,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         no retry). Only a request that would retry asks, so a request that stops anyway (its
         last attempt, a method not retried, a status or error not retried, a wait past its
         deadline or above the Retry-After cap, an open circuit) neither takes a token from the
-        rest of the fleet nor waits for the store."""
+        rest of the fleet nor waits for its budget. (Its response is shared as any other is:
+        a failure reported to the fleet's circuit, a 429/503 cool-down window, capped at
+        ``max_cool_down``, shared in the background.)"""
         fleet = self._fleet
         if fleet is not None:
             # A token later than this would find the retry's wait past the deadline: no
