@@ -6,9 +6,9 @@ asks this class to share it:
 * Happy path: nothing waits on the store. A request is counted locally (for the fleet's retry
   budget) and a success is noted locally; a background task flushes the counts and reads the
   fleet's view of the origins in use and of the retry budget every ``sync_interval`` seconds
-  (one call), and the transport starts one only when requests flow. So the happy path's view of the fleet is at
-  most ``sync_interval + timeout`` old. In count mode the first request to an origin asks the
-  fleet's circuit first (once per origin).
+  (one call), and the transport starts one only when requests flow. So the happy path's view
+  of the fleet is at most ``sync_interval + timeout`` old. In count mode the first request to
+  an origin asks the fleet's circuit first (once per origin).
 * Failure paths wait for the store (each call at most ``timeout`` seconds): a failed request is
   reported at once and the answer applied (the fleet opened the circuit: open it here too);
   while the fleet counts failures for an origin (count mode), each request to it reserves an
