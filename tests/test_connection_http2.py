@@ -757,6 +757,52 @@ async def test_a_connection_whose_write_timed_out_takes_no_new_request() -> None
     assert server.connections == 2, (server.connections, f"{timed_out=:.2f} s, {elapsed=:.2f} s")
 
 
+class _AfterTheStall:
+    """A request body made once the server has stopped reading (and has written what it sends
+    before): one chunk of 16 MB, far more than the socket buffers hold with the client's
+    ``SO_SNDBUF`` set small, so the write that carries it blocks. Not an async generator (see
+    `Upload`)."""
+
+    def __init__(self, server: ScriptedServer) -> None:
+        self._server = server
+        self._done = False
+
+    def __aiter__(self) -> _AfterTheStall:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        for _ in range(1_000):
+            if self._server.stalled:
+                break
+            await anyio.sleep(0.01)
+        self._done = True
+        return b"u" * 16_000_000
+
+
+async def test_a_frame_read_before_a_blocked_write_leaves_it_its_write_timeout() -> None:
+    """A frame from the server still unread when an upload's write begins (here a PING sent
+    as the server stops reading) is read first, and the write that then blocks ends with
+    `httpx.WriteTimeout` at the request's write timeout. (Under trio the acknowledgement used
+    to be written quietly, together with the DATA the request had queued, under a one-second
+    deadline with the failure kept quiet: the request failed after a second with "an earlier
+    write on this connection failed", a WriteError. A late SETTINGS acknowledgement did the
+    same to the test above, once, in a full run.)"""
+    small_send_buffer = [(socket.SOL_SOCKET, socket.SO_SNDBUF, 65_536)]
+    with ScriptedServer(big_window=True, stall_seconds=15.0) as server:
+        transport = h2c(socket_options=small_send_buffer)
+        async with httpx.AsyncClient(
+            transport=transport, base_url=server.url, timeout=httpx.Timeout(3.0)
+        ) as client:
+            with anyio.fail_after(60):
+                with pytest.raises(httpx.WriteTimeout):
+                    await client.post("/upload-stall?ping=1", content=_AfterTheStall(server))
+            stalled = not server.resumed
+    assert server.stalled == 1
+    assert stalled
+
+
 async def test_waiting_behind_a_blocked_writer_is_bounded_by_the_write_timeout() -> None:
     """A request whose write waits for another stream's blocked write (the server stops
     reading; that upload has no write timeout) ends with WriteTimeout within its own write

@@ -20,7 +20,9 @@ What it answers is chosen by the request path:
 * ``/wait-data?n=N``: like ``/data``, but only once an ``/upload-stall`` request has arrived;
 * ``/upload-stall``: the server stops reading the connection (its socket buffers fill) for
   ``stall_seconds``, then reads again (`ScriptedServer.resumed` turns True); a body that ends
-  is answered 200 ``uploaded``.
+  is answered 200 ``uploaded``. With ``?ping=1`` it sends a PING as it stops reading: a frame
+  the client has to read while its writes are blocked. `ScriptedServer.stalled` counts the
+  connections that have stopped reading (what they sent before is written by then).
 
 DATA is sent within the client's flow-control windows (more as WINDOW_UPDATEs arrive);
 `ScriptedServer.data_sent` counts the DATA bytes sent per path, and
@@ -97,6 +99,9 @@ class ScriptedServer:
         #: connection's own updates, stream 0, are not counted).
         self.window_updates: list[str] = []
         self.connections = 0
+        #: Connections that have stopped reading for ``/upload-stall`` (their last frames, a
+        #: PING with ``?ping=1``, written); `resumed` turns True when one reads again.
+        self.stalled = 0
         self.resumed = False
         #: SETTINGS acknowledgements received from clients (the first: of the preface's).
         self.acks = 0
@@ -217,6 +222,7 @@ class ScriptedServer:
                 if conn.stall:
                     conn.stall = False
                     # Stop reading: the client's writes fill the socket buffers.
+                    self.stalled += 1
                     await asyncio.sleep(self._stall_seconds)
                     self.resumed = True
         except h2.exceptions.ProtocolError as exc:
@@ -238,6 +244,8 @@ class ScriptedServer:
             self.arrived.append(path)
             if path.startswith("/upload-stall"):
                 conn.stall = True
+                if parse_qs(urlsplit(path).query).get("ping"):
+                    state.ping(b"stalling")
                 for stream_id, size in conn.waiting_data:
                     self._respond(conn, stream_id, b"x" * size, end=True)
                 conn.waiting_data.clear()

@@ -643,11 +643,15 @@ class HTTP2Connection:
         if earliest is not None:
             self._timer = loop.call_at(earliest, self._on_timer)
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, *, answer: bool = True) -> None:
         """Read what the server sent and nobody has read yet (a GOAWAY, a close, SETTINGS or
         PING) before anything more is written: a GOAWAY there says which streams the server
         will not process, and a write that fails on a closed socket would discard it (asyncio
-        drops unread data then). Never blocks on a read."""
+        drops unread data then). Never blocks on a read.
+
+        Under trio what the read calls for (a SETTINGS or PING acknowledgement) is written
+        quietly (`_flush_quietly`), unless ``answer`` is False: then the caller holds the
+        write lock and its own write carries it."""
         stream = self._stream
         if isinstance(stream, AsyncioStream):
             # The protocol callback reads; let the event loop run it.
@@ -666,18 +670,19 @@ class HTTP2Connection:
             async with lock:
                 if self._failure is None and not stream.is_alive():
                     await stream.receive(None)
-        await self._flush_quietly(_CLOSE_FLUSH_SECONDS)
+        if answer:
+            await self._flush_quietly(_CLOSE_FLUSH_SECONDS)
 
     async def _flush(self, seconds: float | None, *, catch_up: bool = True) -> None:
         """Write what h2 has to send. Raises `httpx.WriteError` or `httpx.WriteTimeout`; either
         marks the connection failed (it takes no new stream), and nothing more is written on
         it: under trio the write may have stopped half-way through a frame."""
-        if catch_up:
-            await self._catch_up()
-        if self._write_failed:
-            raise httpx.WriteError("an earlier write on this connection failed")
         stream = self._stream
         if isinstance(stream, AsyncioStream):
+            if catch_up:
+                await self._catch_up()
+            if self._write_failed:
+                raise httpx.WriteError("an earlier write on this connection failed")
             out = self._h2.data_to_send()
             if out and stream.write(out):
                 drain_lock = self._drain_lock
@@ -694,10 +699,18 @@ class HTTP2Connection:
                 finally:
                     drain_lock.release()
             return
+        if self._write_failed:
+            raise httpx.WriteError("an earlier write on this connection failed")
         lock = self._write_lock
         assert lock is not None
         await self._acquire(lock, seconds)
         try:
+            if catch_up:
+                # Under the write lock, and answered by this write: what this stream queued
+                # (its DATA) goes out under its own write timeout, never in a quiet flush (this
+                # stream's or another's: one second, its failure kept quiet), which would turn
+                # a blocked write into "an earlier write failed" after a second.
+                await self._catch_up(answer=False)
             await self._send_pending(seconds)
         finally:
             lock.release()
