@@ -22,8 +22,12 @@ times out waiting for another stream's write (asyncio's drain lock, trio's write
 alone: the connection takes no new stream, and the write it waited for goes on. Acknowledgements
 (window updates, resets) never make a reader wait on a blocked write: under asyncio they are
 buffered; under trio a reader that finds the write lock taken leaves them to its holder, which
-writes what h2 has queued before letting go. DATA a stream never read (closed early) is
-acknowledged on the connection when the stream ends, so the connection's window is not lost.
+writes what h2 has queued before letting go. Under trio a request takes the write lock before
+it reads what the server sent ahead of its write, and its own write carries the
+acknowledgements that read calls for: the DATA it has just queued goes out under its own write
+timeout, not in a quiet write of acknowledgements (whose failure is kept quiet). DATA a stream
+never read (closed early) is acknowledged on the connection when the stream ends, so the
+connection's window is not lost.
 
 **Flow control.** The connection's receive window, and each stream's when its HEADERS are
 sent, are opened by 2**24. Received DATA is acknowledged as the caller reads it, but for a
