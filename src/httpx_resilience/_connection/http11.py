@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+import anyio
 import h11
 import httpx
 
@@ -44,6 +45,10 @@ _HTTP_10 = b"HTTP/1.0"
 _HIGH_WATER = 1 << 20
 #: Request bodies up to this size go out in the same write as the request head.
 _COALESCE = 1 << 16
+#: The most a response head (with any interim responses before it) may take: httpcore's
+#: bound (h11's ``max_incomplete_event_size``), so a server cannot make the client hold an
+#: endless head, and heads httpx reads are read here too.
+MAX_HEAD_SIZE = 100 * 1024
 
 
 def default_parser() -> str:
@@ -73,9 +78,13 @@ class Parser(Protocol):
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
     ) -> bytes: ...
 
-    def request_data(self, data: bytes, chunked: bool) -> bytes: ...
+    def request_data(self, data: bytes) -> bytes:
+        """``data`` framed as the request head declared (chunked, or counted against its
+        Content-Length: more than declared raises `httpx.LocalProtocolError`)."""
 
-    def request_end(self, chunked: bool) -> bytes: ...
+    def request_end(self) -> bytes:
+        """The end of the body (raises `httpx.LocalProtocolError` if fewer bytes than the
+        declared Content-Length were sent)."""
 
     def feed(self, data: bytes) -> None: ...
 
@@ -94,11 +103,14 @@ class _HttptoolsParser:
     """llhttp, through httptools. The request is written by hand (it is a few joins)."""
 
     __slots__ = (
+        "_chunked",
         "_close",
         "_dirty",
+        "_head_bytes",
         "_head_only",
         "_informational",
         "_parser",
+        "_remaining",
         "body",
         "buffered",
         "complete",
@@ -113,6 +125,9 @@ class _HttptoolsParser:
     def __init__(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._close = False  # the request said "Connection: close"
+        self._chunked = False  # the request's body is sent chunked
+        self._remaining = 0  # else: the bytes of body its Content-Length still expects
+        self._head_bytes = 0  # bytes fed while the response head was not yet complete
         self._dirty = False
         self._head_only = False
         self._informational = False
@@ -134,6 +149,7 @@ class _HttptoolsParser:
             self._dirty = False
         self._head_only = method == b"HEAD"
         self._informational = False
+        self._head_bytes = 0
         self.head_done = False
         self.complete = False
         self.reason = b""
@@ -146,12 +162,27 @@ class _HttptoolsParser:
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
     ) -> bytes:
         parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-        close = False
+        close = chunked = False
+        length: int | None = None
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
-            if len(name) == 10 and name.lower() == b"connection":
-                close = b"close" in value.lower()
+            size = len(name)
+            if size == 10:
+                if name.lower() == b"connection":
+                    close = b"close" in value.lower()
+            elif size == 14:
+                if name.lower() == b"content-length":
+                    length = _content_length(value, length)
+            elif size == 17 and name.lower() == b"transfer-encoding":
+                # The body is framed as the head says, as h11 does (Transfer-Encoding wins
+                # over Content-Length): anything else lets the server read part of the body
+                # as another request.
+                if value.strip().lower() != b"chunked":
+                    raise httpx.LocalProtocolError("Only Transfer-Encoding: chunked is supported")
+                chunked = True
         self._close = close
+        self._chunked = chunked
+        self._remaining = length or 0
         parts.append(b"\r\n")
         head = b"".join(parts)
         # One check for the whole head: a CR or LF inside a method, target, name or value
@@ -161,23 +192,46 @@ class _HttptoolsParser:
             raise httpx.LocalProtocolError("Illegal header value: CR or LF in the request head")
         return head
 
-    def request_data(self, data: bytes, chunked: bool) -> bytes:
-        if chunked:
+    def request_data(self, data: bytes) -> bytes:
+        if self._chunked:
             return b"%x\r\n%b\r\n" % (len(data), data)
+        remaining = self._remaining - len(data)
+        if remaining < 0:
+            raise httpx.LocalProtocolError("Too much data for declared Content-Length")
+        self._remaining = remaining
         return data
 
-    def request_end(self, chunked: bool) -> bytes:
-        return b"0\r\n\r\n" if chunked else b""
+    def request_end(self) -> bytes:
+        if self._chunked:
+            return b"0\r\n\r\n"
+        if self._remaining:
+            raise httpx.LocalProtocolError("Too little data for declared Content-Length")
+        return b""
 
-    # httptools callbacks
+    # httptools callbacks. llhttp goes on parsing after a message ends, within the same
+    # ``feed_data``: what it finds there (a response nobody asked for, a 204's body) is not
+    # this response's, and the connection is not reused. Trailer fields (after a chunked
+    # body) are dropped, as httpcore does.
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self._dirty = True
+            self.keep_alive = False
 
     def on_status(self, reason: bytes) -> None:
-        self.reason = reason
+        if not self.complete:
+            self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            return  # a trailer, or a header of bytes beyond the response
+        if value[-1:] in _OWS:
+            value = value.rstrip(b" \t")  # llhttp strips only the leading whitespace
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
         parser = self._parser
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
@@ -194,6 +248,8 @@ class _HttptoolsParser:
             self._dirty = True
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
         self.body.append(body)
         self.buffered += len(body)
 
@@ -219,7 +275,17 @@ class _HttptoolsParser:
             self.complete = True  # 101 Switching Protocols: no body, connection not reused
         except httptools.HttpParserError as exc:
             self._dirty = True
+            if self.complete:  # the bytes beyond the response are not its concern
+                self.keep_alive = False
+                return
             raise httpx.RemoteProtocolError(f"invalid HTTP/1.1 response: {exc}") from exc
+        if not self.head_done:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_SIZE:
+                self._dirty = True
+                raise httpx.RemoteProtocolError(
+                    f"invalid HTTP/1.1 response: the head is larger than {MAX_HEAD_SIZE} bytes"
+                )
 
     def feed_eof(self) -> None:
         self._dirty = True
@@ -254,7 +320,7 @@ class _H11Parser:
     )
 
     def __init__(self) -> None:
-        self._conn = h11.Connection(h11.CLIENT)
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
         self.head_done = False
         self.complete = False
         self.status = 0
@@ -283,16 +349,22 @@ class _H11Parser:
         try:
             data = self._conn.send(h11.Request(method=method, target=target, headers=headers))
         except h11.LocalProtocolError as exc:
-            raise httpx.LocalProtocolError(str(exc)) from exc
-        return data or b""
+            message = str(exc)
+        else:
+            return data or b""
+        # h11 quotes the value it refuses: a credential with a stray newline would be in the
+        # message. Raised outside the ``except``, so no exception in its chain shows it either.
+        if message.startswith("Illegal header value"):
+            message = "Illegal header value (not shown: it may be a credential)"
+        raise httpx.LocalProtocolError(message)
 
-    def request_data(self, data: bytes, chunked: bool) -> bytes:
+    def request_data(self, data: bytes) -> bytes:
         try:
             return self._conn.send(h11.Data(data=data)) or b""
         except h11.LocalProtocolError as exc:
             raise httpx.LocalProtocolError(str(exc)) from exc
 
-    def request_end(self, chunked: bool) -> bytes:
+    def request_end(self) -> bytes:
         try:
             return self._conn.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError as exc:
@@ -331,7 +403,13 @@ class _H11Parser:
                 self.buffered += len(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 self.complete = True
-                self.keep_alive = conn.our_state is h11.DONE and conn.their_state is h11.DONE
+                # Bytes already received beyond the response (a response nobody asked for, a
+                # 204's body): h11 would take them for the next response on the connection.
+                self.keep_alive = (
+                    conn.our_state is h11.DONE
+                    and conn.their_state is h11.DONE
+                    and not conn.trailing_data[0]
+                )
             elif isinstance(event, h11.ConnectionClosed):
                 return  # the caller sees the end of the stream
             # InformationalResponse: skipped, as httpx does.
@@ -465,15 +543,16 @@ class HTTP11Connection:
                     content = await request.aread()
                 if len(content) <= _COALESCE:
                     await stream.send(
-                        head + parser.request_data(content, False) + parser.request_end(False)
+                        head + parser.request_data(content) + parser.request_end()
                         if content
-                        else head + parser.request_end(False),
+                        else head + parser.request_end(),
                         write_timeout,
                     )
                 else:
+                    data = parser.request_data(content)
+                    end = parser.request_end()
                     await stream.send(head, write_timeout)
-                    await stream.send(parser.request_data(content, False), write_timeout)
-                    end = parser.request_end(False)
+                    await stream.send(data, write_timeout)
                     if end:
                         await stream.send(end, write_timeout)
             else:
@@ -501,16 +580,24 @@ class HTTP11Connection:
         self, request: httpx.Request, head: bytes, seconds: float | None
     ) -> None:
         parser, stream = self._parser, self._stream
-        chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
         await stream.send(head, seconds)
         body = request.stream
         assert isinstance(body, httpx.AsyncByteStream), (
             "a sync body cannot go through an async transport"
         )
-        async for chunk in body:
-            if chunk:
-                await stream.send(parser.request_data(chunk, chunked), seconds)
-        end = parser.request_end(chunked)
+        chunks = body.__aiter__()
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    await stream.send(parser.request_data(chunk), seconds)
+        finally:
+            # Stopped early (a write failed, the body was too long, cancelled): close the
+            # body's async generator now, not when it is collected (trio warns then).
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+        end = parser.request_end()
         if end:
             await stream.send(end, seconds)
 
@@ -561,6 +648,24 @@ class HTTP11Connection:
         """The response was closed before its end: close the connection, free the slot."""
         self.close()
         self._release(self)
+
+
+_OWS = (b" ", b"\t")
+
+
+def _content_length(value: bytes, previous: int | None) -> int:
+    """A request's Content-Length, checked as h11 checks it: digits only, and every value
+    (repeated headers, comma-separated lists) the same."""
+    length = previous
+    for item in value.split(b","):
+        item = item.strip()
+        if not item.isdigit():
+            raise httpx.LocalProtocolError("bad Content-Length")
+        if length is not None and int(item) != length:
+            raise httpx.LocalProtocolError("conflicting Content-Length headers")
+        length = int(item)
+    assert length is not None
+    return length
 
 
 def _all_ascii(headers: list[tuple[bytes, bytes]]) -> bool:
