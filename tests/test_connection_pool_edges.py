@@ -1,0 +1,99 @@
+"""The connection layer's pool at its edges, against servers on 127.0.0.1: streamed uploads that
+stop early, waiters whose pool timeout and a free slot meet, and the counts afterwards. Every
+test runs under asyncio and trio, over both HTTP/1.1 parsers; warnings are errors in this suite,
+so an unclosed socket or async generator fails the test that left it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import socket
+from collections.abc import AsyncGenerator
+
+import anyio
+import httpx
+import pytest
+
+from httpx_resilience import AsyncConnectionPoolTransport
+from httpx_resilience._connection.http11 import PARSERS
+from tests.support.raw import RawServer, read_head
+from tests.support.server import ServerThread
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=PARSERS)
+def parser(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def make_client(
+    url: str, parser: str, timeout: float | httpx.Timeout = 5.0, **kwargs: object
+) -> tuple[httpx.AsyncClient, AsyncConnectionPoolTransport]:
+    transport = AsyncConnectionPoolTransport(http1_parser=parser, **kwargs)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, base_url=url, timeout=timeout), transport
+
+
+def assert_nothing_held(transport: AsyncConnectionPoolTransport) -> None:
+    stats = transport.pool_stats
+    assert stats is not None
+    assert (stats.in_use, stats.waiting) == (0, 0), stats
+
+
+def _never_reads(sock: socket.socket) -> None:
+    read_head(sock)
+    with contextlib.suppress(OSError):
+        sock.recv(1)  # then nothing more is read: the client's writes fill the buffers
+
+
+async def _endless_upload() -> AsyncGenerator[bytes, None]:
+    for _ in range(2_000):  # bounded: 2 GB, far more than the socket buffers take
+        yield b"x" * 1_000_000
+
+
+@pytest.mark.parametrize("how", ["cancelled", "write-timeout"])
+async def test_a_streamed_upload_stopped_early_is_closed(
+    how: str, h1_server: ServerThread, parser: str, key: str
+) -> None:
+    # A request body from an async iterator (httpx wraps it in an async generator of its own)
+    # whose upload stops early: the caller is cancelled, or the write times out. Both
+    # generators must be closed then, not left for the garbage collector (trio warns: an
+    # async generator "garbage collected before it had been exhausted").
+    limits = httpx.Limits(max_connections=1)
+    timeout = httpx.Timeout(5.0, write=0.3)
+    with RawServer(_never_reads) as server:
+        client, transport = make_client(h1_server.url, parser, timeout, limits=limits)
+        async with client:
+            async with contextlib.aclosing(_endless_upload()) as body:
+                if how == "cancelled":
+                    with anyio.move_on_after(0.3) as scope:
+                        await client.post(f"{server.url}/", content=body)
+                    assert scope.cancelled_caught
+                else:
+                    with pytest.raises(httpx.WriteTimeout):
+                        await client.post(f"{server.url}/", content=body)
+            assert_nothing_held(transport)
+            assert (await client.get(f"/ok/{key}")).status_code == 200
+            assert_nothing_held(transport)
+        gc.collect()  # what was left unclosed warns here, and warnings are errors
+
+
+async def test_a_request_body_that_fails_gives_the_slot_back(
+    h1_server: ServerThread, parser: str, key: str
+) -> None:
+    # The caller's own body iterator raises half-way: its error reaches the caller, the
+    # connection (half a request written) is closed, and the slot serves the next request.
+    async def failing() -> AsyncGenerator[bytes, None]:
+        yield b"first part"
+        raise ValueError("the body's source failed")
+
+    client, transport = make_client(h1_server.url, parser, limits=httpx.Limits(max_connections=1))
+    async with client:
+        async with contextlib.aclosing(failing()) as body:
+            with pytest.raises(ValueError, match="the body's source failed"):
+                await client.post(f"/ok/{key}", content=body)
+        assert_nothing_held(transport)
+        assert (await client.get(f"/ok/{key}")).status_code == 200
+    gc.collect()
