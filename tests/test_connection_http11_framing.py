@@ -70,16 +70,25 @@ async def test_bytes_after_a_response_in_the_same_read_are_not_taken_for_it(pars
             assert transport.pool_stats.in_use == 0
 
 
-async def test_a_body_sent_with_a_204_is_not_taken_for_the_next_response(parser: str) -> None:
-    # A 204 has no body whatever its headers say; bytes a server sends after it anyway must not
-    # be read as the start of the next response on the connection (h11: "illegal status line").
-    payload = b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello"
+@pytest.mark.parametrize(
+    ("method", "status"),
+    [("GET", b"204 No Content"), ("GET", b"304 Not Modified"), ("HEAD", b"200 OK")],
+)
+async def test_a_body_sent_where_none_belongs_is_not_taken_for_the_next_response(
+    parser: str, method: str, status: bytes
+) -> None:
+    # 204, 304 and a response to HEAD have no body whatever their headers say; bytes a server
+    # sends after one anyway must not be read as the start of the next response on the
+    # connection (h11 read them so: "illegal status line"), nor swallowed as a body that
+    # leaves the connection reusable (llhttp after HEAD): the connection is not reused.
+    payload = b"HTTP/1.1 %b\r\ncontent-length: 5\r\n\r\nhello" % status
     with RawServer(answer_every_request(payload)) as server:
         client, _ = make_client(server.url, parser)
         async with client:
             for _ in range(2):
-                response = await client.get("/")
-                assert (response.status_code, response.content) == (204, b"")
+                response = await client.request(method, "/")
+                assert (response.status_code, response.content) == (int(status[:3]), b"")
+            assert server.accepted == 2
 
 
 async def test_trailers_are_not_merged_into_the_response_headers(parser: str) -> None:

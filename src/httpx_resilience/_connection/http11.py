@@ -248,7 +248,9 @@ class _HttptoolsParser:
             self._dirty = True
 
     def on_body(self, body: bytes) -> None:
-        if self.complete:
+        if self.complete:  # a body after a HEAD response's head, or beyond the response
+            self._dirty = True
+            self.keep_alive = False
             return
         self.body.append(body)
         self.buffered += len(body)
