@@ -6,6 +6,7 @@ so an unclosed socket or async generator fails the test that left it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import socket
@@ -97,3 +98,63 @@ async def test_a_request_body_that_fails_gives_the_slot_back(
         assert_nothing_held(transport)
         assert (await client.get(f"/ok/{key}")).status_code == 200
     gc.collect()
+
+
+async def test_a_response_closed_after_the_transport_closed_does_not_revive_its_connection(
+    h1_server: ServerThread, parser: str, key: str
+) -> None:
+    # The whole body has arrived but is not read yet when the transport closes; closing the
+    # response afterwards used to mark its (closed) connection idle again and put it back in
+    # the pool: `pool_stats` showed an idle connection on a closed transport.
+    client, transport = make_client(h1_server.url, parser)
+    async with client:
+        async with client.stream("GET", f"/ok/{key}") as response:
+            await anyio.sleep(0.2)  # the small body arrives with the head, or just after
+            await transport.aclose()
+        stats = transport.pool_stats
+        assert stats is not None
+        assert tuple(stats) == (0, 0, 0, 0)
+        assert response.status_code == 200
+        # The pool stays usable.
+        assert (await client.get(f"/ok/{key}")).status_code == 200
+        assert_nothing_held(transport)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_waiter_granted_a_connection_as_it_is_cancelled_hands_it_on(
+    h1_server: ServerThread, parser: str, key: str
+) -> None:
+    # Deterministic: closing the response that holds the only connection grants it to the
+    # first waiter at once (no checkpoint), and that waiter's task is cancelled before it runs
+    # again: it wakes with the grant *and* the cancellation. (asyncio only: anyio and trio
+    # deliver a cancellation at the waiter's next checkpoint, after it has taken the grant.)
+    # The connection must go to the next waiter, not be lost with the cancelled one.
+    client, transport = make_client(h1_server.url, parser, limits=httpx.Limits(max_connections=1))
+
+    def waiting() -> int:
+        stats = transport.pool_stats
+        assert stats is not None
+        return stats.waiting
+
+    async with client:
+        async with client.stream("GET", f"/ok/{key}") as response:
+            first = asyncio.ensure_future(client.get(f"/ok/{key}"))
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if waiting() == 1:
+                    break
+            second = asyncio.ensure_future(client.get(f"/ok/{key}"))
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if waiting() == 2:
+                    break
+            assert waiting() == 2
+            # The small body arrived long ago: closing releases the connection at once.
+            await response.aclose()
+            first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        with anyio.fail_after(10):
+            assert (await second).status_code == 200
+        assert_nothing_held(transport)
+        assert (await client.get(f"/ok/{key}")).status_code == 200

@@ -638,7 +638,13 @@ class HTTP11Connection:
             # never seen.
             self._paused = False
             self._stream.resume_reading()
-        if parser.keep_alive and not self._eof and not self._broken and self._error is None:
+        if (
+            parser.keep_alive
+            and self._state == _ACTIVE  # not closed meanwhile (the pool's `aclose`)
+            and not self._eof
+            and not self._broken
+            and self._error is None
+        ):
             self._state = _IDLE
             if self._keepalive_expiry is not None:
                 self.expires_at = time.monotonic() + self._keepalive_expiry
