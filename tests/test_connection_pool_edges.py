@@ -100,24 +100,32 @@ async def test_a_request_body_that_fails_gives_the_slot_back(
     gc.collect()
 
 
+def _answer_in_one_write(sock: socket.socket) -> None:
+    for _ in range(10):
+        if not read_head(sock):
+            return
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
 async def test_a_response_closed_after_the_transport_closed_does_not_revive_its_connection(
-    h1_server: ServerThread, parser: str, key: str
+    parser: str,
 ) -> None:
-    # The whole body has arrived but is not read yet when the transport closes; closing the
-    # response afterwards used to mark its (closed) connection idle again and put it back in
-    # the pool: `pool_stats` showed an idle connection on a closed transport.
-    client, transport = make_client(h1_server.url, parser)
-    async with client:
-        async with client.stream("GET", f"/ok/{key}") as response:
-            await anyio.sleep(0.2)  # the small body arrives with the head, or just after
-            await transport.aclose()
-        stats = transport.pool_stats
-        assert stats is not None
-        assert tuple(stats) == (0, 0, 0, 0)
-        assert response.status_code == 200
-        # The pool stays usable.
-        assert (await client.get(f"/ok/{key}")).status_code == 200
-        assert_nothing_held(transport)
+    # The whole body has arrived (with the head, in one read) but is not read yet when the
+    # transport closes; closing the response afterwards used to mark its (closed) connection
+    # idle again and put it back in the pool: `pool_stats` showed an idle connection on a
+    # closed transport, and the dead connection sat in the pool until the next request.
+    with RawServer(_answer_in_one_write) as server:
+        client, transport = make_client(server.url, parser)
+        async with client:
+            async with client.stream("GET", "/") as response:
+                await transport.aclose()
+            stats = transport.pool_stats
+            assert stats is not None
+            assert tuple(stats) == (0, 0, 0, 0)
+            assert response.status_code == 200
+            # The pool stays usable.
+            assert (await client.get("/")).content == b"ok"
+            assert_nothing_held(transport)
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
