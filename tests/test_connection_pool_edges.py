@@ -166,3 +166,41 @@ async def test_a_waiter_granted_a_connection_as_it_is_cancelled_hands_it_on(
             assert (await second).status_code == 200
         assert_nothing_held(transport)
         assert (await client.get(f"/ok/{key}")).status_code == 200
+
+
+async def test_waiters_for_other_origins_are_served_first_come_first_served(
+    h1_server: ServerThread, parser: str, key: str
+) -> None:
+    # max_connections=1, the one connection busy with origin A. A request for origin B starts
+    # waiting, then one for A. When A's connection is released, B waited longer: it gets the
+    # slot (A's connection is closed to make room), as httpcore's pool does. Serving A's
+    # newer request on the released connection instead let a busy origin starve every other
+    # one until its pool timeout: each release went to A's latest waiter.
+    origin_a = h1_server.url
+    origin_b = h1_server.url.replace("127.0.0.1", "localhost")  # same server, other origin
+    client, transport = make_client(origin_a, parser, limits=httpx.Limits(max_connections=1))
+    order: list[str] = []
+
+    def waiting() -> int:
+        stats = transport.pool_stats
+        assert stats is not None
+        return stats.waiting
+
+    async def get(name: str, url: str) -> None:
+        response = await client.get(f"{url}/ok/{key}")
+        assert response.status_code == 200
+        order.append(name)
+
+    async with client:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                async with client.stream("GET", f"{origin_a}/ok/{key}"):
+                    for name, url, count in (("B", origin_b, 1), ("A", origin_a, 2)):
+                        group.start_soon(get, name, url)
+                        for _ in range(250):
+                            if waiting() == count:
+                                break
+                            await anyio.sleep(0.01)
+                        assert waiting() == count
+        assert order == ["B", "A"]
+        assert_nothing_held(transport)

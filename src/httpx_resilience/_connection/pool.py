@@ -11,9 +11,10 @@ Bookkeeping (all of it synchronous, so no lock is needed on one event loop):
   close when another origin needs the slot or when more than ``max_keepalive_connections``
   would be idle.
 * ``_waiters``: requests waiting for a connection slot, first come first served across
-  origins, and the same waiters per origin. A released HTTP/1.1 connection, or a stream freed
-  on an HTTP/2 one, goes to the first waiter of its origin; a freed slot (a connection closed)
-  to the first waiter of any origin, who opens a new one.
+  origins, and the same waiters per origin. A released HTTP/1.1 connection goes to the first
+  waiter when that one is for its origin (else it is closed, and its slot goes to the first
+  waiter, who opens a new one); a stream freed on an HTTP/2 connection goes to the first
+  waiter of its origin; a freed slot (a connection closed) to the first waiter of any origin.
 * per origin, ``stream_waiters`` and ``pending``: requests waiting for a stream on an HTTP/2
   connection that is still being opened, and how many more streams the connections being
   opened are expected to take. While ``pending`` covers them, requests to an origin that may
@@ -523,14 +524,20 @@ class ConnectionPool:
             self._discard(conn)
             self._slot_freed()
             return
-        if origin is not None and (origin.waiters or origin.stream_waiters):
+        if origin is not None and (
+            origin.stream_waiters
+            # First come, first served across origins: the connection goes to its origin's
+            # first waiter only if no request for another origin has waited longer, or a
+            # busy origin would starve every other one.
+            or (origin.waiters and next(iter(self._waiters)).key == conn.key)
+        ):
             waiter = self._pop_waiter(origin)
             self._forget(conn.key, origin)
             conn.leased = True
             waiter.grant(conn)
             return
         if self._waiters:
-            # Requests for other origins wait for a slot: this connection makes room.
+            # The first request waiting is for another origin: this connection makes room.
             self._discard(conn)
             self._grant_new()
             return
