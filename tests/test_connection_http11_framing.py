@@ -164,6 +164,27 @@ async def test_a_response_head_over_100_kib_is_refused(parser: str) -> None:
             assert transport.pool_stats.in_use == 0
 
 
+def _endless_interim_responses(sock: socket.socket) -> None:
+    read_head(sock)
+    with contextlib.suppress(OSError):
+        for _ in range(20_000):  # bounded: 500 KB of "100 Continue", then a final response
+            sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+async def test_an_endless_run_of_interim_responses_is_refused(parser: str) -> None:
+    # Interim (1xx) responses are skipped, but not without end: each arrives well within the
+    # read timeout, so nothing else would stop a server that never sends the final response.
+    # They count toward the 100 KiB bound on the head.
+    with RawServer(_endless_interim_responses) as server:
+        client, transport = make_client(server.url, parser)
+        async with client:
+            with pytest.raises(httpx.RemoteProtocolError, match="larger than"):
+                await client.get("/")
+            assert transport.pool_stats is not None
+            assert transport.pool_stats.in_use == 0
+
+
 # --- what a request's declared framing obliges the writer to send --------------------------------
 
 

@@ -193,14 +193,16 @@ async def test_waiters_for_other_origins_are_served_first_come_first_served(
 
     async with client:
         with anyio.fail_after(10):
-            async with anyio.create_task_group() as group:
-                async with client.stream("GET", f"{origin_a}/ok/{key}"):
-                    for name, url, count in (("B", origin_b, 1), ("A", origin_a, 2)):
-                        group.start_soon(get, name, url)
-                        for _ in range(250):
-                            if waiting() == count:
-                                break
-                            await anyio.sleep(0.01)
-                        assert waiting() == count
+            async with (
+                anyio.create_task_group() as group,
+                client.stream("GET", f"{origin_a}/ok/{key}"),
+            ):
+                for name, url, count in (("B", origin_b, 1), ("A", origin_a, 2)):
+                    group.start_soon(get, name, url)
+                    for _ in range(250):
+                        if waiting() == count:
+                            break
+                        await anyio.sleep(0.01)
+                    assert waiting() == count
         assert order == ["B", "A"]
         assert_nothing_held(transport)

@@ -310,6 +310,7 @@ class _H11Parser:
 
     __slots__ = (
         "_conn",
+        "_head_bytes",
         "body",
         "buffered",
         "complete",
@@ -323,6 +324,7 @@ class _H11Parser:
 
     def __init__(self) -> None:
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
+        self._head_bytes = 0
         self.head_done = False
         self.complete = False
         self.status = 0
@@ -337,6 +339,7 @@ class _H11Parser:
         conn = self._conn
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
+        self._head_bytes = 0
         self.head_done = False
         self.complete = False
         self.reason = b""
@@ -378,6 +381,14 @@ class _H11Parser:
             return
         self._conn.receive_data(data)
         self._events()
+        if not self.head_done:
+            # h11 bounds each event; interim responses are events of their own, so an endless
+            # run of them is bounded here, as the httptools parser bounds the whole head.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_SIZE:
+                raise httpx.RemoteProtocolError(
+                    f"invalid HTTP/1.1 response: the head is larger than {MAX_HEAD_SIZE} bytes"
+                )
 
     def feed_eof(self) -> None:
         if self.complete:
