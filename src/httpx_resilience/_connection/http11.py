@@ -186,10 +186,13 @@ class _HttptoolsParser:
         parts.append(b"\r\n")
         head = b"".join(parts)
         # One check for the whole head: a CR or LF inside a method, target, name or value
-        # would add lines (request splitting); h11 refuses those too.
+        # would add lines (request splitting), and a NUL cuts a field short in some servers;
+        # h11 refuses all three, and so does the HTTP/2 writer.
         lines = len(headers) + 2
-        if head.count(b"\n") != lines or head.count(b"\r") != lines:
-            raise httpx.LocalProtocolError("Illegal header value: CR or LF in the request head")
+        if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\x00" in head:
+            raise httpx.LocalProtocolError(
+                "Illegal header value: CR, LF or NUL in the request head"
+            )
         return head
 
     def request_data(self, data: bytes) -> bytes:
