@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import AsyncGenerator, Callable
 
 import httpx
 import pytest
+import trustme
 
 from httpx_resilience import AsyncConnectionPoolTransport
 from httpx_resilience._connection.http11 import PARSERS
@@ -68,6 +70,40 @@ async def test_bytes_after_a_response_in_the_same_read_are_not_taken_for_it(pars
             assert server.accepted == 2  # the first connection was not reused
             assert transport.pool_stats is not None
             assert transport.pool_stats.in_use == 0
+
+
+async def test_bytes_after_a_response_in_a_tls_record_of_their_own_are_not_taken_for_the_next(
+    parser: str, ca: trustme.CA, client_ssl_context: ssl.SSLContext
+) -> None:
+    # Over TLS a read returns one TLS record. A response, then bytes nobody asked for in a
+    # record of their own, arriving together: the second record waits in the TLS layer
+    # (anyio's, on trio) once the response has been read, and the socket looks empty, so the
+    # idle connection looked reusable and the bytes became the next request's response (a
+    # "201 Smuggled" for a GET never answered so). The connection must not be reused.
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    extra = b"HTTP/1.1 201 Smuggled\r\nx-smuggled: 1\r\ncontent-length: 5\r\n\r\nhello"
+
+    def handler(raw: socket.socket) -> None:
+        # A duplicate descriptor, so that RawServer.close can still shut the connection down.
+        with server_context.wrap_socket(raw.dup(), server_side=True) as sock:
+            for _ in range(5):
+                if not read_head(sock):
+                    return
+                # Two records, one TCP segment (corked): both arrive in one read.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                sock.sendall(extra)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+
+    with RawServer(handler) as server:
+        transport = AsyncConnectionPoolTransport(verify=client_ssl_context, http1_parser=parser)
+        async with httpx.AsyncClient(transport=transport, timeout=5.0) as client:
+            for _ in range(3):
+                response = await client.get(f"https://127.0.0.1:{server.port}/")
+                assert (response.status_code, response.content) == (200, b"ok")
+                assert "x-smuggled" not in response.headers
+            assert server.accepted == 3
 
 
 @pytest.mark.parametrize(

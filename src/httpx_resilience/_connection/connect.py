@@ -554,20 +554,28 @@ async def _connect_anyio(
     except (OSError, ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
         raise _connect_error(exc) from exc
     alpn_chosen = stream.extra(TLSAttribute.alpn_protocol, None)
+    ssl_object = stream.extra(TLSAttribute.ssl_object, None)
     sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-    return AnyIOStream(stream, sock, alpn_chosen)
+    return AnyIOStream(stream, sock, alpn_chosen, ssl_object)
 
 
 class AnyIOStream:
     """The portable path (trio, or asyncio when asked): reads with anyio, pushes into the sink."""
 
-    __slots__ = ("_closed", "_sink", "_socket", "_stream", "alpn")
+    __slots__ = ("_closed", "_sink", "_socket", "_ssl_object", "_stream", "alpn")
 
-    def __init__(self, stream: anyio.abc.ByteStream, sock: socket.socket, alpn: str | None) -> None:
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        sock: socket.socket,
+        alpn: str | None,
+        ssl_object: ssl.SSLObject | None = None,
+    ) -> None:
         self._stream = stream
         self._socket = sock
         self._sink: Sink = _NULL_SINK
         self._closed = False
+        self._ssl_object = ssl_object
         self.alpn = alpn
 
     def set_sink(self, sink: Sink) -> None:
@@ -620,8 +628,38 @@ class AnyIOStream:
 
     def is_alive(self) -> bool:
         # Called only while idle: anything readable then (bytes or the end of the stream)
-        # means the server closed the connection or broke the protocol.
-        return not self._closed and not _readable(self._socket)
+        # means the server closed the connection or broke the protocol. Over TLS that
+        # includes what the TLS layer holds already: a read returns one TLS record, so the
+        # records read from the socket with a response's last one wait there, and the socket
+        # looks empty. They are handed to the sink (as a read would) and count as readable.
+        if self._closed:
+            return False
+        if self._ssl_object is not None and self._deliver_buffered():
+            return False
+        return not _readable(self._socket)
+
+    def _deliver_buffered(self) -> bool:
+        """Hand the sink what the TLS layer can give without reading the socket; whether
+        there was anything (bytes, or the end of the stream). Never blocks."""
+        ssl_object = self._ssl_object
+        assert ssl_object is not None
+        delivered = False
+        for _ in range(64):  # bounded: 64 records at most, then the caller reads as usual
+            try:
+                data = ssl_object.read(_READ_SIZE)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return delivered
+            except (ssl.SSLError, OSError) as exc:  # close_notify, or a broken stream
+                self._closed = True
+                self._sink.eof_received(None if isinstance(exc, ssl.SSLZeroReturnError) else exc)
+                return True
+            if not data:
+                self._closed = True
+                self._sink.eof_received(None)
+                return True
+            self._sink.data_received(data)
+            delivered = True
+        return delivered
 
     def abort(self) -> None:
         # Closing the descriptor under anyio's stream could let the event loop watch a reused
