@@ -439,6 +439,7 @@ class HTTP11Connection:
 
     __slots__ = (
         "_broken",
+        "_early",
         "_eof",
         "_eof_error",
         "_error",
@@ -472,6 +473,8 @@ class HTTP11Connection:
         self._eof_error: BaseException | None = None
         self._error: httpx.RemoteProtocolError | None = None
         self._paused = False
+        #: Bytes received before the first request (None once it is under way).
+        self._early: list[bytes] | None = []
         self.expires_at = float("inf")
         #: Held by a request (set and cleared by the pool only).
         self.leased = False
@@ -514,6 +517,11 @@ class HTTP11Connection:
     def data_received(self, data: bytes) -> None:
         if self._state != _ACTIVE or self._error is not None:
             self._broken = True  # bytes nobody asked for: never reuse this connection
+            early = self._early
+            if early is not None and self._state == _IDLE:
+                # A new connection, and the server answers before the request (a 503 as it
+                # accepts, say): the answer to its first request, as httpx reads it.
+                early.append(data)
             return
         parser = self._parser
         try:
@@ -549,6 +557,8 @@ class HTTP11Connection:
         write_timeout = timeouts.get("write")
         read_timeout = timeouts.get("read")
         head = parser.request_head(method, url.raw_path, request.headers.raw)
+        if self._early is not None:
+            self._receive_early()
         body = request.stream
         try:
             if type(body) is httpx.ByteStream:
@@ -591,6 +601,18 @@ class HTTP11Connection:
         headers = parser.headers
         response.headers = httpx.Headers(headers, "ascii" if _all_ascii(headers) else None)
         return response
+
+    def _receive_early(self) -> None:
+        """The first request: parse what the server sent before it (after the request head,
+        which h11 must have seen first) as its response. The connection is not reused."""
+        early, self._early = self._early, None
+        if not early:
+            return
+        for data in early:
+            self.data_received(data)
+        if self._eof:
+            with contextlib.suppress(httpx.RemoteProtocolError):
+                self._parser.feed_eof()
 
     async def _send_streamed(
         self, request: httpx.Request, head: bytes, seconds: float | None
