@@ -10,14 +10,18 @@ import asyncio
 import contextlib
 import gc
 import socket
+import ssl
+import tempfile
 import time
 from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
 
 import anyio
 import httpx
 import pytest
+import trustme
 
-from httpx_resilience import AsyncConnectionPoolTransport
+from httpx_resilience import AsyncConnectionPoolTransport, ResilientTransport
 from httpx_resilience._connection.http11 import PARSERS
 from tests.support.raw import RawServer, read_head
 from tests.support.server import ServerThread
@@ -241,3 +245,42 @@ async def test_an_answer_sent_before_the_request_is_its_response(
                 assert (response.status_code, response.headers["retry-after"]) == (503, "1")
             assert_nothing_held(transport)
             assert server.accepted == 20
+
+
+@pytest.mark.parametrize("resilient", [False, True], ids=["layer", "resilient"])
+async def test_an_internationalized_host_is_reached_by_its_idna_2008_name(
+    parser: str, resilient: bool, ca: trustme.CA, client_ssl_context: ssl.SSLContext
+) -> None:
+    # httpx encodes "faß.de" as "xn--fa-hia.de" (IDNA 2008, `url.raw_host`), and httpcore
+    # connects to that name and sends it as the TLS server name. The layer passed `url.host`
+    # ("faß.de") down, which Python's own "idna" codec (IDNA 2003) turns into "fass.de": a
+    # different domain, resolved, sent in SNI and checked against the certificate. A real
+    # server over a Unix socket (no DNS needed) sees the name the client sends; its
+    # certificate is for "xn--fa-hia.de".
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("xn--fa-hia.de").configure_cert(server_context)
+    names: list[str | None] = []
+
+    def remember(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, ctx: object) -> None:
+        names.append(name)
+
+    server_context.sni_callback = remember
+
+    def handler(raw: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock = server_context.wrap_socket(raw.dup(), server_side=True)
+            with sock:
+                read_head(sock)
+                sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = str(Path(directory) / "s.sock")
+        with RawServer(handler, path=path):
+            inner = AsyncConnectionPoolTransport(
+                uds=path, verify=client_ssl_context, http1_parser=parser
+            )
+            transport: httpx.AsyncBaseTransport = ResilientTransport(inner) if resilient else inner
+            async with httpx.AsyncClient(transport=transport, timeout=5.0) as client:
+                response = await client.get("https://faß.de/")
+                assert response.content == b"ok"
+    assert names == ["xn--fa-hia.de"]

@@ -227,6 +227,12 @@ class ConnectionPool:
             )
         if not host:
             raise httpx.UnsupportedProtocol("Request URL is missing a host.", request=request)
+        if not host.isascii():
+            # ``url.host`` decodes an internationalized name ("faß.de"); connecting with it
+            # would let Python's "idna" codec (IDNA 2003) encode it, into another domain
+            # ("fass.de") for DNS, SNI and the certificate check. Use httpx's own encoding
+            # (IDNA 2008, "xn--fa-hia.de"), as httpcore does.
+            host = request.url.raw_host.decode("ascii")
         key = (scheme, host, port or _DEFAULT_PORTS[scheme])
         timeouts: dict[str, Any] = request.extensions.get("timeout") or {}
         loop = None if self._use_anyio else running_asyncio_loop()
