@@ -9,10 +9,11 @@ and read ``head_done``/``complete``/``status``/``headers``/``body``/``keep_alive
 A connection is handed received bytes by its stream (`connect.Sink`) and is, at any time, either
 idle (no request: any byte or end of stream then means the server closed it or broke the
 protocol, so it is never reused; on a new connection, bytes that come before its first request
-are that request's response, as httpx reads them) or carrying one request. Its response's body chunks go into a
-list owned by that response; the connection goes back to the pool when the body has been read to
-its end or the response is closed, as with httpx's own transport. A response closed before its
-whole message arrived closes its connection (what remains unread could be anything).
+are that request's response, as httpx reads them) or carrying one request. Its response's body
+chunks go into a list owned by that response; the connection goes back to the pool when the body
+has been read to its end or the response is closed, as with httpx's own transport. A response
+closed before its whole message arrived closes its connection (what remains unread could be
+anything).
 """
 
 from __future__ import annotations
