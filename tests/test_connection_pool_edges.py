@@ -253,8 +253,9 @@ async def test_an_internationalized_host_is_reached_by_its_idna_2008_name(
 ) -> None:
     # httpx encodes "faß.de" as "xn--fa-hia.de" (IDNA 2008, `url.raw_host`), and httpcore
     # connects to that name and sends it as the TLS server name. The layer passed `url.host`
-    # ("faß.de") down, which Python's own "idna" codec (IDNA 2003) turns into "fass.de": a
-    # different domain, resolved, sent in SNI and checked against the certificate. A real
+    # ("faß.de") down, which asyncio hands to Python's own "idna" codec (IDNA 2003): "fass.de",
+    # a different domain, resolved, sent in SNI and checked against the certificate (anyio,
+    # on trio, encodes by IDNA 2008 itself). A real
     # server over a Unix socket (no DNS needed) sees the name the client sends; its
     # certificate is for "xn--fa-hia.de".
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
