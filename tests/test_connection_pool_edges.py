@@ -200,7 +200,7 @@ async def test_waiters_for_other_origins_are_served_first_come_first_served(
         with anyio.fail_after(10):
             async with (
                 anyio.create_task_group() as group,
-                client.stream("GET", f"{origin_a}/ok/{key}"),
+                client.stream("GET", f"{origin_a}/ok/{key}") as response,
             ):
                 for name, url, count in (("B", origin_b, 1), ("A", origin_a, 2)):
                     group.start_soon(get, name, url)
@@ -209,6 +209,9 @@ async def test_waiters_for_other_origins_are_served_first_come_first_served(
                             break
                         await anyio.sleep(0.01)
                     assert waiting() == count
+                # Read to the end: the connection is released reusable (closed early, it
+                # would be discarded, and its slot would go to the first waiter anyway).
+                await response.aread()
         assert order == ["B", "A"]
         assert_nothing_held(transport)
 
