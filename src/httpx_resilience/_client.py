@@ -448,6 +448,11 @@ class AsyncAPIClient:
         client's transport (httpx itself drops only ``Authorization``)."""
         client = self._client
         auth: Any = self._auth or httpx.USE_CLIENT_DEFAULT
+        if self._follow_redirects:
+            # Record the origin even when the facade set no credential itself: a client=
+            # of the caller's may carry its own (``headers=``), and an auth flow sets its
+            # headers inside ``send``. Every secret-looking header stays with this origin.
+            mark_credentials(request, ())
         hops: list[httpx.Response] = []
         while True:
             response = await client.send(request, auth=auth, stream=stream,
