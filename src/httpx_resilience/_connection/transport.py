@@ -49,10 +49,18 @@ def check_connection_options(
     values."""
     check_type(owner, "verify", verify, (ssl.SSLContext, str, bool),
                "True, False, a CA bundle path or an ssl.SSLContext")  # fmt: skip
-    check_type(owner, "cert", cert, (str, tuple, type(None)),
-               "a certificate file path, a (cert, key[, password]) tuple or None")  # fmt: skip
-    check_type(owner, "proxy", proxy, (str, httpx.URL, httpx.Proxy, type(None)),
-               "a proxy URL, an httpx.Proxy or None")  # fmt: skip
+    # Their values are not shown: a cert list may hold the key's password, a proxy given
+    # as a dict or an object its credentials.
+    if not isinstance(cert, (str, tuple, type(None))):
+        raise TypeError(
+            f"{owner}.cert must be a certificate file path, a (cert, key[, password]) tuple or "
+            f"None, got {type(cert).__name__} (value not shown)"
+        )
+    if not isinstance(proxy, (str, httpx.URL, httpx.Proxy, type(None))):
+        raise TypeError(
+            f"{owner}.proxy must be a proxy URL, an httpx.Proxy or None, "
+            f"got {type(proxy).__name__} (value not shown)"
+        )
     for name, flag in (("trust_env", trust_env), ("http1", http1), ("http2", http2)):
         check_bool(owner, name, flag)
     if http1 is False and http2 is False:
