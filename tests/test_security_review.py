@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
 from collections.abc import Generator, Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
+import trustme
 
-from httpx_resilience import AsyncAPIClient, ResilientTransport
+from httpx_resilience import (
+    APIConnectionError,
+    AsyncAPIClient,
+    AuthenticationError,
+    ResilientTransport,
+    RetryConfig,
+    get_retry_history,
+)
+from httpx_resilience._auth import request_secrets
+from httpx_resilience._demo.asgi import Receive, Scope, Send, request_body, respond
+from httpx_resilience._redact import scrub
+from tests.support.raw import RawServer, read_head
 from tests.support.server import ServerThread
 from tests.test_security_redirects import KEY, RedirectApp, _secrets_in
 
@@ -74,3 +90,85 @@ def test_a_mistyped_cert_or_proxy_is_refused_without_quoting_its_password(
         owner(**options)
     assert CERT_PASSWORD not in str(caught.value)
     assert CERT_PASSWORD not in repr(caught.value.args)
+
+
+# --- credentials in the query string ----------------------------------------------------------
+
+QUERY_KEY = "q-k3y-in-the-url-4d2b9e"
+
+
+async def _echo_refusal(scope: Scope, receive: Receive, send: Send) -> None:
+    """401 quoting the query it refused, as APIs that report "invalid api_key <value>" do."""
+    if await request_body(scope, receive, send) is None:
+        return
+    query = unquote(scope["query_string"].decode())
+    await respond(send, 401, f"invalid credentials: {query}\n".encode())
+
+
+@pytest.fixture(scope="module")
+def echo_server(ca: trustme.CA) -> Iterator[ServerThread]:
+    server = ServerThread(_echo_refusal, ca=ca)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["HTTP/1.1", "HTTP/2"])
+@pytest.mark.parametrize("name", ["api_key", "access_token", "sig"])
+async def test_a_query_credential_echoed_in_an_error_body_stays_out_of_the_status_error(
+    echo_server: ServerThread, client_ssl_context: ssl.SSLContext, http2: bool, name: str
+) -> None:
+    async with AsyncAPIClient(echo_server.url, verify=client_ssl_context, http2=http2) as api:
+        with pytest.raises(AuthenticationError) as caught:
+            await api.get("/me", params={name: QUERY_KEY, "page": "2"})
+    assert caught.value.response.status_code == 401
+    assert QUERY_KEY in caught.value.response.text  # the server did echo it
+    message = str(caught.value)
+    assert QUERY_KEY not in message
+    assert "invalid credentials:" in message and "page=2" in message  # the rest is kept
+
+
+def _echo_request_line_as_a_header(sock: socket.socket) -> None:
+    """A broken server (or proxy) that answers with the request line as a header line, which
+    h11 refuses quoting the bytes."""
+    request_line = read_head(sock).split(b"\r\n", 1)[0]
+    with contextlib.suppress(OSError):
+        sock.sendall(b"HTTP/1.1 200 OK\r\n" + request_line + b"\r\ncontent-length: 0\r\n\r\n")
+
+
+async def test_a_query_credential_quoted_by_the_http11_parser_stays_out_of_errors_and_history(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPX_RESILIENCE_HTTP11_PARSER", "h11")
+    retry = RetryConfig(max_retries=1, base_delay=0.001, jitter=False, budget_ratio=None)
+    with RawServer(_echo_request_line_as_a_header) as raw:
+        async with AsyncAPIClient(raw.url, http2=False, retry=retry) as api:
+            with pytest.raises(APIConnectionError) as caught:
+                await api.get("/me", params={"access_token": QUERY_KEY})
+    history = get_retry_history(caught.value)
+    assert [attempt.number for attempt in history] == [1, 2]
+    texts = [str(caught.value), *(str(attempt.error) for attempt in history)]
+    cause = caught.value.__cause__
+    while cause is not None:
+        texts.append(str(cause))
+        cause = cause.__cause__
+    assert all("illegal header line" in text for text in texts[1:])  # h11 quoted the line
+    assert [text for text in texts if QUERY_KEY in text] == []
+
+
+def test_the_secrets_of_a_request_include_its_urls_credentials() -> None:
+    request = httpx.Request(
+        "GET",
+        "https://ann:pa%24%24word@api.test/a;jsessionid=J5ess10n/b"
+        "?access_token=t%2Fok%2Ben&page=20&X-Amz-Signature=5ig&code=0ne-time",
+    )
+    secrets = request_secrets(request)
+    # Userinfo, secret-looking query and path parameters, percent-encoded and decoded.
+    for value in ("pa%24%24word", "pa$$word", "J5ess10n", "t%2Fok%2Ben", "t/ok+en",
+                  "0ne-time"):  # fmt: skip
+        assert value in secrets, value
+    assert "20" not in secrets  # page is no secret
+    assert "5ig" not in secrets  # too short to scrub without garbling messages
+    assert scrub("GET /b?access_token=t%2Fok%2Ben", secrets) == "GET /b?access_token=[redacted]"

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import httpx
 
-from ._redact import add_secret_names, credential_values, is_secret_name
+from ._redact import add_secret_names, credential_values, is_secret_name, url_credential_values
 from ._validate import check_header_name, header_value_problem
 
 __all__ = [
@@ -223,8 +223,13 @@ def _is_https_upgrade(
 
 
 def request_secrets(request: httpx.Request) -> list[str]:
-    """The credential values ``request`` carries (marked headers and secret-looking ones), in
-    the forms reprs show them: what `scrub` removes from anything said about the request."""
+    """The credential values ``request`` carries (marked headers and secret-looking ones, the
+    URL's userinfo and secret-looking query and path parameters), in the forms reprs show
+    them: what `scrub` removes from anything said about the request. Longest first."""
     marker = request.extensions.get(CREDENTIALS_EXTENSION)
     names = marker.names if isinstance(marker, _Credentials) else ()
-    return credential_values(request.headers, names)
+    found = credential_values(request.headers, names)
+    in_url = url_credential_values(request.url)
+    if not in_url:
+        return found
+    return sorted({*found, *in_url}, key=len, reverse=True)

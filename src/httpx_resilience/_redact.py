@@ -23,6 +23,7 @@ import re
 import threading
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote, unquote_plus
 
 import httpx
 
@@ -39,6 +40,7 @@ __all__ = [
     "scrub",
     "scrub_exception",
     "uninstall_log_redaction",
+    "url_credential_values",
 ]
 
 REDACTED = "[redacted]"
@@ -369,6 +371,44 @@ def credential_values(headers: httpx.Headers, names: Iterable[str] = ()) -> list
             if part:
                 values.update({part, repr(part)[1:-1], repr(part.encode("latin-1"))[2:-1]})
     return sorted((v for v in values if v), key=len, reverse=True)
+
+
+#: URL values shorter than this are not scrubbed from messages: replacing every "1" or "on"
+#: would garble them, and `redact_url` hides such a value in every URL this library writes.
+_MIN_URL_SECRET = 4
+
+
+def url_credential_values(url: httpx.URL) -> list[str]:
+    """The credential values ``url`` carries: its userinfo, and the values of its
+    secret-looking query and path parameters, as sent (percent-encoded) and decoded, with the
+    escaped forms in which reprs show them. A server or a parser may quote the request line
+    (h11's "illegal header line: bytearray(b'GET /?token=...')") or echo the query into an
+    error body."""
+    found: set[str] = set()
+    userinfo = url.userinfo.decode("ascii", "replace")
+    if userinfo:
+        found.update(userinfo.split(":", 1))
+        found.update((url.username, url.password or ""))
+    path, _, query = url.raw_path.decode("ascii", "replace").partition("?")
+    matches = [*_PATH_PARAM.finditer(path), *_QUERY_PARAM.finditer(query)]
+    for match in matches:
+        if is_secret_name(unquote(match["name"])):
+            value = match["value"]
+            found.update((value, unquote(value), unquote_plus(value)))
+    values: set[str] = set()
+    for value in found:
+        if len(value) >= _MIN_URL_SECRET:
+            values.update(_escaped_forms(value))
+    return sorted(values, key=len, reverse=True)
+
+
+def _escaped_forms(value: str) -> set[str]:
+    """``value`` and the forms a str or bytes repr shows it in."""
+    forms = {value, repr(value)[1:-1]}
+    with contextlib.suppress(UnicodeEncodeError):
+        forms.add(repr(value.encode("latin-1"))[2:-1])
+    forms.add(repr(value.encode("utf-8"))[2:-1])
+    return forms
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
