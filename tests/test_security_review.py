@@ -127,7 +127,8 @@ async def test_a_query_credential_echoed_in_an_error_body_stays_out_of_the_statu
     assert QUERY_KEY in caught.value.response.text  # the server did echo it
     message = str(caught.value)
     assert QUERY_KEY not in message
-    assert "invalid credentials:" in message and "page=2" in message  # the rest is kept
+    assert "invalid credentials:" in message  # the rest of the snippet is kept
+    assert "page=2" in message
 
 
 def _echo_request_line_as_a_header(sock: socket.socket) -> None:
