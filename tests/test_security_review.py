@@ -173,3 +173,38 @@ def test_the_secrets_of_a_request_include_its_urls_credentials() -> None:
     assert "20" not in secrets  # page is no secret
     assert "5ig" not in secrets  # too short to scrub without garbling messages
     assert scrub("GET /b?access_token=t%2Fok%2Ben", secrets) == "GET /b?access_token=[redacted]"
+
+
+# --- retry safety ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["", " "], ids=["empty", "blank"])
+async def test_a_post_with_an_empty_idempotency_key_is_not_resent_after_the_server_may_have_acted(
+    h1_server: ServerThread, key: str, value: str
+) -> None:
+    # The server cannot tell two requests apart by an empty key: the POST is as unprotected as
+    # one without the header, and the server has its body when the connection is cut.
+    retry = RetryConfig(max_retries=2, base_delay=0.001, jitter=False, budget_ratio=None)
+    async with httpx.AsyncClient(transport=ResilientTransport(retry=retry)) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post(
+                f"{h1_server.url}/drop/{key}?fail=5",
+                content=b"charge 10 EUR",
+                headers={"Idempotency-Key": value},
+            )
+    assert h1_server.app.hits(key) == 1  # type: ignore[attr-defined]
+
+
+async def test_a_post_with_an_idempotency_key_is_still_resent(
+    h1_server: ServerThread, key: str
+) -> None:
+    # The control: with a real key the same POST is retried (and then succeeds).
+    retry = RetryConfig(max_retries=2, base_delay=0.001, jitter=False, budget_ratio=None)
+    async with httpx.AsyncClient(transport=ResilientTransport(retry=retry)) as client:
+        response = await client.post(
+            f"{h1_server.url}/drop/{key}?fail=1",
+            content=b"charge 10 EUR",
+            headers={"Idempotency-Key": "8e03978e-40d5-43e8-bc93-6894a57f9324"},
+        )
+    assert response.status_code == 200
+    assert h1_server.app.hits(key) == 2  # type: ignore[attr-defined]

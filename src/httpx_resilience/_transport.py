@@ -711,7 +711,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             retry_after=retry_after,
             retry_after_ms=retry_after_ms,
             method_retryable=(
-                request.method in config.retry_methods or _IDEMPOTENCY_KEY in request.headers
+                request.method in config.retry_methods or _has_idempotency_key(request.headers)
             ),
             replayable=run.body is None or run.body.replayable,
             now=self._clock(),
@@ -1013,6 +1013,13 @@ def _record(
 ) -> Attempt:
     wait = decision.wait if decision.retry else None
     return Attempt(len(history) + 1, status, error, clock() - attempt_start, wait, decision.reason)
+
+
+def _has_idempotency_key(headers: httpx.Headers) -> bool:
+    """Whether ``headers`` carry an ``Idempotency-Key`` the server can tell requests apart by:
+    an empty or blank one protects nothing."""
+    value = headers.get(_IDEMPOTENCY_KEY)
+    return value is not None and value.strip() != ""
 
 
 class _ReplayGuard(httpx.AsyncByteStream):
