@@ -70,6 +70,28 @@ async def test_the_facade_drops_a_custom_auth_flows_api_key_on_a_cross_origin_re
     assert _secrets_in(at_b.headers) == []
 
 
+SESSION = "s3ss10n-c00kie-9f8e"
+
+
+async def test_the_facade_keeps_a_cookie_given_without_a_domain_from_another_origin(
+    origin_a: ServerThread, h1_server: ServerThread, key: str
+) -> None:
+    # cookies={"sessionid": ...} has no domain, and the cookie jar sends such a cookie to every
+    # host: it followed the redirect. A cookie with a domain is left to the jar's matching.
+    async with AsyncAPIClient(
+        origin_a.url, cookies={"sessionid": SESSION}, follow_redirects=True
+    ) as api:
+        api.client.cookies.set("theme", "dark", domain="127.0.0.1")
+        await api.get("/redirect", params={"to": f"{h1_server.url}/ok/{key}"})
+        await api.get("/redirect", params={"to": f"{origin_a.url}/record/{key}"})
+    sent_to_a = origin_a.app.received["redirect"][-1]["cookie"]  # type: ignore[attr-defined]
+    assert SESSION in sent_to_a
+    (at_b,) = h1_server.app.received[key]  # type: ignore[attr-defined]
+    assert at_b.headers.get("cookie") == "theme=dark"
+    (same_origin,) = origin_a.app.received[key]  # type: ignore[attr-defined]
+    assert SESSION in same_origin["cookie"]  # a redirect within origin A keeps it
+
+
 CERT_PASSWORD = "k3y-passw0rd-5e1f"
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "BearerAuth",
     "api_key_auth",
     "bearer_token_auth",
+    "keep_cookies_with_their_domain",
     "mark_credentials",
     "oauth_token_auth",
     "remember_credential_names",
@@ -193,19 +194,21 @@ def mark_credentials(request: httpx.Request, names: Iterable[str]) -> None:
     request.extensions = {**request.extensions, CREDENTIALS_EXTENSION: marker}
 
 
-def strip_foreign_credentials(request: httpx.Request) -> None:
+def strip_foreign_credentials(request: httpx.Request) -> bool:
     """Drop the credentials of a marked ``request`` if it is going to another origin than the
     one they were set for: the marked headers and every header with a secret-looking name
-    (``Cookie`` excepted: httpx rebuilds it from the cookie jar, which matches domains itself).
+    (``Cookie`` excepted: httpx rebuilds it from the cookie jar, which matches the domains of
+    the cookies that have one; see `keep_cookies_with_their_domain` for those that do not).
+    Returns whether the request goes to another origin.
 
     As httpx does for ``Authorization``, a redirect from ``http`` to ``https`` on the same
     host (default ports) keeps them."""
     marker = request.extensions.get(CREDENTIALS_EXTENSION)
     if not isinstance(marker, _Credentials):
-        return
+        return False
     target = _origin(request.url)
     if target == marker.origin or _is_https_upgrade(marker.origin, target):
-        return
+        return False
     headers = request.headers
     doomed = [
         name
@@ -214,6 +217,22 @@ def strip_foreign_credentials(request: httpx.Request) -> None:
     ]
     for name in doomed:
         del headers[name]
+    return True
+
+
+def keep_cookies_with_their_domain(request: httpx.Request, cookies: httpx.Cookies) -> None:
+    """Rebuild the ``Cookie`` header of ``request``, a redirect to another origin, from the
+    cookies of ``cookies`` that have a domain. A cookie given as ``cookies={"session": ...}``
+    has none, and the cookie jar sends such a cookie to every host: it belongs to the origin
+    the client was made for, not to wherever a redirect points."""
+    if "cookie" not in request.headers:
+        return
+    del request.headers["cookie"]
+    scoped = httpx.Cookies()
+    for cookie in cookies.jar:
+        if cookie.domain:
+            scoped.jar.set_cookie(cookie)
+    scoped.set_cookie_header(request)
 
 
 def _is_https_upgrade(

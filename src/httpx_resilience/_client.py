@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from ._auth import (
+    keep_cookies_with_their_domain,
     mark_credentials,
     remember_credential_names,
     request_secrets,
@@ -469,7 +470,8 @@ class AsyncAPIClient:
                 raise httpx.TooManyRedirects(
                     "Exceeded maximum allowed redirects.", request=next_request
                 )
-            strip_foreign_credentials(next_request)
+            if strip_foreign_credentials(next_request):
+                keep_cookies_with_their_domain(next_request, client.cookies)
             request = next_request
             auth = None  # as in httpx: an auth flow runs once, for the first request
         if hops:
