@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 from .._circuit import CircuitState
 from .._validate import check_number
@@ -297,6 +298,15 @@ class RedisStore:
                      maximum=MAX_CONNECTIONS_LIMIT, integer=True)  # fmt: skip
         check_number("RedisStore", "timeout", timeout, minimum=0.001, maximum=60.0)
         aioredis = _redis_asyncio()
+        # Over TLS the server's name is checked too: redis-py before 6 checks none unless told
+        # (``ssl_check_hostname`` defaulted to False). The URL's own ``ssl_check_hostname=``
+        # still wins, and ``ssl_cert_reqs=none`` (no check at all, the caller's choice) is
+        # left alone: redis-py 5 would refuse it beside a hostname check.
+        tls: dict[str, Any] = {}
+        if isinstance(url, str) and url[:9].lower() == "rediss://":
+            query = parse_qs(urlsplit(url).query)
+            if [value.lower() for value in query.get("ssl_cert_reqs", [])] != ["none"]:
+                tls["ssl_check_hostname"] = True
         # A blocking pool: past the bound a call waits for a connection (within the store's
         # timeout) instead of opening one more (redis-py's default pool opens one per
         # concurrent call: without limit in redis-py 5, up to 100 in 8.1, and then fails at
@@ -309,6 +319,7 @@ class RedisStore:
             socket_connect_timeout=timeout,
             retry_on_timeout=False,
             health_check_interval=0,
+            **tls,
         )
         client = aioredis.Redis.from_pool(pool)
         store = cls(client, timeout=timeout, **kwargs)
