@@ -124,7 +124,10 @@ async def _echo_refusal(scope: Scope, receive: Receive, send: Send) -> None:
     if await request_body(scope, receive, send) is None:
         return
     query = unquote(scope["query_string"].decode())
-    await respond(send, 401, f"invalid credentials: {query}\n".encode())
+    headers = {bytes(n).decode().lower(): bytes(v).decode() for n, v in scope["headers"]}
+    key = headers.get("x-api-key")
+    echoed = query if key is None else f"{query} x-api-key={key}"
+    await respond(send, 401, f"invalid credentials: {echoed}\n".encode())
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +233,27 @@ async def test_a_post_with_an_idempotency_key_is_still_resent(
         )
     assert response.status_code == 200
     assert h1_server.app.hits(key) == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("where", ["query", "header"])
+async def test_a_credential_cut_by_the_error_snippets_length_leaves_no_part_in_the_message(
+    echo_server: ServerThread, client_ssl_context: ssl.SSLContext, where: str
+) -> None:
+    # The snippet is the body's first 200 characters. The echoed key starts at character 190:
+    # cut there first and scrubbed after, its first 9 characters stayed in the message.
+    params: dict[str, str] = {}
+    auth_headers = None
+    if where == "query":  # "invalid credentials: pad=" + pad + "&api_key=" + key
+        pad, params = "p" * 156, {"api_key": QUERY_KEY}
+    else:  # "invalid credentials: pad=" + pad + " x-api-key=" + key
+        pad, auth_headers = "p" * 154, {"X-API-Key": QUERY_KEY}
+    async with AsyncAPIClient(
+        echo_server.url, verify=client_ssl_context, auth_headers=auth_headers
+    ) as api:
+        with pytest.raises(AuthenticationError) as caught:
+            await api.get("/me", params={"pad": pad, **params})
+    body = " ".join(caught.value.response.text.split())
+    assert body.index(QUERY_KEY) == 190  # the server did echo it there
+    message = str(caught.value)
+    assert QUERY_KEY[:8] not in message
+    assert pad in message  # the snippet is still there

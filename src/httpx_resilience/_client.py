@@ -511,19 +511,21 @@ def _describe(request: httpx.Request) -> str:
     return f"{request.method} {redact_url(request.url)}"
 
 
-def _snippet(response: httpx.Response) -> str:
+def _snippet(response: httpx.Response, secrets: list[str]) -> str:
+    """The start of the body, with ``secrets`` scrubbed from the whole body first: cut first,
+    a credential the cut went through would keep its first characters."""
     try:
         text = response.text
     except (UnicodeDecodeError, httpx.ResponseNotRead):
         return ""
-    text = " ".join(text.split())
+    text = " ".join(scrub(text, secrets).split())
     return text if len(text) <= _SNIPPET else text[: _SNIPPET - 1] + "…"
 
 
 def _status_error(request: httpx.Request, response: httpx.Response) -> APIStatusError:
     status = response.status_code
     # A server that echoes the credential it refused must not put it into our message.
-    snippet = scrub(_snippet(response), request_secrets(request))
+    snippet = _snippet(response, request_secrets(request))
     reason = response.reason_phrase or httpx.codes.get_reason_phrase(status)
     message = f"{_describe(request)} -> {status} {reason}".rstrip()
     if snippet:
