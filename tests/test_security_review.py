@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import ssl
 from collections.abc import Generator, Iterator
@@ -20,6 +21,8 @@ from httpx_resilience import (
     ResilientTransport,
     RetryConfig,
     get_retry_history,
+    install_log_redaction,
+    uninstall_log_redaction,
 )
 from httpx_resilience._auth import request_secrets
 from httpx_resilience._demo.asgi import Receive, Scope, Send, request_body, respond
@@ -257,3 +260,32 @@ async def test_a_credential_cut_by_the_error_snippets_length_leaves_no_part_in_t
     message = str(caught.value)
     assert QUERY_KEY[:8] not in message
     assert pad in message  # the snippet is still there
+
+
+# --- the log filter ---------------------------------------------------------------------------
+
+QUOTED_PASSWORD = "pa'ss-w0rd-tail-61c0"
+QUOTED_TOKEN = "tk'n-tail-7a3e9d"
+
+
+async def test_the_log_filter_hides_a_password_or_token_with_an_apostrophe(
+    h1_server: ServerThread, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # httpx writes "'" as it is in userinfo and query ("a sub-delim"), and the filter's URL
+    # pattern stopped there: "GET [unparseable URL]'ss-w0rd-tail-61c0@127.0.0.1:...".
+    url = httpx.URL(f"{h1_server.url}/ok/{key}").copy_with(
+        username="ann", password=QUOTED_PASSWORD, params={"token": QUOTED_TOKEN}
+    )
+    assert QUOTED_PASSWORD in str(url)  # not percent-encoded
+    install_log_redaction()
+    try:
+        caplog.set_level(logging.INFO, logger="httpx")
+        async with httpx.AsyncClient(transport=ResilientTransport(http2=False)) as client:
+            response = await client.get(url)
+    finally:
+        uninstall_log_redaction()
+    assert response.status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert any(f"/ok/{key}" in line for line in lines)  # httpx's "HTTP Request:" line
+    tails = [QUOTED_PASSWORD.split("'")[1], QUOTED_TOKEN.split("'")[1]]
+    assert [line for line in lines if any(tail in line for tail in tails)] == []

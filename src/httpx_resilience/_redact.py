@@ -194,7 +194,13 @@ _QUOTED = r"(?<![\\\w])b?(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"
 _PAIR = re.compile(rf"(?P<name>{_QUOTED})(?P<sep>\s*,\s*|=|:\s*)(?P<value>{_QUOTED})", re.DOTALL)
 # Each pattern starts only where its first token cannot be extended to the left, so a long run
 # of word characters is scanned once, not once per position (no quadratic backtracking).
-_URL = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>\\]+")
+# A URL right after a quote ends at the next quote (a repr: "URL('https://h/a')"); any other
+# runs to the next space: httpx writes "'" as it is in userinfo and query, and a password
+# "pa'ss" cut at its "'" left the rest of it, and the URL after it, unredacted.
+_URL = re.compile(
+    r"(?<![A-Za-z0-9+.\-])(?:(?<=['\"])[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>\\]+"
+    r"|[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"<>\\]+)"
+)
 # "Illegal header value b'...'" (h11), "header value ... %r" (h2): everything after it on the
 # line goes, since the value may sit in a repr of a repr with quotes escaped to any depth.
 _HEADER_VALUE = re.compile(r"(?i)(header (?:field )?value)\b[^\n]*")
