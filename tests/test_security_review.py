@@ -8,7 +8,7 @@ import socket
 import ssl
 from collections.abc import Generator, Iterator
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 import httpx
 import pytest
@@ -123,13 +123,17 @@ QUERY_KEY = "q-k3y-in-the-url-4d2b9e"
 
 
 async def _echo_refusal(scope: Scope, receive: Receive, send: Send) -> None:
-    """401 quoting the query it refused, as APIs that report "invalid api_key <value>" do."""
-    if await request_body(scope, receive, send) is None:
+    """401 quoting the query it refused, as APIs that report "invalid api_key <value>" do
+    (and the ``X-API-Key`` header, and a form body: "invalid_grant: refresh_token=...")."""
+    body = await request_body(scope, receive, send)
+    if body is None:
         return
     query = unquote(scope["query_string"].decode())
     headers = {bytes(n).decode().lower(): bytes(v).decode() for n, v in scope["headers"]}
     key = headers.get("x-api-key")
     echoed = query if key is None else f"{query} x-api-key={key}"
+    if body:
+        echoed += f" {unquote_plus(body.decode())}"
     await respond(send, 401, f"invalid credentials: {echoed}\n".encode())
 
 
@@ -157,6 +161,31 @@ async def test_a_query_credential_echoed_in_an_error_body_stays_out_of_the_statu
     assert QUERY_KEY not in message
     assert "invalid credentials:" in message  # the rest of the snippet is kept
     assert "page=2" in message
+
+
+REFRESH_TOKEN = "rt-0f-the-user-8c21d7"
+CLIENT_SECRET = "cl13nt-s3cret-e90f44"
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["HTTP/1.1", "HTTP/2"])
+async def test_an_oauth_token_requests_secrets_echoed_in_an_error_body_stay_out_of_the_error(
+    echo_server: ServerThread, client_ssl_context: ssl.SSLContext, http2: bool
+) -> None:
+    # RFC 6749 §6: the refresh request is a form, with the client's secret in it (§2.3.1).
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": REFRESH_TOKEN,
+        "client_id": "shop-frontend",
+        "client_secret": CLIENT_SECRET,
+    }
+    async with AsyncAPIClient(echo_server.url, verify=client_ssl_context, http2=http2) as api:
+        with pytest.raises(AuthenticationError) as caught:
+            await api.post("/oauth/token", data=form)
+    assert REFRESH_TOKEN in caught.value.response.text  # the server did echo them
+    message = str(caught.value)
+    assert REFRESH_TOKEN not in message
+    assert CLIENT_SECRET not in message
+    assert "client_id=shop-frontend" in message  # what is not secret is kept
 
 
 def _echo_request_line_as_a_header(sock: socket.socket) -> None:

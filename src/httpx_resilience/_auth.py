@@ -11,12 +11,19 @@ call it before sending each request.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import httpx
 
-from ._redact import add_secret_names, credential_values, is_secret_name, url_credential_values
+from ._redact import (
+    add_secret_names,
+    credential_values,
+    form_credential_values,
+    is_secret_name,
+    url_credential_values,
+)
 from ._validate import check_header_name, header_value_problem
 
 __all__ = [
@@ -243,12 +250,21 @@ def _is_https_upgrade(
 
 def request_secrets(request: httpx.Request) -> list[str]:
     """The credential values ``request`` carries (marked headers and secret-looking ones, the
-    URL's userinfo and secret-looking query and path parameters), in the forms reprs show
-    them: what `scrub` removes from anything said about the request. Longest first."""
+    URL's userinfo and secret-looking query and path parameters, the secret-looking fields of
+    a form body), in the forms reprs show them: what `scrub` removes from anything said about
+    the request. Longest first."""
     marker = request.extensions.get(CREDENTIALS_EXTENSION)
     names = marker.names if isinstance(marker, _Credentials) else ()
     found = credential_values(request.headers, names)
-    in_url = url_credential_values(request.url)
-    if not in_url:
+    more = url_credential_values(request.url)
+    if _is_form(request):
+        with contextlib.suppress(httpx.RequestNotRead):  # a streamed body: not kept
+            more += form_credential_values(request.content)
+    if not more:
         return found
-    return sorted({*found, *in_url}, key=len, reverse=True)
+    return sorted({*found, *more}, key=len, reverse=True)
+
+
+def _is_form(request: httpx.Request) -> bool:
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return media == "application/x-www-form-urlencoded"

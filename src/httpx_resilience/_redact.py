@@ -33,6 +33,7 @@ __all__ = [
     "LogRedactionFilter",
     "add_secret_names",
     "credential_values",
+    "form_credential_values",
     "install_log_redaction",
     "is_secret_name",
     "redact_text",
@@ -396,11 +397,33 @@ def url_credential_values(url: httpx.URL) -> list[str]:
         found.update(userinfo.split(":", 1))
         found.update((url.username, url.password or ""))
     path, _, query = url.raw_path.decode("ascii", "replace").partition("?")
-    matches = [*_PATH_PARAM.finditer(path), *_QUERY_PARAM.finditer(query)]
-    for match in matches:
-        if is_secret_name(unquote(match["name"])):
+    found.update(_secret_params(path, _PATH_PARAM))
+    found.update(_secret_params(query, _QUERY_PARAM))
+    return _scrubbable(found)
+
+
+def form_credential_values(body: bytes) -> list[str]:
+    """The values of the secret-looking fields of an ``application/x-www-form-urlencoded``
+    body (an OAuth token request's ``client_secret``, ``refresh_token``, ``password``), as
+    sent and decoded, in the forms reprs show them. Only the first `_FORM_BYTES` are read."""
+    return _scrubbable(_secret_params(body[:_FORM_BYTES].decode("latin-1"), _QUERY_PARAM))
+
+
+_FORM_BYTES = 1 << 16
+
+
+def _secret_params(text: str, pattern: re.Pattern[str]) -> set[str]:
+    """The values of the parameters in ``text`` with a secret-looking name (percent-decoded
+    too), as written and decoded."""
+    found: set[str] = set()
+    for match in pattern.finditer(text):
+        if is_secret_name(unquote_plus(match["name"])):
             value = match["value"]
             found.update((value, unquote(value), unquote_plus(value)))
+    return found
+
+
+def _scrubbable(found: set[str]) -> list[str]:
     values: set[str] = set()
     for value in found:
         if len(value) >= _MIN_URL_SECRET:
