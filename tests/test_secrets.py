@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from httpx_resilience import (
@@ -173,9 +173,13 @@ def _forms(secret: str) -> set[str]:
 def _everything_readable(error: BaseException | None, records: list[logging.LogRecord]) -> str:
     parts = [f"{r.name}: {r.getMessage()} {r.exc_text or ''}" for r in records]
     if error is not None:
-        parts += [str(error), repr(error), "".join(traceback.format_exception(error))]
+        parts += [str(error), repr(error)]
         chain: BaseException | None = error
         while chain is not None:
+            # The text of each exception as a traceback shows it (notes included), without
+            # the frames' source lines: a random credential may be a piece of the source
+            # ("AuthHead", from "AuthHeaders(...)", was one).
+            parts.append("".join(traceback.format_exception_only(chain)))
             parts.append(repr(get_retry_history(chain)))
             parts.append(repr(getattr(chain, "args", ())))
             chain = chain.__cause__ or chain.__context__
@@ -276,6 +280,9 @@ async def _fail(
     failure=st.sampled_from(FAILURES),
     http2=st.booleans(),
 )
+# A credential that is a piece of this package's source (refused at construction, the
+# traceback's source line "AuthHeaders({...})" held it): no leak, and not reported as one.
+@example(credential="AuthHead\n", way="APIKeyAuth", failure="status-500", http2=False)
 def test_random_credentials_never_appear_in_errors_or_logs(
     h1_server: ServerThread,
     h2_server: ServerThread,
