@@ -16,12 +16,13 @@ import ssl
 import traceback
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from httpx_resilience import (
@@ -177,8 +178,8 @@ def _everything_readable(error: BaseException | None, records: list[logging.LogR
         chain: BaseException | None = error
         while chain is not None:
             # The text of each exception as a traceback shows it (notes included), without
-            # the frames' source lines: a random credential may be a piece of the source
-            # ("AuthHead", from "AuthHeaders(...)", was one).
+            # the frames' source lines (of the standard library's too), which hold no
+            # credential but may hold any word.
             parts.append("".join(traceback.format_exception_only(chain)))
             parts.append(repr(get_retry_history(chain)))
             parts.append(repr(getattr(chain, "args", ())))
@@ -222,6 +223,14 @@ async def test_a_server_echoing_the_credential_does_not_put_it_in_the_message() 
 
 _VISIBLE = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
 _VALID = st.text(_VISIBLE, min_size=8, max_size=40)
+# Hypothesis draws strings from the constants of the code under test too ("connecti", from
+# "connection", and "AuthHead" were drawn): such a "credential" shows up in type names, log
+# lines and messages that never held it. Credentials that are pieces of this source are left out.
+_SOURCE_TEXT = "\n".join(
+    path.read_text(encoding="utf-8")
+    for root in (Path(__file__).parents[1] / "src" / "httpx_resilience", Path(__file__).parent)
+    for path in sorted(root.rglob("*.py"))
+)
 _INVALID = st.tuples(
     _VALID, st.sampled_from(["\n", "\r", "\x00", " ", "\t", "\x1b", "é", "\x7f"]), st.booleans()
 ).map(lambda t: f"{t[0]}{t[1]}" if t[2] else f"{t[0][:4]}{t[1]}{t[0][4:]}")
@@ -280,9 +289,6 @@ async def _fail(
     failure=st.sampled_from(FAILURES),
     http2=st.booleans(),
 )
-# A credential that is a piece of this package's source (refused at construction, the
-# traceback's source line "AuthHeaders({...})" held it): no leak, and not reported as one.
-@example(credential="AuthHead\n", way="APIKeyAuth", failure="status-500", http2=False)
 def test_random_credentials_never_appear_in_errors_or_logs(
     h1_server: ServerThread,
     h2_server: ServerThread,
@@ -293,6 +299,7 @@ def test_random_credentials_never_appear_in_errors_or_logs(
     http2: bool,
 ) -> None:
     assume(len(set(credential)) >= 4)  # "aaaaaaaa" could occur in any text by chance
+    assume(not any(form in _SOURCE_TEXT for form in _forms(credential)))
     server = h2_server if http2 else h1_server
     options: dict[str, Any] = {"http2": True, "verify": client_ssl_context} if http2 else {}
     sock, port = _refused_port()
