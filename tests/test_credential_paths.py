@@ -1,4 +1,14 @@
-"""Adversarial review: credential paths the other security tests do not cover."""
+"""Credentials that reach the wire by other paths than this library's auth options, and where
+they must not go from there: a ``client=``'s own headers, an ``httpx.Auth`` of the caller's and
+a cookie without a domain on a redirect to another origin; the URL's userinfo and query, and a
+form body's secret fields, in errors a server or a parser quotes them into; a ``cert=``
+password in a configuration error; a password with ``'`` in httpx's log line. And a POST whose
+``Idempotency-Key`` is empty, which protects nothing.
+
+Against real servers on 127.0.0.1 (Hypercorn over HTTP/1.1 and HTTP/2 with TLS, a raw socket
+server for what Hypercorn will not send); the redirect app and its header check come from
+``test_security_redirects``.
+"""
 
 from __future__ import annotations
 
