@@ -266,5 +266,5 @@ def request_secrets(request: httpx.Request) -> list[str]:
 
 
 def _is_form(request: httpx.Request) -> bool:
-    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    return media == "application/x-www-form-urlencoded"
+    media: str = request.headers.get("content-type", "")
+    return media.partition(";")[0].strip().lower() == "application/x-www-form-urlencoded"
