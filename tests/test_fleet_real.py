@@ -926,3 +926,110 @@ async def test_a_shared_cool_down_stalls_the_fleet_no_longer_than_max_cool_down(
     assert result == 200
     assert h1_server.app.hits(f"{key}-ra") == 1  # type: ignore[attr-defined]
     assert await a.get(f"/ok/{key}") == 200  # A's own window ran out too
+
+
+# --- answers that come late: an older answer of the budget's must not overwrite a newer one --
+
+
+class HeldReadStore(RedisStore):
+    """A RedisStore whose background reads, once ``hold`` is set, reach Redis and are
+    answered there at once, but reach the worker only when ``release`` is set: a read
+    answered by Redis before a later call, delivered after it (the two answer on different
+    connections, so the order they are delivered in is not the order Redis served them)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold = False
+        self.served = anyio.Event()  # a held read was answered by Redis
+        self.release = anyio.Event()
+
+    async def read(self, *args: Any, **kwargs: Any) -> Any:
+        views = await super().read(*args, **kwargs)
+        if self.hold:
+            self.served.set()
+            await self.release.wait()
+        return views
+
+
+def held_worker(
+    make: Callable[..., list[Worker]], url: str, redis_url: str, prefix: str,
+    retry: RetryConfig, hooks: list[object] | None = None,
+) -> tuple[Worker, HeldReadStore]:  # fmt: skip
+    store = HeldReadStore.from_url(redis_url, prefix=prefix, timeout=5.0, sync_interval=0.05,
+                                   retry_interval=600.0)  # fmt: skip
+    assert isinstance(store, HeldReadStore)  # closed by its worker
+    [worker] = make(1, url, None, name=prefix, retry=retry, store=store, hooks=hooks)
+    return worker, store
+
+
+async def test_a_read_answered_before_a_budget_call_does_not_overwrite_its_answer(
+    h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
+) -> None:
+    # A floor of 4 retries per 32 s window plus 1/16 of the requests; one retry per request.
+    retry = RetryConfig(max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.0625,
+                        budget_min_per_second=0.125, budget_window=32.0)  # fmt: skip
+    prefix = f"late-{key}"
+    a, store = held_worker(workers, h1_server.url, redis_server.url, prefix, retry)
+    assert await a.get(f"/ok/{key}") == 200
+    await synced(a)
+    assert a.transport.stats().budget_left == 4 + 1 / 16
+    # A's next read counts its request in Redis (4 + 2/16 left there), and comes late.
+    store.hold = True
+    await anyio.sleep(0.1)  # past sync_interval: the next request starts a read
+    assert await a.get(f"/ok/{key}") == 200
+    with anyio.fail_after(10):
+        await store.served.wait()
+    # Meanwhile a 503 is retried with a token its budget call got: 4 + 3/16 - 1 left.
+    assert await a.get(f"/status/{key}-503?code=503") == 503
+    assert h1_server.app.hits(f"{key}-503") == 2  # type: ignore[attr-defined]
+    assert a.transport.stats().budget_left == 3 + 3 / 16
+    # The late read arrives: what it says is older than what the budget call said.
+    store.release.set()
+    await until(lambda: fleet_of(a)._sync_task is None)
+    assert await fleet_budget_left(redis_server.url, prefix, retry) == 3 + 3 / 16
+    assert a.transport.stats().budget_left == 3 + 3 / 16
+
+
+async def test_a_read_answered_before_the_store_went_down_does_not_renew_the_fallback(
+    h1_server: ServerThread, key: str, workers: Callable[..., Any]
+) -> None:
+    # A floor of 4 retries per 32 s window plus 1/16 of the requests; one retry per request.
+    retry = RetryConfig(max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.0625,
+                        budget_min_per_second=0.125, budget_window=32.0)  # fmt: skip
+    server = RedisServer(redis_server_or_skip()).start()
+    try:
+        prefix = f"late-down-{key}"
+        refusals = Refusals()
+        a = budget_worker(workers, h1_server.url, server.url, prefix, retry, 3600.0)
+        b, store = held_worker(workers, h1_server.url, server.url, prefix, retry, [refusals])
+        for worker in (a, b):
+            assert await worker.get(f"/ok/{key}") == 200
+            await synced(worker)
+        # The fleet: 2 requests, no retry; B's share is half of 4 + 2/16.
+        assert b.transport.stats().budget_left == 4 + 2 / 16
+        # B's next read counts its request in Redis and is answered; then Redis dies before
+        # that answer reaches B.
+        store.hold = True
+        await anyio.sleep(0.1)  # past sync_interval
+        assert await b.get(f"/ok/{key}") == 200
+        with anyio.fail_after(10):
+            await store.served.wait()
+        server.kill()
+        # B on its own: 2 + 1/16 and 1/16 per request since, less its retries: the first two
+        # 503s are retried (2 + 3/16, then 1 + 4/16), then nothing is left (5/16).
+        for _ in range(2):
+            assert await b.get(f"/status/{key}-503?code=503") == 503
+        assert h1_server.app.hits(f"{key}-503") == 4  # type: ignore[attr-defined]
+        stats = b.transport.stats()
+        assert (stats.budget_left, stats.budget_source) == (4 / 16, "fallback")
+        # The read Redis answered before it died (before B spent those two retries) arrives
+        # now: it must not hand B a fresh share, as if the two retries had not been spent.
+        store.release.set()
+        await until(lambda: fleet_of(b)._sync_task is None)
+        assert b.transport.stats().budget_left == 4 / 16
+        assert await b.get(f"/status/{key}-503?code=503") == 503
+        assert h1_server.app.hits(f"{key}-503") == 5  # type: ignore[attr-defined]
+        [refused] = refusals.seen
+        assert (refused.available, refused.source) == (5 / 16, "fallback")
+    finally:
+        server.stop()

@@ -260,6 +260,13 @@ class Fleet:
         # (this fleet's clock) it came; None before the first: what `stats()` reports.
         self.budget_left: float | None = None
         self.budget_seen_at: float | None = None
+        # Orders the budget's answers (`_note_budget`): the calls that carry the budget (a
+        # budget call, a background read) are numbered when issued; an answer is kept only if
+        # its call was issued after the one whose answer is kept, and after the store last
+        # failed (`_unavailable`): the calls answer on connections of their own, so a late
+        # answer may be older than one kept, or predate the retries spent on the fallback.
+        self._budget_issued = 0
+        self._budget_kept = 0
         self._since_requests = 0
         self._since_spent = 0
         self._unreported_retries = 0
@@ -313,6 +320,7 @@ class Fleet:
 
     def _unavailable(self, error: BaseException) -> None:
         self._down_until = self._clock() + self.store.retry_interval
+        self._budget_kept = self._budget_issued  # answers to calls out now are stale
         self.retry_tokens = 0
         for local in self._origins.values():
             local.token = ""
@@ -389,6 +397,7 @@ class Fleet:
         if not names and not requests and not retries:
             return
         issued = self._stamp
+        ticket = self._budget_ticket()
         views = await self._call(
             lambda: store.read(self.scope, names, policy, requests=requests, retries=retries,
                                budget=budget, reports=reports)
@@ -401,7 +410,7 @@ class Fleet:
             return
         budget_view = getattr(views, "budget", None)  # a `StoreRead`; a plain dict has none
         if isinstance(budget_view, BudgetView):
-            self._note_budget(budget_view)
+            self._note_budget(budget_view, ticket)
         for origin, name in zip(origins, names, strict=True):
             view, cool_down_left = views.get(name, (None, 0.0))
             if view is not None:
@@ -805,19 +814,32 @@ class Fleet:
         requests, self._requests = self._requests, 0
         retries, self._unreported_retries = self._unreported_retries, 0
         store = self.store
+        ticket = self._budget_ticket()
         answer = await self._call(
             lambda: store.budget(self.scope, requests, wanted, budget, retries=retries)
         )
         if answer is None:
             self._unreported_retries += retries  # and the requests are not (see `_read`)
             return 0
-        self._note_budget(answer)
+        self._note_budget(answer, ticket)
         return answer.granted
 
-    def _note_budget(self, answer: BudgetView) -> None:
+    def _budget_ticket(self) -> int:
+        """Number a call that carries the budget, as it is issued (see `_note_budget`)."""
+        self._budget_issued += 1
+        return self._budget_issued
+
+    def _note_budget(self, answer: BudgetView, ticket: int) -> None:
         """The store answered with the fleet's budget (a budget call, or a background read):
         keep what it has left, for `stats()`, and this worker's share of it, for when the
-        store stops answering."""
+        store stops answering. Unless the answer is stale: its call (``ticket``) was issued
+        before the call whose answer is kept (the store may have served it first: a later
+        answer would carry an older number), or before the store last failed (the retries
+        spent here since, on the fallback, are not in it: a new share and a reset of what
+        was spent since would let this worker spend them again)."""
+        if ticket <= self._budget_kept:
+            return
+        self._budget_kept = ticket
         now = self._clock()
         self.budget_left, self.budget_seen_at = answer.left, now
         share = 1.0
