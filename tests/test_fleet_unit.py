@@ -1063,3 +1063,40 @@ async def test_on_an_event_loop_the_store_does_not_support_stats_report_the_fall
     # Local state for good: half of this worker's 4 requests, without the fleet's floor.
     stats = transport.stats()
     assert (stats.budget_left, stats.budget_source, stats.budget_age) == (2.0, "fallback", None)
+
+
+async def stats_of_a_late_thread(shared: bool) -> None:
+    """A health endpoint's thread calls stats(): it reads the clock, and may be preempted
+    before it reads the counts while the event loop goes on counting, past a bucket of the
+    budget's window and of the stats' window. What it reads with that older ``now`` must
+    change nothing: dropping every count (the window taken back in time) would say, and let
+    the budget allow, the floor again."""
+    clock = Clock()
+    store = FlakyStore(clock=clock) if shared else None
+    transport = ResilientTransport(upstream(503), retry=HALF, state_store=store, clock=clock)
+    async with httpx.AsyncClient(transport=transport) as client:
+        clock.now = 1000.5
+        # Local: each retried once (5 + 0.5 x 4 - 4 left); the fallback (no floor): the 2nd
+        # and the 4th (0.5 x 4 - 2 left).
+        for _ in range(4):
+            assert (await client.get("http://a.example/")).status_code == 503
+        clock.now = 1002.5  # a new second (budget) and a new 6 s bucket (stats)
+        assert (await client.get("http://a.example/")).status_code == 503
+        before = transport.stats()
+        clock.now = 1001.9  # what the late thread read before the loop's latest requests
+        await anyio.to_thread.run_sync(transport.stats)
+        clock.now = 1002.6
+        after = transport.stats()
+    assert (after.budget_left, after.budget_source) == (before.budget_left, before.budget_source)
+    [origin] = after.origins
+    assert (origin.attempts, origin.failures) == (before.origins[0].attempts,) * 2
+    assert origin.attempts == (7 if shared else 10)
+
+
+async def test_stats_from_a_late_thread_drop_no_count() -> None:
+    await stats_of_a_late_thread(shared=False)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_stats_from_a_late_thread_drop_no_count_of_the_fallback() -> None:
+    await stats_of_a_late_thread(shared=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -78,3 +80,41 @@ def test_calls_in_one_bucket_count_without_sliding() -> None:
     assert (counts.first, counts.second) == (6, 2)
     counts.add(13.0, 1)  # bucket 13: bucket 3 slid out
     assert (counts.first, counts.second) == (1, 1)
+
+
+@given(window=st.sampled_from([0.5, 1.0, 3.0, 10.0, 30.0]), steps=steps, start=st.floats(0, 50))
+def test_peek_reads_what_a_slide_would_and_changes_nothing(
+    window: float, steps: list[tuple[float, int, int, bool]], start: float
+) -> None:
+    counts, model = SlidingCounts(window), Model(window)
+    now = start
+    for delta, first, second, add in steps:
+        now = now + delta / 20 if delta < 90 else now - delta / 10
+        if add:
+            counts.add(now, first, second)
+            model.add(now, first, second)
+        state = (counts.first, counts.second, list(counts._firsts), list(counts._seconds))
+        later = now + delta / 5
+        peeked = counts.peek(later)
+        assert state == (counts.first, counts.second, counts._firsts, counts._seconds)
+        if model.last is None:
+            assert peeked == (0, 0)
+        elif int(later // model.width) >= model.last:  # forwards: as a slide would read
+            ahead = copy.deepcopy(model)
+            ahead.move(later)
+            assert peeked == ahead.totals()
+        else:  # backwards (a `now` read before the latest count): the totals as of it
+            assert peeked == model.totals()
+        if not add:
+            counts.slide(now)
+            model.move(now)
+
+
+def test_peek_behind_the_latest_call_reads_its_totals() -> None:
+    counts = SlidingCounts(10.0)
+    assert counts.peek(5.0) == (0, 0)
+    counts.add(20.5, 2, 1)
+    assert counts.peek(19.9) == (2, 1)  # a reader that read its clock before the count
+    assert counts.peek(29.9) == (2, 1)  # buckets 20 to 29
+    assert counts.peek(30.0) == (0, 0)  # bucket 20 slid out
+    assert (counts.first, counts.second) == (2, 1)

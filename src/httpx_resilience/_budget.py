@@ -46,10 +46,11 @@ class RetryBudget:
         return True
 
     def available(self, now: float) -> float:
-        """How many retries the budget would allow at ``now`` (for observability and tests)."""
-        counts = self._counts
-        counts.slide(now)
-        return max(0.0, self._floor + self._ratio * counts.first - counts.second)
+        """How many retries the budget would allow at ``now`` (for observability and tests).
+        Changes nothing (`SlidingCounts.peek`): `ResilientTransport.stats` may call it from
+        another thread."""
+        requests, retries = self._counts.peek(now)
+        return max(0.0, self._floor + self._ratio * requests - retries)
 
     def reading(self, now: float) -> tuple[float | None, BudgetSource, float | None]:
         """For `TransportStats`: ``(available(now), "local", None)``; the budget shared by a

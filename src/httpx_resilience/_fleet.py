@@ -172,20 +172,26 @@ class SharedBudget(RetryBudget):
             if fleet.budget_seen_at is None or fleet.budget_left is None:
                 return None, "fleet", None
             return max(0.0, fleet.budget_left), "fleet", max(0.0, now - fleet.budget_seen_at)
-        return max(0.0, self._fallback_allowance(now)), "fallback", None
+        return max(0.0, self._fallback_allowance(now, peek=True)), "fallback", None
 
     def available(self, now: float) -> float:
         """`reading`'s number (0.0 while the store has not answered yet)."""
         return self.reading(now)[0] or 0.0
 
-    def _fallback_allowance(self, now: float) -> float:
+    def _fallback_allowance(self, now: float, *, peek: bool = False) -> float:
+        """``peek``: change nothing (`reading`, which `stats()` may call from another
+        thread: `SlidingCounts.peek`)."""
         allowance = self._fleet.fallback_allowance(self._ratio)
         if allowance is None:
             # The store never answered: no share known. The floor is the fleet's, not each
             # worker's: only the ratio of this worker's own requests.
             counts = self._counts
-            counts.slide(now)
-            allowance = self._ratio * counts.first - counts.second
+            if peek:
+                requests, retries = counts.peek(now)
+            else:
+                counts.slide(now)
+                requests, retries = counts.first, counts.second
+            allowance = self._ratio * requests - retries
         return allowance
 
     def try_spend(self, now: float) -> bool:

@@ -54,3 +54,22 @@ class SlidingCounts:
             self._bucket = bucket
             self._index = bucket % _BUCKETS
         return self._index
+
+    def peek(self, now: float) -> tuple[int, int]:
+        """The totals ``(first, second)`` over the window at ``now``, changing nothing: for
+        readers such as `ResilientTransport.stats`, which may run in another thread than the
+        one that counts (a read that slid the window could race with its slide, or, with a
+        ``now`` read before the counting thread's latest event, take it for the clock going
+        back and drop every count). A ``now`` in or before the latest call's bucket reads the
+        totals as of that call. O(1)."""
+        bucket = int(now // self._width)
+        last, first, second = self._bucket, self.first, self.second
+        if last is None or bucket <= last:
+            return first, second
+        stale = min(bucket - last, _BUCKETS)
+        firsts, seconds = self._firsts, self._seconds
+        for step in range(1, stale + 1):
+            index = (bucket - stale + step) % _BUCKETS
+            first -= firsts[index]
+            second -= seconds[index]
+        return first, second

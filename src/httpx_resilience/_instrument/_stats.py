@@ -182,8 +182,7 @@ class AttemptCounts:
     def read(self, now: float) -> dict[Origin, tuple[int, int]]:
         result = {}
         for origin, counts in list(self._counts.items()):
-            counts.slide(now)
-            result[origin] = (counts.first, counts.second)
+            result[origin] = counts.peek(now)  # changes nothing: stats() may run elsewhere
         return result
 
 
