@@ -28,6 +28,7 @@ from httpx_resilience import (
     RedisStore,
     ResilientTransport,
     RetryConfig,
+    StoreAvailability,
     get_retry_history,
 )
 from httpx_resilience._stores._protocol import BudgetPolicy, CircuitPolicy
@@ -951,6 +952,16 @@ class HeldReadStore(RedisStore):
         return views
 
 
+class Availability(Hook):
+    """Records what the store's availability events say."""
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def on_store_availability(self, event: StoreAvailability) -> None:
+        self.seen.append(event.available)
+
+
 def held_worker(
     make: Callable[..., list[Worker]], url: str, redis_url: str, prefix: str,
     retry: RetryConfig, hooks: list[object] | None = None,
@@ -999,9 +1010,10 @@ async def test_a_read_answered_before_the_store_went_down_does_not_renew_the_fal
     server = RedisServer(redis_server_or_skip()).start()
     try:
         prefix = f"late-down-{key}"
-        refusals = Refusals()
+        refusals, availability = Refusals(), Availability()
         a = budget_worker(workers, h1_server.url, server.url, prefix, retry, 3600.0)
-        b, store = held_worker(workers, h1_server.url, server.url, prefix, retry, [refusals])
+        b, store = held_worker(workers, h1_server.url, server.url, prefix, retry,
+                               [refusals, availability])  # fmt: skip
         for worker in (a, b):
             assert await worker.get(f"/ok/{key}") == 200
             await synced(worker)
@@ -1031,5 +1043,7 @@ async def test_a_read_answered_before_the_store_went_down_does_not_renew_the_fal
         assert h1_server.app.hits(f"{key}-503") == 5  # type: ignore[attr-defined]
         [refused] = refusals.seen
         assert (refused.available, refused.source) == (5 / 16, "fallback")
+        # Nor does it say that the store answers again: it answered before it went down.
+        assert availability.seen == [False]
     finally:
         server.stop()

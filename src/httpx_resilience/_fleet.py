@@ -282,6 +282,7 @@ class Fleet:
         self._closed = False  # after aclose: no new background call
         self._down_until = 0.0  # while the store is unavailable: use local state until then
         self._available = True
+        self._failures = 0  # calls that failed: a call that fails during another's flight
         self._supported: bool | None = None  # the event loop, checked on first use
 
     def __repr__(self) -> str:
@@ -313,18 +314,22 @@ class Fleet:
         fails or times out."""
         if not self.sharing:
             return None
+        failures = self._failures
         try:
             with anyio.fail_after(self.store.timeout):
                 result = await call()
         except Exception as error:
             self._unavailable(error)
             return None
-        if not self._available:
+        # An answer to a call issued before another failed says nothing of the store since:
+        # not that it answers again.
+        if not self._available and self._failures == failures:
             self._available = True
             self._notify(True, None)
         return result
 
     def _unavailable(self, error: BaseException) -> None:
+        self._failures += 1
         self._down_until = self._clock() + self.store.retry_interval
         self._budget_kept = self._budget_issued  # answers to calls out now are stale
         self.retry_tokens = 0
