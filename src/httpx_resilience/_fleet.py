@@ -385,7 +385,7 @@ class Fleet:
 
     async def _read(self) -> None:
         """Flush the request count and the successes, and read the fleet's view of the
-        origins in use: one call (one round trip to Redis, whatever the number of origins)."""
+        origins in use: one call (one Redis pipeline, whatever the number of origins)."""
         origins = list(self._origins)
         names = [str(origin) for origin in origins]
         store, policy, budget = self.store, self._circuit_policy, self._budget_policy

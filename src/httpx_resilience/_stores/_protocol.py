@@ -224,7 +224,7 @@ class StateStore(Protocol):
         reports: Mapping[str, tuple[int, float | None]] | None = None,
     ) -> dict[str, tuple[CircuitView, float]]:
         """Each origin's circuit view (closed if ``policy`` is None) and cool-down left; and,
-        in the same step (one round trip), count ``requests`` and ``retries`` in the
+        in the same step (one call), count ``requests`` and ``retries`` in the
         ``budget`` if one is given, and ``report`` each origin's successes in ``reports``
         (``(successes, success_age)``) before its view is taken. With a ``budget``, a
         `StoreRead` (a dict) whose ``budget`` is the budget's view after the count, so the

@@ -381,7 +381,7 @@ class RedisStore:
         async with self._client.pipeline(transaction=False) as pipe:
             if budget is not None:
                 # Counts the requests and retries, and reads what the fleet's budget has
-                # left in the same round trip (for `TransportStats.budget_left`).
+                # left in the same pipeline (for `TransportStats.budget_left`).
                 await self._budget_script(
                     keys=[self._key(scope, "budget")],
                     args=_budget_args(requests, 0, budget, retries),
