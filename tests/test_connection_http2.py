@@ -803,6 +803,89 @@ async def test_a_frame_read_before_a_blocked_write_leaves_it_its_write_timeout()
     assert stalled
 
 
+class _WhileAnotherStreamAcknowledges:
+    """A request body made once the server has stopped reading, at the moment another stream
+    holds the connection's write lock to acknowledge the server's PING (trio: a reader's quiet
+    flush; under asyncio nothing waits for a lock, and the chunk is made at once): one chunk of
+    16 MB, so the write that carries it blocks. Not an async generator (see `Upload`)."""
+
+    def __init__(self, server: ScriptedServer, transport: AsyncConnectionPoolTransport) -> None:
+        self._server = server
+        self._transport = transport
+        self._done = False
+        #: The write lock was seen held by another stream when the chunk was made (trio).
+        self.behind_a_quiet_flush = False
+
+    def __aiter__(self) -> _WhileAnotherStreamAcknowledges:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        self._done = True
+        pool = self._transport._pool
+        assert pool is not None
+        (conn,) = pool._open
+        assert isinstance(conn, HTTP2Connection)
+        lock = conn._write_lock
+        if lock is None:
+            for _ in range(1_000):
+                if self._server.stalled:
+                    break
+                await anyio.sleep(0.01)
+        else:
+            # The request's HEADERS are written: the server stops reading and sends a PING,
+            # which the reader reads and acknowledges under the write lock. Its write yields
+            # once, even when it does not block: the chunk is made then.
+            give_up = anyio.current_time() + 10
+            for _ in range(10_000_000):
+                if lock.locked():
+                    self.behind_a_quiet_flush = True
+                    break
+                if anyio.current_time() > give_up:
+                    break
+                await anyio.sleep(0)
+        return b"u" * 16_000_000
+
+
+async def test_another_streams_quiet_flush_never_writes_an_uploads_data(
+    anyio_backend: str,
+) -> None:
+    """An upload whose DATA is queued while another stream (a reader answering the server's
+    PING) holds the write lock writes it under its own write timeout: the reader lets go of
+    the lock to the writer waiting for it, rather than writing that DATA itself under its read
+    timeout with the failure kept quiet -- which made the upload fail with "an earlier write on
+    this connection failed", a WriteError, after the reader's timeout (trio)."""
+    small_send_buffer = [(socket.SOL_SOCKET, socket.SO_SNDBUF, 65_536)]
+    with ScriptedServer(big_window=True, stall_seconds=15.0) as server:
+        transport = h2c(socket_options=small_send_buffer)
+        async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+            body = _WhileAnotherStreamAcknowledges(server, transport)
+            outcomes: dict[str, BaseException] = {}
+
+            async def read() -> None:
+                with pytest.raises(httpx.ReadTimeout) as caught:
+                    await client.get("/hold", timeout=httpx.Timeout(10.0, read=1.0))
+                outcomes["read"] = caught.value
+
+            async def upload() -> None:
+                with pytest.raises(httpx.TransportError) as caught:
+                    await client.post(
+                        "/upload-stall?ping=1", content=body, timeout=httpx.Timeout(3.0)
+                    )
+                outcomes["upload"] = caught.value
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read)
+                    await wait_for_arrival(server, "/hold")
+                    tg.start_soon(upload)
+            stalled = not server.resumed
+    assert stalled
+    assert body.behind_a_quiet_flush == (anyio_backend == "trio"), outcomes
+    assert isinstance(outcomes["upload"], httpx.WriteTimeout), repr(outcomes["upload"])
+
+
 async def test_waiting_behind_a_blocked_writer_is_bounded_by_the_write_timeout() -> None:
     """A request whose write waits for another stream's blocked write (the server stops
     reading; that upload has no write timeout) ends with WriteTimeout within its own write
