@@ -805,7 +805,7 @@ async def test_a_frame_read_before_a_blocked_write_leaves_it_its_write_timeout()
 
 class _WhileAnotherStreamAcknowledges:
     """A request body made once the server has stopped reading, at the moment another stream
-    holds the connection's write lock to acknowledge the server's PING (trio: a reader's quiet
+    holds the connection's write lock to acknowledge one of the server's PINGs (trio: a reader's quiet
     flush; under asyncio nothing waits for a lock, and the chunk is made at once): one chunk of
     16 MB, so the write that carries it blocks. Not an async generator (see `Upload`)."""
 
@@ -834,7 +834,7 @@ class _WhileAnotherStreamAcknowledges:
                     break
                 await anyio.sleep(0.01)
         else:
-            # The request's HEADERS are written: the server stops reading and sends a PING,
+            # The request's HEADERS are written: the server stops reading and sends PINGs,
             # which the reader reads and acknowledges under the write lock. Its write yields
             # once, even when it does not block: the chunk is made then.
             give_up = anyio.current_time() + 10
@@ -871,7 +871,7 @@ async def test_another_streams_quiet_flush_never_writes_an_uploads_data(
             async def upload() -> None:
                 with pytest.raises(httpx.TransportError) as caught:
                     await client.post(
-                        "/upload-stall?ping=1", content=body, timeout=httpx.Timeout(3.0)
+                        "/upload-stall?ping=20", content=body, timeout=httpx.Timeout(3.0)
                     )
                 outcomes["upload"] = caught.value
 

@@ -21,7 +21,8 @@ What it answers is chosen by the request path:
 * ``/upload-stall``: the server stops reading the connection (its socket buffers fill) for
   ``stall_seconds``, then reads again (`ScriptedServer.resumed` turns True); a body that ends
   is answered 200 ``uploaded``. With ``?ping=1`` it sends a PING as it stops reading: a frame
-  the client has to read while its writes are blocked. `ScriptedServer.stalled` counts the
+  the client has to read while its writes are blocked (with ``?ping=N``, N - 1 more follow,
+  50 ms apart). `ScriptedServer.stalled` counts the
   connections that have stopped reading (what they sent before is written by then).
 
 DATA is sent within the client's flow-control windows (more as WINDOW_UPDATEs arrive);
@@ -107,6 +108,8 @@ class ScriptedServer:
         self.acks = 0
         self._server: asyncio.Server | None = None
         self._held: list[tuple[_Conn, int]] = []
+        #: The tasks sending ``?ping=N``'s later PINGs (held so that they are not collected).
+        self._pingers: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -244,8 +247,11 @@ class ScriptedServer:
             self.arrived.append(path)
             if path.startswith("/upload-stall"):
                 conn.stall = True
-                if parse_qs(urlsplit(path).query).get("ping"):
+                pings = int(parse_qs(urlsplit(path).query).get("ping", ["0"])[0])
+                if pings:
                     state.ping(b"stalling")
+                if pings > 1:
+                    self._pingers.add(asyncio.ensure_future(self._ping(conn, pings - 1)))
                 for stream_id, size in conn.waiting_data:
                     self._respond(conn, stream_id, b"x" * size, end=True)
                 conn.waiting_data.clear()
@@ -261,6 +267,15 @@ class ScriptedServer:
             conn.pending.pop(event.stream_id, None)
         elif isinstance(event, h2.events.StreamEnded):
             self._answer(conn, event.stream_id)
+
+    async def _ping(self, conn: _Conn, count: int) -> None:
+        """``count`` more PINGs, 50 ms apart (the connection still not read meanwhile)."""
+        for _ in range(count):
+            await asyncio.sleep(0.05)
+            if conn.writer.is_closing():
+                return
+            conn.h2.ping(b"stalling")
+            conn.flush()
 
     def _answer(self, conn: _Conn, stream_id: int) -> None:
         if self._goaway_at_once:

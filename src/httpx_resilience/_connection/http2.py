@@ -734,11 +734,19 @@ class HTTP2Connection:
         self._congested = True
         raise httpx.WriteTimeout("timed out while writing")
 
-    async def _send_pending(self, seconds: float | None) -> None:
+    async def _send_pending(self, seconds: float | None, *, quiet: bool = False) -> None:
         """(trio, holding the write lock) Write what h2 has to send, including what other
-        streams queued meanwhile (acknowledgements that found the lock taken skip writing)."""
+        streams queued meanwhile (acknowledgements that found the lock taken skip writing).
+
+        A ``quiet`` write (`_flush_quietly`) lets go as soon as a request waits for the lock:
+        what that request queued (its DATA) is written by its own write, under its write
+        timeout, not under this one's with the failure kept quiet."""
         stream = self._stream
+        lock = self._write_lock
+        assert lock is not None
         while not self._write_failed:
+            if quiet and lock.statistics().tasks_waiting:
+                return
             out = self._h2.data_to_send()
             if not out:
                 return
@@ -818,7 +826,7 @@ class HTTP2Connection:
             return
         try:
             with contextlib.suppress(httpx.TransportError):
-                await self._send_pending(seconds)
+                await self._send_pending(seconds, quiet=True)
         finally:
             lock.release()
 
