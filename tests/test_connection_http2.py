@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import h2.settings
 import hpack
 import httpx
@@ -805,9 +806,10 @@ async def test_a_frame_read_before_a_blocked_write_leaves_it_its_write_timeout()
 
 class _WhileAnotherStreamAcknowledges:
     """A request body made once the server has stopped reading, at the moment another stream
-    holds the connection's write lock to acknowledge one of the server's PINGs (trio: a reader's quiet
-    flush; under asyncio nothing waits for a lock, and the chunk is made at once): one chunk of
-    16 MB, so the write that carries it blocks. Not an async generator (see `Upload`)."""
+    holds the connection's write lock to acknowledge one of the server's PINGs (trio: a
+    reader's quiet flush; under asyncio nothing waits for a lock, and the chunk is made once
+    the server stops reading): one chunk of 16 MB, so the write that carries it blocks. Not an
+    async generator (see `Upload`)."""
 
     def __init__(self, server: ScriptedServer, transport: AsyncConnectionPoolTransport) -> None:
         self._server = server
@@ -844,7 +846,7 @@ class _WhileAnotherStreamAcknowledges:
                     break
                 if anyio.current_time() > give_up:
                     break
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
         return b"u" * 16_000_000
 
 
