@@ -888,6 +888,57 @@ async def test_another_streams_quiet_flush_never_writes_an_uploads_data(
     assert isinstance(outcomes["upload"], httpx.WriteTimeout), repr(outcomes["upload"])
 
 
+class _WithAFrameUnread:
+    """A request body made once the server has stopped reading and sent PINGs, which the
+    client has not read yet: the event loop is held (a blocking wait) until the server says
+    it has written the first, and a while longer; so is the end of the body. One chunk of
+    16 MB, so the write that carries it blocks."""
+
+    def __init__(self, server: ScriptedServer) -> None:
+        self._server = server
+        self._done = False
+
+    def __aiter__(self) -> _WithAFrameUnread:
+        return self
+
+    async def __anext__(self) -> bytes:
+        # No await: nothing is read meanwhile. The server sends a PING every 50 ms.
+        if self._done:
+            time.sleep(0.1)  # the end of the body too finds a PING unread
+            raise StopAsyncIteration
+        self._done = True
+        for _ in range(1_000):
+            if self._server.stalled:
+                break
+            time.sleep(0.01)
+        time.sleep(0.1)
+        return b"u" * 16_000_000
+
+
+async def test_an_acknowledgement_written_for_a_read_never_carries_an_uploads_data_away() -> None:
+    """A frame from the server (a PING) unread when an upload queues its DATA is read before the
+    write, and its acknowledgement is written at once -- under asyncio from the protocol
+    callback, with whatever h2 has queued, the upload's DATA included. The upload's write then
+    still waits for the buffer to drain, and ends with `httpx.WriteTimeout` at its write
+    timeout. (Under asyncio the upload found nothing left to write, did not wait, and ended
+    with a ReadTimeout at the read timeout: its 16 MB still in the buffer.)"""
+    small_send_buffer = [(socket.SOL_SOCKET, socket.SO_SNDBUF, 65_536)]
+    with ScriptedServer(big_window=True, stall_seconds=15.0) as server:
+        transport = h2c(socket_options=small_send_buffer)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url=server.url,
+            timeout=httpx.Timeout(30.0, write=2.0, read=3.0),
+        ) as client:
+            with anyio.fail_after(60):
+                with pytest.raises(httpx.TransportError) as caught:
+                    await client.post("/upload-stall?ping=20", content=_WithAFrameUnread(server))
+            stalled = not server.resumed
+    assert server.stalled == 1
+    assert stalled
+    assert isinstance(caught.value, httpx.WriteTimeout), repr(caught.value)
+
+
 async def test_waiting_behind_a_blocked_writer_is_bounded_by_the_write_timeout() -> None:
     """A request whose write waits for another stream's blocked write (the server stops
     reading; that upload has no write timeout) ends with WriteTimeout within its own write
