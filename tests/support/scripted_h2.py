@@ -251,7 +251,9 @@ class ScriptedServer:
                 if pings:
                     state.ping(b"stalling")
                 if pings > 1:
-                    self._pingers.add(asyncio.ensure_future(self._ping(conn, pings - 1)))
+                    pinger = asyncio.ensure_future(self._ping(conn, pings - 1))
+                    self._pingers.add(pinger)
+                    pinger.add_done_callback(self._pingers.discard)
                 for stream_id, size in conn.waiting_data:
                     self._respond(conn, stream_id, b"x" * size, end=True)
                 conn.waiting_data.clear()
