@@ -904,15 +904,20 @@ class _WithAFrameUnread:
     async def __anext__(self) -> bytes:
         # No await: nothing is read meanwhile. The server sends a PING every 50 ms.
         if self._done:
-            time.sleep(0.1)  # the end of the body too finds a PING unread
+            _hold_the_event_loop(0.1)  # the end of the body too finds a PING unread
             raise StopAsyncIteration
         self._done = True
         for _ in range(1_000):
             if self._server.stalled:
                 break
-            time.sleep(0.01)
-        time.sleep(0.1)
+            _hold_the_event_loop(0.01)
+        _hold_the_event_loop(0.1)
         return b"u" * 16_000_000
+
+
+def _hold_the_event_loop(seconds: float) -> None:
+    """Block the event loop (nothing is read meanwhile)."""
+    time.sleep(seconds)
 
 
 async def test_an_acknowledgement_written_for_a_read_never_carries_an_uploads_data_away() -> None:

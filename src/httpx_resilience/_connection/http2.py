@@ -688,14 +688,11 @@ class HTTP2Connection:
             if self._write_failed:
                 raise httpx.WriteError("an earlier write on this connection failed")
             out = self._h2.data_to_send()
-            if out:
-                paused = stream.write(out)
-            else:
-                # What the caller queued may be gone already: written by the protocol callback
-                # during the catch-up, with the acknowledgement of what it read (SETTINGS,
-                # PING). It is in the buffer all the same, and waited for under this write
-                # timeout (else the request reads its response while its body has not left).
-                paused = catch_up and stream.writing_paused
+            # With nothing left to write, what the caller queued may be gone already: written
+            # by the protocol callback during the catch-up, with the acknowledgement of what it
+            # read (SETTINGS, PING). It is in the buffer all the same, and waited for under this
+            # write timeout (else the request reads its response while its body has not left).
+            paused = stream.write(out) if out else catch_up and stream.writing_paused
             if paused:
                 drain_lock = self._drain_lock
                 assert drain_lock is not None
