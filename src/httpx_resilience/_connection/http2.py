@@ -25,9 +25,12 @@ buffered; under trio a reader that finds the write lock taken leaves them to its
 writes what h2 has queued before letting go. Under trio a request takes the write lock before
 it reads what the server sent ahead of its write, and its own write carries the
 acknowledgements that read calls for: the DATA it has just queued goes out under its own write
-timeout, not in a quiet write of acknowledgements (whose failure is kept quiet). DATA a stream
-never read (closed early) is acknowledged on the connection when the stream ends, so the
-connection's window is not lost.
+timeout, not in a quiet write of acknowledgements (whose failure is kept quiet); and a quiet
+write lets go of the lock as soon as a request waits for it, so that request writes its DATA
+itself. Under asyncio a request waits for the buffer to drain even when the protocol callback
+wrote its DATA, with an acknowledgement, during its catch-up. DATA a stream never read (closed
+early) is acknowledged on the connection when the stream ends, so the connection's window is
+not lost.
 
 **Flow control.** The connection's receive window, and each stream's when its HEADERS are
 sent, are opened by 2**24. Received DATA is acknowledged as the caller reads it, but for a
