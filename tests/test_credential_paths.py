@@ -328,3 +328,23 @@ async def test_the_log_filter_hides_a_password_or_token_with_an_apostrophe(
     assert any(f"/ok/{key}" in line for line in lines)  # httpx's "HTTP Request:" line
     tails = [QUOTED_PASSWORD.split("'")[1], QUOTED_TOKEN.split("'")[1]]
     assert [line for line in lines if any(tail in line for tail in tails)] == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review14: a query value is scrubbed from the whole error text when its name merely "
+    "contains a marker ('key' in 'keyword', 'sig' in 'assignee', 'auth' in 'author_id'): "
+    "every occurrence of an ordinary word in the server's message becomes [redacted]",
+)
+@pytest.mark.parametrize(
+    "params",
+    [{"keyword": "credentials"}, {"assignee": "credentials"}, {"author_id": "credentials"}],
+)
+async def test_a_non_secret_query_value_leaves_the_error_text_alone(
+    echo_server: ServerThread, client_ssl_context: ssl.SSLContext, params: dict[str, str]
+) -> None:
+    async with AsyncAPIClient(echo_server.url, verify=client_ssl_context) as api:
+        with pytest.raises(AuthenticationError) as caught:
+            await api.get("/search", params=params)
+    assert "invalid credentials:" in caught.value.response.text
+    assert "invalid credentials:" in str(caught.value)
