@@ -122,7 +122,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         verify: TLS verification: True (the default CA bundle), an `ssl.SSLContext`, or a
             CA bundle path (deprecated by httpx). False turns verification off.
         cert: A client certificate, as httpx takes it.
-        trust_env: Read proxy and TLS settings from environment variables, as httpx does.
+        trust_env: Read ``SSL_CERT_FILE``/``SSL_CERT_DIR``, as `httpx.create_ssl_context`
+            does. Proxies from the environment (``HTTPS_PROXY``...) are not read here:
+            `httpx.AsyncClient` applies them only to the transports it builds itself, not
+            to one given as ``transport=``; pass ``proxy=`` to route through one.
         http1: Allow HTTP/1.1.
         http2: Negotiate HTTP/2 over TLS (ALPN); True by default, unlike httpx.
         limits: Connection pool limits; httpx's defaults (100 connections, 20 kept alive for
