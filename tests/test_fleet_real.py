@@ -773,12 +773,15 @@ async def test_a_budget_refusal_reports_what_the_fleet_said(
     assert await fleet_budget_left(redis_server.url, prefix, retry) == 5 / 16
 
 
+# A floor of 4 retries per 32 s window plus 1/16 of the requests; one retry per request.
+_SMALL_BUDGET = RetryConfig(max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.0625,
+                            budget_min_per_second=0.125, budget_window=32.0)  # fmt: skip
+
+
 async def test_while_the_store_is_unavailable_stats_report_the_workers_own_allowance(
     h1_server: ServerThread, key: str, workers: Callable[..., Any]
 ) -> None:
-    # A floor of 4 retries per 32 s window plus 1/16 of the requests; one retry per request.
-    retry = RetryConfig(max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.0625,
-                        budget_min_per_second=0.125, budget_window=32.0)  # fmt: skip
+    retry = _SMALL_BUDGET
     server = RedisServer(redis_server_or_skip()).start()
     try:
         prefix = f"fallback-{key}"
@@ -976,9 +979,7 @@ def held_worker(
 async def test_a_read_answered_before_a_budget_call_does_not_overwrite_its_answer(
     h1_server: ServerThread, redis_server: RedisServer, key: str, workers: Callable[..., Any]
 ) -> None:
-    # A floor of 4 retries per 32 s window plus 1/16 of the requests; one retry per request.
-    retry = RetryConfig(max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.0625,
-                        budget_min_per_second=0.125, budget_window=32.0)  # fmt: skip
+    retry = _SMALL_BUDGET
     prefix = f"late-{key}"
     a, store = held_worker(workers, h1_server.url, redis_server.url, prefix, retry)
     assert await a.get(f"/ok/{key}") == 200
@@ -1004,9 +1005,7 @@ async def test_a_read_answered_before_a_budget_call_does_not_overwrite_its_answe
 async def test_a_read_answered_before_the_store_went_down_does_not_renew_the_fallback(
     h1_server: ServerThread, key: str, workers: Callable[..., Any]
 ) -> None:
-    # A floor of 4 retries per 32 s window plus 1/16 of the requests; one retry per request.
-    retry = RetryConfig(max_retries=1, base_delay=0.0, max_delay=0.0, budget_ratio=0.0625,
-                        budget_min_per_second=0.125, budget_window=32.0)  # fmt: skip
+    retry = _SMALL_BUDGET
     server = RedisServer(redis_server_or_skip()).start()
     try:
         prefix = f"late-down-{key}"
